@@ -1,0 +1,54 @@
+# One task runner for people, hooks and CI. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_HOME ?= $(CURDIR)/.state/prefect-home
+export MPLBACKEND := Agg
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+STAMP := $(VENV)/.installed
+
+.PHONY: help install lint test test-unit test-integration test-e2e demo stop bench bench-data \
+        bench-training bench-tuning bench-serving bench-drift bench-loop chaos clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --quiet uv
+	@UV=$$(command -v uv || echo $(UV)); $$UV sync --frozen --compile-bytecode --quiet
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv from uv.lock (installs uv with pip when missing)
+
+lint: $(STAMP) ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: $(STAMP) ## all tests: unit, integration, end-to-end
+	$(VENV)/bin/pytest tests
+
+test-unit: $(STAMP) ## unit tests only
+	$(VENV)/bin/pytest tests/unit
+
+test-integration: $(STAMP) ## integration tests (real SQLite, PostgreSQL, MLflow server)
+	$(VENV)/bin/pytest tests/integration
+
+test-e2e: $(STAMP) ## end-to-end tests
+	$(VENV)/bin/pytest tests/e2e
+
+demo: $(STAMP) ## run the loop on embedded defaults and print where everything is
+	$(PY) -m pipelines.demo
+
+stop: $(STAMP) ## stop every process `make demo` started
+	$(PY) -m pipelines.demo --stop
+
+bench: bench-data bench-training bench-tuning bench-serving bench-drift bench-loop ## every benchmark
+
+bench-data: $(STAMP) ## collection + preprocessing at 10M rows -> benchmarks/results/data.json
+	$(PY) -m benchmarks.bench_data $(BENCH_ARGS)
+
+clean: ## remove the state directory (data, databases, runs)
+	rm -rf .state

@@ -1,0 +1,190 @@
+"""One typed settings object for the whole project.
+
+Sources, highest priority first: keyword arguments, environment variables (prefix ``MLOPS_``,
+nested with ``__``, e.g. ``MLOPS_COLLECTION__MAX_BAD_SHARE=0.1``), the YAML files named by
+``MLOPS_CONFIG`` (comma-separated, later files override earlier; default ``configs/settings.yaml``),
+then the defaults below. Every location has an embedded default under one git-ignored state
+directory, so a fresh clone runs with SQLite files and local folders and no server at all.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from core.contract import DatasetContract, load_contract
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config_files() -> list[Path]:
+    raw = os.environ.get("MLOPS_CONFIG", "configs/settings.yaml")
+    files = [Path(p.strip()) for p in raw.split(",") if p.strip()]
+    return [p if p.is_absolute() else PROJECT_ROOT / p for p in files]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceSettings(Section):
+    """Where collection reads raw rows from."""
+
+    kind: Literal["simulator", "sql", "csv", "parquet"] = "simulator"
+    # sql: any SQLAlchemy URL and a table or query. simulator: writes to and reads from `warehouse_url`.
+    url: str | None = None
+    table: str = "transactions"
+    query: str | None = None
+    # csv / parquet: a local path, glob or fsspec URL
+    path: str | None = None
+
+
+class SimulatorSettings(Section):
+    seed: int = 42
+    start: str = "2026-01-01"
+    days: int = 60
+    rows_per_day: int = 2_000
+    fraud_rate: float = 0.02
+    # Named drift scenarios switch on from `scenario_start` (ISO date): none, covariate_shift,
+    # concept_drift, data_quality.
+    scenario: Literal["none", "covariate_shift", "concept_drift", "data_quality"] = "none"
+    scenario_start: str | None = None
+
+
+class CollectionSettings(Section):
+    max_bad_share: float = Field(0.05, ge=0.0, le=1.0)
+    chunk_rows: int = Field(250_000, gt=0)
+
+
+class SplitSettings(Section):
+    # Time-ordered shares of the collected, labelled rows (oldest first). The holdout is the newest
+    # slice and is frozen: only the promotion gate reads it.
+    train: float = 0.6
+    validation: float = 0.15
+    test: float = 0.1
+    holdout: float = 0.15
+    reference_rows: int = 50_000  # monitoring reference: a sample of the train split
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitSettings:
+        total = self.train + self.validation + self.test + self.holdout
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"split shares must sum to 1, got {total}")
+        return self
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MLOPS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    contract_path: Path = Path("configs/dataset.yaml")
+    state_dir: Path = Path(".state")
+
+    # Locations. None means "the embedded default under state_dir" (see the properties below).
+    data_dir_override: Path | None = Field(None, alias="data_dir")
+    warehouse_url_override: str | None = Field(None, alias="warehouse_url")
+    mlflow_tracking_uri_override: str | None = Field(None, alias="mlflow_tracking_uri")
+    prediction_log_url_override: str | None = Field(None, alias="prediction_log_url")
+    prefect_api_url: str = "http://127.0.0.1:4200/api"
+
+    model_name: str = "card-fraud"
+    experiment_name: str = "card-fraud"
+    seed: int = 42
+
+    admin_api_key: SecretStr | None = None
+
+    source: SourceSettings = SourceSettings()
+    simulator: SimulatorSettings = SimulatorSettings()
+    collection: CollectionSettings = CollectionSettings()
+    splits: SplitSettings = SplitSettings()
+
+    # Sections owned by later stages are free-form until those stages define them.
+    training: dict[str, Any] = Field(default_factory=dict)
+    tuning: dict[str, Any] = Field(default_factory=dict)
+    gate: dict[str, Any] = Field(default_factory=dict)
+    serving: dict[str, Any] = Field(default_factory=dict)
+    monitoring: dict[str, Any] = Field(default_factory=dict)
+    notifications: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        files = [p for p in _config_files() if p.exists()]
+        missing = [p for p in _config_files() if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"MLOPS_CONFIG names files that do not exist: {[str(p) for p in missing]}")
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=files))
+
+    @model_validator(mode="after")
+    def _no_default_secrets_in_production(self) -> Settings:
+        if self.environment == "production" and self.admin_api_key is None:
+            raise ValueError("MLOPS_ADMIN_API_KEY must be set in production")
+        return self
+
+    # ---- resolved locations --------------------------------------------------------------------
+    def path(self, p: Path) -> Path:
+        return p if p.is_absolute() else PROJECT_ROOT / p
+
+    @property
+    def state(self) -> Path:
+        return self.path(self.state_dir)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path(self.data_dir_override) if self.data_dir_override else self.state / "data"
+
+    @property
+    def warehouse_url(self) -> str:
+        return self.warehouse_url_override or f"sqlite:///{self.state / 'warehouse.db'}"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri_override or f"sqlite:///{self.state / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        return self.state / "mlflow" / "artifacts"
+
+    @property
+    def prediction_log_url(self) -> str:
+        return self.prediction_log_url_override or f"sqlite:///{self.state / 'predictions.db'}"
+
+    @property
+    def source_url(self) -> str:
+        return self.source.url or self.warehouse_url
+
+    @property
+    def contract(self) -> DatasetContract:
+        return _load_contract_cached(self.path(self.contract_path))
+
+
+@lru_cache(maxsize=8)
+def _load_contract_cached(path: Path) -> DatasetContract:
+    return load_contract(path)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings. Tests call ``get_settings.cache_clear()`` after changing the env."""
+    return Settings()
