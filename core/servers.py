@@ -1,0 +1,118 @@
+"""Start and stop the real local servers (MLflow, Prefect, the API) as child processes.
+
+Used by `make demo` and by the test suite, so that both run the same commands. Servers bind to
+127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = HOST) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+    """Wait until `url` answers 2xx; fail early with the log tail if the process died."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"process for {url} exited with {proc.returncode} before it was ready:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if 200 <= r.status < 300:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last = exc
+        time.sleep(0.3)
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    raise TimeoutError(f"{url} not ready after {timeout:.0f}s ({last}):\n{tail}")
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, timeout: float = 15) -> None:
+        stop_process_group(self.proc.pid, timeout)
+
+
+def stop_process_group(pid: int, timeout: float = 15) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after `timeout` seconds."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            with contextlib.suppress(ChildProcessError):  # reap our own child: no zombie left behind
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.1)
+
+
+def spawn(
+    name: str, cmd: Sequence[str], log: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, **(env or {})}
+    with log.open("ab") as fh:
+        return subprocess.Popen(
+            list(cmd), stdout=fh, stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True
+        )
+
+
+def start_mlflow(
+    backend_uri: str, artifacts_dir: Path, log: Path, port: int | None = None, timeout: float = 180
+) -> Server:
+    """`mlflow server` with one worker and no job runner: a fraction of the default start-up cost."""
+    port = port or free_port()
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        str(VENV_BIN / "mlflow"), "server",
+        "--host", HOST, "--port", str(port),
+        "--backend-store-uri", backend_uri,
+        "--artifacts-destination", str(artifacts_dir),
+        "--serve-artifacts", "--workers", "1",
+    ]  # fmt: skip
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = spawn("mlflow", cmd, log, env)
+    url = f"http://{HOST}:{port}"
+    wait_http(f"{url}/health", timeout, proc, log)
+    return Server("mlflow", url, proc, log)
