@@ -83,6 +83,34 @@ class SplitSettings(Section):
         return self
 
 
+class ServingSettings(Section):
+    """The prediction service (serving/): where it binds, its limits, and how it follows the registry."""
+
+    host: str = "127.0.0.1"  # loopback unless a deployment says otherwise
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1)
+    # BLAS/OpenMP threads per worker: one, so that workers do not fight over the cores.
+    threads_per_worker: int = Field(1, ge=1)
+    model_alias: str = "champion"
+    reload_interval_s: float = Field(30.0, gt=0)
+    max_body_bytes: int = Field(1_000_000, gt=0)  # /predict and /feedback
+    max_batch_bytes: int = Field(100_000_000, gt=0)  # /predict/batch uploads
+    max_batch_rows: int = Field(200_000, gt=0)
+    batch_chunk_rows: int = Field(10_000, gt=0)
+    # Required as X-API-Key on /predict when set; /admin always needs settings.admin_api_key.
+    api_key: SecretStr | None = None
+    cors_origins: list[str] = Field(default_factory=list)
+    # Serve through ONNX Runtime when the model converts and matches scikit-learn on a sample.
+    use_onnx: bool = True
+    parity_rows: int = Field(512, gt=0)
+    parity_tolerance: float = Field(1e-4, gt=0)
+    # Prediction log writer: rows per insert, longest wait before a partial batch is written.
+    log_batch_rows: int = Field(500, gt=0)
+    log_flush_s: float = Field(0.5, gt=0)
+    log_retry_s: float = Field(2.0, gt=0)
+    spool_dir: Path | None = None  # default: <state_dir>/serving/spool
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MLOPS_",
@@ -112,12 +140,12 @@ class Settings(BaseSettings):
     simulator: SimulatorSettings = SimulatorSettings()
     collection: CollectionSettings = CollectionSettings()
     splits: SplitSettings = SplitSettings()
+    serving: ServingSettings = ServingSettings()
 
     # Sections owned by later stages are free-form until those stages define them.
     training: dict[str, Any] = Field(default_factory=dict)
     tuning: dict[str, Any] = Field(default_factory=dict)
     gate: dict[str, Any] = Field(default_factory=dict)
-    serving: dict[str, Any] = Field(default_factory=dict)
     monitoring: dict[str, Any] = Field(default_factory=dict)
     notifications: dict[str, Any] = Field(default_factory=dict)
 
