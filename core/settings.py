@@ -111,6 +111,65 @@ class ServingSettings(Section):
     spool_dir: Path | None = None  # default: <state_dir>/serving/spool
 
 
+Family = Literal["logistic", "random_forest", "hist_gradient_boosting", "svm", "mlp"]
+Metric = Literal["roc_auc", "pr_auc", "f1", "log_loss", "brier", "rmse", "mae", "r2"]
+
+
+class TrainingSettings(Section):
+    """The training flow: which model families it fits with their default params, and how it scores them."""
+
+    # "logistic" means LogisticRegression for classification and Ridge for regression.
+    families: list[Family] = ["logistic", "hist_gradient_boosting"]
+    primary_metric: Metric = "pr_auc"
+    cv_folds: int = Field(3, ge=2)
+    # Time-aware CV (TimeSeriesSplit on rows ordered by the timestamp) unless set to false.
+    time_aware_cv: bool = True
+    # The approximate-kernel SVM is only fitted when the training split has at most this many rows.
+    svm_max_rows: int = Field(200_000, gt=0)
+    # Threads for HistGradientBoosting and other OpenMP/BLAS code during a fit (None: all cores).
+    n_threads: int | None = None
+    # Plots and permutation importance use at most this many test rows: they describe, not decide.
+    diagnostics_rows: int = Field(5_000, gt=0)
+    register: bool = True
+
+
+class TuningSettings(Section):
+    """The tuning flow: one Optuna study over the families under one budget."""
+
+    families: list[Family] = ["logistic", "random_forest", "hist_gradient_boosting", "svm", "mlp"]
+    n_trials: int | None = Field(40, gt=0)
+    timeout_seconds: float | None = None
+    n_workers: int = Field(1, gt=0)
+    pruning: bool = True
+    pruner: Literal["median", "successive_halving"] = "median"
+    sampler: Literal["tpe", "random"] = "tpe"
+    # Tuning fits on at most this many of the newest training rows (None: all of them).
+    max_rows: int | None = Field(200_000, gt=0)
+    # "journal" (a file under the state directory), "memory" (one worker only), or a database URL
+    # (postgresql://... for workers on several machines).
+    storage_url: str = "journal"
+    # A Dask scheduler address (tcp://host:8786): trials then run on that cluster instead of local processes.
+    dask_address: str | None = None
+    # After the study, fit the best configuration like the training flow does and send it through the gate.
+    register_best: bool = True
+
+
+class GateSettings(Section):
+    """The promotion gate: the candidate must beat the champion on the frozen holdout."""
+
+    # The paired bootstrap CI's lower bound of (candidate - champion) must reach this, in metric units
+    # (sign flipped for lower-is-better metrics so that positive always means better).
+    min_improvement: float = 0.0
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    n_bootstrap: int = Field(500, ge=50)
+    # No slice (a value of a contract slice column) may fall more than this below the champion.
+    slice_tolerance: float = Field(0.05, ge=0.0)
+    min_slice_rows: int = Field(200, gt=0)
+    min_slice_positives: int = Field(5, gt=0)
+    # Median single-row predict latency of the whole pipeline, one thread.
+    latency_budget_ms: float = Field(50.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MLOPS_",
@@ -142,10 +201,11 @@ class Settings(BaseSettings):
     splits: SplitSettings = SplitSettings()
     serving: ServingSettings = ServingSettings()
 
+    training: TrainingSettings = TrainingSettings()
+    tuning: TuningSettings = TuningSettings()
+    gate: GateSettings = GateSettings()
+
     # Sections owned by later stages are free-form until those stages define them.
-    training: dict[str, Any] = Field(default_factory=dict)
-    tuning: dict[str, Any] = Field(default_factory=dict)
-    gate: dict[str, Any] = Field(default_factory=dict)
     monitoring: dict[str, Any] = Field(default_factory=dict)
     notifications: dict[str, Any] = Field(default_factory=dict)
 
