@@ -130,7 +130,7 @@ class TrainingSettings(Section):
     n_threads: int | None = None
     # Plots and permutation importance use at most this many test rows: they describe, not decide.
     diagnostics_rows: int = Field(5_000, gt=0)
-    register: bool = True
+    auto_register: bool = True
 
 
 class TuningSettings(Section):
