@@ -170,6 +170,34 @@ class GateSettings(Section):
     latency_budget_ms: float = Field(50.0, gt=0)
 
 
+class MonitoringSettings(Section):
+    """The monitoring flow: which window of the prediction log it compares, and when it asks for retraining."""
+
+    # The window is the newest `window_rows` predictions, or those of the last `window_hours` (both: the
+    # smaller); neither: the whole log.
+    window_rows: int | None = Field(20_000, gt=0)
+    window_hours: float | None = Field(None, gt=0)
+    # Below this many window rows the flow reports "too little data" and decides nothing.
+    min_window_rows: int = Field(1_000, gt=0)
+    # Seeded uniform samples fed to the drift tests. Above 1,000 reference rows Evidently uses effect-size
+    # tests (normalised Wasserstein, Jensen-Shannon), whose estimates settle at these sizes: docs/monitoring.md.
+    reference_sample_rows: int = Field(50_000, gt=1_000)
+    window_sample_rows: int = Field(50_000, gt=0)
+    # Retraining policy: weighted share of drifted feature columns (weight 1 unless listed, 0 ignores one).
+    drift_share_threshold: float = Field(0.3, gt=0.0, le=1.0)
+    column_weights: dict[str, float] = Field(default_factory=dict)
+    # Largest allowed fall of `performance_metric` below the champion's holdout value, in metric units.
+    performance_metric: Metric = "pr_auc"
+    max_performance_drop: float = Field(0.05, ge=0.0)
+    min_labelled_rows: int = Field(200, gt=0)
+    # The champion's holdout value is read from its training run's metric `<prefix><performance_metric>`.
+    champion_metric_prefix: str = "holdout_"
+    prediction_drift_triggers: bool = False
+    cooldown_hours: float = Field(24.0, ge=0.0)
+    retrain_deployment: str = "retrain/retrain"
+    schedule_cron: str = "0 * * * *"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MLOPS_",
@@ -206,7 +234,7 @@ class Settings(BaseSettings):
     gate: GateSettings = GateSettings()
 
     # Sections owned by later stages are free-form until those stages define them.
-    monitoring: dict[str, Any] = Field(default_factory=dict)
+    monitoring: MonitoringSettings = MonitoringSettings()
     notifications: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
