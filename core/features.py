@@ -15,7 +15,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_feature_names_in, check_is_fitted, validate_data
 
 from core.contract import DatasetContract
 
@@ -23,27 +23,37 @@ MISSING = "__missing__"
 
 
 class TimeFeatures(TransformerMixin, BaseEstimator):
-    """Derive calendar features from one timestamp column.
+    """Derive calendar features from timestamp columns.
 
     Hour and weekday are encoded on the unit circle (sin, cos) so that 23:00 sits next to 00:00.
+    A missing or unparseable timestamp maps to the circle's centre (0, 0): "no information".
     """
 
-    _SUPPORTED: ClassVar[dict[str, int]] = {"hour_of_day": 24, "day_of_week": 7, "month": 12}
+    _PERIODS: ClassVar[dict[str, int]] = {"hour_of_day": 24, "day_of_week": 7, "month": 12}
 
     def __init__(self, features: tuple[str, ...] = ("hour_of_day", "day_of_week")) -> None:
         self.features = features
 
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.input_tags.string = True
+        return tags
+
     def fit(self, X: Any, y: Any = None) -> TimeFeatures:
-        unknown = [f for f in self.features if f not in self._SUPPORTED]
+        unknown = [f for f in self.features if f not in self._PERIODS]
         if unknown:
-            raise ValueError(f"unknown time features {unknown}; supported: {sorted(self._SUPPORTED)}")
-        self.n_features_in_ = 1
-        self.feature_names_out_ = np.array([f"{f}_{trig}" for f in self.features for trig in ("sin", "cos")])
+            raise ValueError(f"unknown time features {unknown}; supported: {sorted(self._PERIODS)}")
+        validate_data(self, X, dtype=None, ensure_all_finite=False)
         return self
 
     def transform(self, X: Any) -> np.ndarray:
-        check_is_fitted(self, "feature_names_out_")
-        col = X.iloc[:, 0] if isinstance(X, pd.DataFrame) else pd.Series(np.asarray(X).reshape(-1))
+        check_is_fitted(self)
+        arr = validate_data(self, X, dtype=None, ensure_all_finite=False, reset=False)
+        blocks = [self._encode(pd.Series(arr[:, j])) for j in range(arr.shape[1])]
+        return np.hstack(blocks) if blocks else np.empty((arr.shape[0], 0))
+
+    def _encode(self, col: pd.Series) -> np.ndarray:
         ts = pd.to_datetime(col, errors="coerce")
         parts: dict[str, pd.Series] = {
             "hour_of_day": ts.dt.hour + ts.dt.minute / 60.0,
@@ -52,15 +62,15 @@ class TimeFeatures(TransformerMixin, BaseEstimator):
         }
         out = np.empty((len(ts), 2 * len(self.features)), dtype=np.float64)
         for i, name in enumerate(self.features):
-            angle = 2 * np.pi * parts[name].to_numpy(dtype=np.float64, na_value=np.nan) / self._SUPPORTED[name]
-            # A missing timestamp maps to the circle's centre (0, 0): "no information", not midnight.
+            angle = 2 * np.pi * parts[name].to_numpy(dtype=np.float64, na_value=np.nan) / self._PERIODS[name]
             out[:, 2 * i] = np.nan_to_num(np.sin(angle))
             out[:, 2 * i + 1] = np.nan_to_num(np.cos(angle))
         return out
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        check_is_fitted(self, "feature_names_out_")
-        return self.feature_names_out_
+        check_is_fitted(self)
+        names = _check_feature_names_in(self, input_features)
+        return np.array([f"{c}_{f}_{trig}" for c in names for f in self.features for trig in ("sin", "cos")])
 
 
 def build_preprocessor(contract: DatasetContract, *, scale: bool = True) -> ColumnTransformer:
@@ -113,5 +123,6 @@ def to_model_input(frame: pd.DataFrame, contract: DatasetContract) -> pd.DataFra
         elif col.type == "datetime":
             out[name] = pd.to_datetime(s, errors="coerce")
         else:
-            out[name] = s.astype("object").where(s.notna(), None)  # type: ignore[call-overload]
+            # NaN, not None: SimpleImputer's default missing marker, so a missing category is imputed.
+            out[name] = s.astype("object").where(s.notna(), np.nan)
     return pd.DataFrame(out, index=frame.index)

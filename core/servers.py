@@ -116,3 +116,28 @@ def start_mlflow(
     url = f"http://{HOST}:{port}"
     wait_http(f"{url}/health", timeout, proc, log)
     return Server("mlflow", url, proc, log)
+
+
+def prefect_env(api_url: str, home: Path) -> dict[str, str]:
+    return {
+        "PREFECT_API_URL": api_url,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_API_URL": api_url,
+    }
+
+
+def start_prefect(home: Path, log: Path, port: int | None = None, timeout: float = 180) -> Server:
+    """`prefect server start` on a SQLite database under `home` (PREFECT_HOME)."""
+    port = port or free_port()
+    url = f"http://{HOST}:{port}"
+    cmd = [str(VENV_BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(port)]
+    proc = spawn("prefect", cmd, log, prefect_env(f"{url}/api", home))
+    wait_http(f"{url}/api/health", timeout, proc, log)
+    return Server("prefect", url, proc, log)
+
+
+def start_worker(api_url: str, home: Path, pool: str, log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """A process worker: each flow run it picks up runs in a child process of the project's venv."""
+    cmd = [str(VENV_BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
+    return spawn("worker", cmd, log, prefect_env(api_url, home), cwd=cwd)

@@ -198,6 +198,14 @@ class MonitoringSettings(Section):
     schedule_cron: str = "0 * * * *"
 
 
+class NotificationSettings(Section):
+    """A Slack-compatible incoming webhook; unset means no notifications."""
+
+    webhook_url: str | None = None
+    events: tuple[str, ...] = ("drift_detected", "retraining_finished", "promotion_decision")
+    timeout_s: float = 5.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MLOPS_",
@@ -210,11 +218,11 @@ class Settings(BaseSettings):
     contract_path: Path = Path("configs/dataset.yaml")
     state_dir: Path = Path(".state")
 
-    # Locations. None means "the embedded default under state_dir" (see the properties below).
-    data_dir_override: Path | None = Field(None, alias="data_dir")
-    warehouse_url_override: str | None = Field(None, alias="warehouse_url")
-    mlflow_tracking_uri_override: str | None = Field(None, alias="mlflow_tracking_uri")
-    prediction_log_url_override: str | None = Field(None, alias="prediction_log_url")
+    # Locations. Left unset, each gets its embedded default under state_dir (see _default_locations).
+    data_dir: Path = Path()
+    warehouse_url: str = ""
+    mlflow_tracking_uri: str = ""
+    prediction_log_url: str = ""
     prefect_api_url: str = "http://127.0.0.1:4200/api"
 
     model_name: str = "card-fraud"
@@ -233,9 +241,8 @@ class Settings(BaseSettings):
     tuning: TuningSettings = TuningSettings()
     gate: GateSettings = GateSettings()
 
-    # Sections owned by later stages are free-form until those stages define them.
     monitoring: MonitoringSettings = MonitoringSettings()
-    notifications: dict[str, Any] = Field(default_factory=dict)
+    notifications: NotificationSettings = NotificationSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -252,6 +259,21 @@ class Settings(BaseSettings):
             raise FileNotFoundError(f"MLOPS_CONFIG names files that do not exist: {[str(p) for p in missing]}")
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=files))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_locations(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        state = Path(data.get("state_dir") or ".state")
+        state = state if state.is_absolute() else PROJECT_ROOT / state
+        defaults = {
+            "data_dir": state / "data",
+            "warehouse_url": f"sqlite:///{state / 'warehouse.db'}",
+            "mlflow_tracking_uri": f"sqlite:///{state / 'mlflow' / 'mlflow.db'}",
+            "prediction_log_url": f"sqlite:///{state / 'predictions.db'}",
+        }
+        return {**data, **{k: v for k, v in defaults.items() if not data.get(k)}}
+
     @model_validator(mode="after")
     def _no_default_secrets_in_production(self) -> Settings:
         if self.environment == "production" and self.admin_api_key is None:
@@ -267,24 +289,8 @@ class Settings(BaseSettings):
         return self.path(self.state_dir)
 
     @property
-    def data_dir(self) -> Path:
-        return self.path(self.data_dir_override) if self.data_dir_override else self.state / "data"
-
-    @property
-    def warehouse_url(self) -> str:
-        return self.warehouse_url_override or f"sqlite:///{self.state / 'warehouse.db'}"
-
-    @property
-    def mlflow_tracking_uri(self) -> str:
-        return self.mlflow_tracking_uri_override or f"sqlite:///{self.state / 'mlflow' / 'mlflow.db'}"
-
-    @property
     def mlflow_artifacts_dir(self) -> Path:
         return self.state / "mlflow" / "artifacts"
-
-    @property
-    def prediction_log_url(self) -> str:
-        return self.prediction_log_url_override or f"sqlite:///{self.state / 'predictions.db'}"
 
     @property
     def source_url(self) -> str:
