@@ -198,6 +198,14 @@ class MonitoringSettings(Section):
     schedule_cron: str = "0 * * * *"
 
 
+class StackSettings(Section):
+    """The local stack `make demo` starts: ports on 127.0.0.1 and the Prefect work pool."""
+
+    mlflow_port: int = Field(5000, ge=1, le=65535)
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    work_pool: str = "local"
+
+
 class NotificationSettings(Section):
     """A Slack-compatible incoming webhook; unset means no notifications."""
 
@@ -223,7 +231,7 @@ class Settings(BaseSettings):
     warehouse_url: str = ""
     mlflow_tracking_uri: str = ""
     prediction_log_url: str = ""
-    prefect_api_url: str = "http://127.0.0.1:4200/api"
+    stack: StackSettings = StackSettings()
 
     model_name: str = "card-fraud"
     experiment_name: str = "card-fraud"

@@ -1,0 +1,208 @@
+"""The local stack: MLflow server, Prefect server and worker, the deployments, the API.
+
+`up` starts what is not already running (a component whose recorded process is alive and whose
+health URL answers is reused), `down` stops every process it started. What runs where is recorded
+in <state>/stack/stack.json, so `make stop` works from another shell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from core.servers import (
+    HOST,
+    VENV_BIN,
+    port_open,
+    prefect_env,
+    spawn,
+    start_mlflow,
+    start_prefect,
+    start_worker,
+    stop_process_group,
+    wait_http,
+)
+from core.settings import PROJECT_ROOT, Settings, get_settings
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Component:
+    pid: int
+    url: str
+    log: str
+
+
+@dataclass
+class Stack:
+    components: dict[str, Component] = field(default_factory=dict)
+
+    @property
+    def mlflow_url(self) -> str:
+        return self.components["mlflow"].url
+
+    @property
+    def prefect_api_url(self) -> str:
+        return self.components["prefect"].url + "/api"
+
+    @property
+    def api_url(self) -> str | None:
+        api = self.components.get("api")
+        return api.url if api else None
+
+
+def _state_file(settings: Settings) -> Path:
+    return settings.state / "stack" / "stack.json"
+
+
+def load(settings: Settings | None = None) -> Stack:
+    path = _state_file(settings or get_settings())
+    if not path.exists():
+        return Stack()
+    raw = json.loads(path.read_text())
+    return Stack({k: Component(**v) for k, v in raw.items()})
+
+
+def _save(settings: Settings, stack: Stack) -> None:
+    path = _state_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({k: asdict(v) for k, v in stack.components.items()}, indent=2))
+    tmp.replace(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _healthy(c: Component | None, health_path: str) -> bool:
+    if c is None or not _alive(c.pid):
+        return False
+    try:
+        wait_http(c.url + health_path, timeout=3)
+    except (TimeoutError, RuntimeError):
+        return False
+    return True
+
+
+def env_for_flows(settings: Settings, stack: Stack) -> dict[str, str]:
+    """What every flow run, the worker and the API see: one tracking server, one Prefect API."""
+    env = prefect_env(stack.prefect_api_url, settings.state / "prefect-home")
+    env |= {
+        "MLOPS_MLFLOW_TRACKING_URI": stack.mlflow_url,
+        "MLFLOW_TRACKING_URI": stack.mlflow_url,
+        "MLOPS_STATE_DIR": str(settings.state),
+        "MLOPS_PROJECT_ROOT": str(PROJECT_ROOT),
+        "MPLBACKEND": "Agg",
+    }
+    if "MLOPS_CONFIG" in os.environ:
+        env["MLOPS_CONFIG"] = os.environ["MLOPS_CONFIG"]
+    return env
+
+
+def _check_port_free(name: str, port: int) -> None:
+    if port_open(port):
+        raise RuntimeError(
+            f"port {port} for {name} is taken by a process this stack did not start; "
+            f"stop it or set MLOPS_STACK__{name.upper()}_PORT to another port"
+        )
+
+
+def up_servers(settings: Settings, say: Progress = print) -> Stack:
+    """MLflow and Prefect servers, the work pool, the deployments and a worker."""
+    stack = load(settings)
+    logs = settings.state / "logs"
+    home = settings.state / "prefect-home"
+
+    if _healthy(stack.components.get("mlflow"), "/health"):
+        say(f"MLflow server already running at {stack.mlflow_url}")
+    else:
+        _check_port_free("mlflow", settings.stack.mlflow_port)
+        say("starting the MLflow tracking server (SQLite backend, local artifacts) ...")
+        backend = f"sqlite:///{settings.state / 'mlflow' / 'mlflow.db'}"
+        srv = start_mlflow(backend, settings.mlflow_artifacts_dir, logs / "mlflow.log", settings.stack.mlflow_port)
+        stack.components["mlflow"] = Component(srv.proc.pid, srv.url, str(srv.log))
+        _save(settings, stack)
+
+    if _healthy(stack.components.get("prefect"), "/api/health"):
+        say(f"Prefect server already running at {stack.components['prefect'].url}")
+    else:
+        _check_port_free("prefect", settings.stack.prefect_port)
+        say("starting the Prefect server ...")
+        srv = start_prefect(home, logs / "prefect.log", settings.stack.prefect_port)
+        stack.components["prefect"] = Component(srv.proc.pid, srv.url, str(srv.log))
+        _save(settings, stack)
+
+    env = {**os.environ, **env_for_flows(settings, stack)}
+    say("registering the deployments from prefect.yaml ...")
+    prefect = str(VENV_BIN / "prefect")
+    pool = settings.stack.work_pool
+    inspect = subprocess.run([prefect, "work-pool", "inspect", pool], env=env, capture_output=True, check=False)
+    if inspect.returncode != 0:
+        subprocess.run([prefect, "work-pool", "create", pool, "--type", "process"], env=env, check=True)
+    deploy = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--all"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if deploy.returncode != 0:
+        raise RuntimeError(f"prefect deploy failed:\n{deploy.stdout[-3000:]}\n{deploy.stderr[-3000:]}")
+
+    worker = stack.components.get("worker")
+    if worker and _alive(worker.pid):
+        say("Prefect worker already running")
+    else:
+        say(f"starting a process worker on pool '{pool}' ...")
+        proc = start_worker(stack.prefect_api_url, home, pool, logs / "worker.log", PROJECT_ROOT)
+        # The worker inherits the tracking URI and state dir, and so do the flow runs it starts.
+        stack.components["worker"] = Component(proc.pid, "", str(logs / "worker.log"))
+        _save(settings, stack)
+    return stack
+
+
+def up_api(settings: Settings, stack: Stack, say: Progress = print, timeout: float = 120) -> Stack:
+    """The prediction service, serving the registry's champion (needs one to be ready)."""
+    api = stack.components.get("api")
+    if _healthy(api, "/ready"):
+        say(f"API already running at {stack.api_url}")
+        return stack
+    _check_port_free("serving", settings.serving.port)
+    say("starting the prediction API (uvicorn) ...")
+    log = settings.state / "logs" / "api.log"
+    env = {k: v for k, v in env_for_flows(settings, stack).items() if not k.startswith("PREFECT_")}
+    proc = spawn("api", [str(VENV_BIN / "python"), "-m", "serving"], log, env, cwd=PROJECT_ROOT)
+    url = f"http://{HOST}:{settings.serving.port}"
+    wait_http(url + "/ready", timeout, proc, log)
+    stack.components["api"] = Component(proc.pid, url, str(log))
+    _save(settings, stack)
+    return stack
+
+
+def down(settings: Settings | None = None, say: Progress = print) -> list[str]:
+    """Stop every process the stack started, newest first."""
+    settings = settings or get_settings()
+    stack = load(settings)
+    stopped = []
+    for name in ("api", "worker", "prefect", "mlflow"):
+        c = stack.components.get(name)
+        if c is None:
+            continue
+        if _alive(c.pid):
+            say(f"stopping {name} (pid {c.pid})")
+            stop_process_group(c.pid)
+            stopped.append(name)
+        del stack.components[name]
+    _save(settings, stack)
+    return stopped
