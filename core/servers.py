@@ -127,12 +127,17 @@ def prefect_env(api_url: str, home: Path) -> dict[str, str]:
     }
 
 
-def start_prefect(home: Path, log: Path, port: int | None = None, timeout: float = 180) -> Server:
-    """`prefect server start` on a SQLite database under `home` (PREFECT_HOME)."""
+def start_prefect(
+    home: Path, log: Path, port: int | None = None, timeout: float = 180, database_url: str | None = None
+) -> Server:
+    """`prefect server start`: a SQLite database under `home` (PREFECT_HOME) unless `database_url` is given."""
     port = port or free_port()
     url = f"http://{HOST}:{port}"
     cmd = [str(VENV_BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(port)]
-    proc = spawn("prefect", cmd, log, prefect_env(f"{url}/api", home))
+    env = prefect_env(f"{url}/api", home)
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
+    proc = spawn("prefect", cmd, log, env)
     wait_http(f"{url}/api/health", timeout, proc, log)
     return Server("prefect", url, proc, log)
 
