@@ -1,0 +1,291 @@
+"""Incremental collection, without Prefect: plan a window, pull + validate + stage, then publish or fail.
+
+The three steps are separate functions so the Prefect flow (pipelines/collect.py) can run each as a
+task with its own retries; :func:`run_collection` chains them for plain Python callers.
+
+Outcomes, all recorded in ``manifests/collect-<run_id>.json``:
+
+- nothing new: status ``empty``, watermark unchanged;
+- bad rows at or under ``collection.max_bad_share``: valid rows published, bad rows quarantined,
+  watermark moved to the newest (timestamp, id) pulled;
+- bad share above the threshold, or a contract column missing from the source: ``CollectionError``
+  naming the columns and counts; quarantine kept, staged rows discarded (the next run pulls them
+  again), watermark unchanged.
+
+Always checked: loaded + quarantined == pulled.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from core.settings import Settings
+from core.snapshots import (
+    PartFile,
+    QuarantineWriter,
+    publish,
+    read_watermark,
+    utc_now,
+    write_json_atomic,
+    write_partitions,
+    write_watermark,
+)
+from core.sources import Watermark, Window, open_source, to_timestamps
+from core.validation import SchemaMismatchError, check_columns, validate_batch
+
+log = logging.getLogger(__name__)
+
+
+class CollectionError(RuntimeError):
+    """A collection run refused its batch (too many bad rows, or the schema is wrong)."""
+
+
+@dataclass
+class CollectionPlan:
+    run_id: str
+    started_at: str
+    source: str
+    window: Window
+    as_of: str
+    extra_columns: list[str]
+    unusable_timestamps: int
+
+
+@dataclass
+class PullResult:
+    """Counts of one run's pull; the staged files wait in ``staging`` until publish."""
+
+    pulled: int = 0
+    loaded: int = 0
+    quarantined: int = 0
+    fault_counts: Counter[str] = field(default_factory=Counter)
+    column_counts: Counter[str] = field(default_factory=Counter)
+    unknown_categories: dict[str, Counter[str]] = field(default_factory=dict)
+    parts: list[PartFile] = field(default_factory=list)
+    quarantine_file: str | None = None
+    newest: Watermark = field(default_factory=Watermark)
+
+    @property
+    def bad_share(self) -> float:
+        return self.quarantined / self.pulled if self.pulled else 0.0
+
+
+def new_run_id() -> str:
+    return f"{datetime.now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def _paths(settings: Settings, run_id: str) -> dict[str, Path]:
+    d = settings.data_dir
+    return {
+        "raw": d / "raw",
+        "staging": d / "staging" / run_id,
+        "quarantine": d / "quarantine" / f"{run_id}.parquet",
+        "manifest": d / "manifests" / f"collect-{run_id}.json",
+    }
+
+
+def plan_window(settings: Settings, as_of: str | None = None, run_id: str | None = None) -> CollectionPlan:
+    """Check the source's schema and fix the window: after the watermark, up to as_of - label delay.
+
+    ``as_of`` defaults to the source's clock (its newest timestamp), so replayed or simulated history
+    behaves like live data. Rows newer than ``as_of - target.label_delay_days`` wait: their labels are
+    not final yet.
+    """
+    contract = settings.contract
+    run_id = run_id or new_run_id()
+    started = utc_now()
+    source = open_source(settings)
+    try:
+        missing, extra = check_columns(source.columns(), contract)
+        since = read_watermark(settings.data_dir)
+        if missing:
+            err = SchemaMismatchError(missing, extra)
+            message = f"{err} in {source.description}; 0 rows loaded, watermark unchanged"
+            _write_manifest(
+                settings,
+                run_id,
+                status="failed",
+                error=message,
+                source=source.description,
+                started_at=started,
+                plan=None,
+                result=PullResult(),
+                since=since,
+                extra_columns=extra,
+            )
+            raise CollectionError(message)
+        if extra:
+            log.warning("source has columns the contract does not name (ignored): %s", extra)
+        clock = pd.Timestamp(as_of).to_pydatetime() if as_of else source.clock()
+        unusable = source.unusable_timestamps()
+        if unusable:
+            log.warning(
+                "%d source rows have no usable %s and cannot be placed in any window (not collected)",
+                unusable,
+                contract.timestamp_column,
+            )
+    finally:
+        source.close()
+    if clock is None:  # an empty source: a window that ends before anything
+        clock = since.timestamp or datetime(1970, 1, 1)
+    until = clock - timedelta(days=contract.target.label_delay_days)
+    return CollectionPlan(
+        run_id=run_id,
+        started_at=started,
+        source=source.description,
+        window=Window(since=since, until=until),
+        as_of=clock.isoformat(),
+        extra_columns=extra,
+        unusable_timestamps=unusable,
+    )
+
+
+def pull_and_stage(settings: Settings, plan: CollectionPlan) -> PullResult:
+    """Read the window chunk by chunk, validate each chunk, stage valid rows and quarantine the rest."""
+    contract = settings.contract
+    paths = _paths(settings, plan.run_id)
+    # A retried attempt starts clean: staged files of a failed attempt are not half-counted.
+    shutil.rmtree(paths["staging"], ignore_errors=True)
+    result = PullResult()
+    quarantine = QuarantineWriter(paths["quarantine"], contract.column_names, plan.run_id, plan.started_at)
+    source = open_source(settings)
+    try:
+        for chunk in source.read(plan.window, settings.collection.chunk_rows):
+            checked = validate_batch(chunk[[c for c in chunk.columns if c in contract.column_names]], contract)
+            if checked.rows != len(chunk):
+                raise RuntimeError(f"accounting broke: {len(chunk)} rows pulled, {checked.rows} validated")
+            result.pulled += len(chunk)
+            result.loaded += len(checked.valid)
+            result.quarantined += len(checked.quarantined)
+            result.fault_counts.update(checked.fault_counts)
+            result.column_counts.update(checked.column_counts)
+            for col, counts in checked.unknown_categories.items():
+                result.unknown_categories.setdefault(col, Counter()).update(counts)
+            result.parts.extend(write_partitions(checked.valid, paths["staging"], contract))
+            quarantine.write(checked.quarantined)
+            result.newest = _newest(result.newest, chunk, settings)
+    finally:
+        quarantine.close()
+        source.close()
+    if quarantine.rows:
+        result.quarantine_file = str(paths["quarantine"].relative_to(settings.data_dir))
+    if result.loaded + result.quarantined != result.pulled:
+        raise RuntimeError(
+            f"accounting broke: {result.loaded} loaded + {result.quarantined} quarantined != {result.pulled} pulled"
+        )
+    return result
+
+
+def _newest(current: Watermark, chunk: pd.DataFrame, settings: Settings) -> Watermark:
+    contract = settings.contract
+    ts = to_timestamps(chunk[contract.timestamp_column])
+    if ts.isna().all():
+        return current
+    top = ts.max()
+    ids = chunk.loc[(ts == top).to_numpy(), contract.id_column].astype(str)
+    candidate = Watermark(timestamp=pd.Timestamp(top).to_pydatetime(), id=str(ids.max()))
+    if current.timestamp is None or (candidate.timestamp, candidate.id or "") > (current.timestamp, current.id or ""):
+        return candidate
+    return current
+
+
+def finish(
+    settings: Settings, plan: CollectionPlan, result: PullResult, max_bad_share: float | None = None
+) -> dict[str, Any]:
+    """Publish and move the watermark, or refuse the batch; either way write the run's manifest."""
+    limit = settings.collection.max_bad_share if max_bad_share is None else max_bad_share
+    paths = _paths(settings, plan.run_id)
+    common: dict[str, Any] = {
+        "source": plan.source,
+        "started_at": plan.started_at,
+        "plan": plan,
+        "result": result,
+        "since": plan.window.since,
+        "extra_columns": plan.extra_columns,
+    }
+    if result.pulled == 0:
+        shutil.rmtree(paths["staging"], ignore_errors=True)
+        window = f"({plan.window.since.timestamp}, {plan.window.until}]"
+        print(f"collect {plan.run_id}: no new rows in {window}; watermark unchanged")
+        return _write_manifest(settings, plan.run_id, status="empty", **common)
+    if result.bad_share > limit:
+        shutil.rmtree(paths["staging"], ignore_errors=True)
+        faults = ", ".join(f"{k}: {v}" for k, v in result.fault_counts.most_common())
+        message = (
+            f"{result.quarantined} of {result.pulled} rows ({result.bad_share:.1%}) failed validation, "
+            f"above max_bad_share {limit:.1%}: {faults}. Quarantine: {result.quarantine_file}; "
+            "nothing loaded, watermark unchanged"
+        )
+        _write_manifest(settings, plan.run_id, status="failed", error=message, max_bad_share=limit, **common)
+        raise CollectionError(message)
+    files = publish(paths["staging"], paths["raw"], result.parts)
+    manifest = _write_manifest(settings, plan.run_id, status="succeeded", files=files, max_bad_share=limit, **common)
+    write_watermark(settings.data_dir, result.newest, window_end=plan.window.until.isoformat(), run_id=plan.run_id)
+    print(
+        f"collect {plan.run_id}: pulled {result.pulled}, loaded {result.loaded}, quarantined {result.quarantined} "
+        f"({result.bad_share:.2%}); {sum(f['new'] for f in files)} new file(s) under {paths['raw']}"
+    )
+    return manifest
+
+
+def _write_manifest(
+    settings: Settings,
+    run_id: str,
+    *,
+    status: str,
+    source: str,
+    started_at: str,
+    plan: CollectionPlan | None,
+    result: PullResult,
+    since: Watermark,
+    extra_columns: list[str],
+    files: list[dict[str, Any]] | None = None,
+    error: str | None = None,
+    max_bad_share: float | None = None,
+) -> dict[str, Any]:
+    manifest: dict[str, Any] = {
+        "run_id": run_id,
+        "status": status,
+        "error": error,
+        "source": source,
+        "started_at": started_at,
+        "finished_at": utc_now(),
+        "window": None
+        if plan is None
+        else {
+            "after": since.to_dict(),
+            "until": plan.window.until.isoformat(),
+            "as_of": plan.as_of,
+            "label_delay_days": settings.contract.target.label_delay_days,
+        },
+        "rows": {"pulled": result.pulled, "loaded": result.loaded, "quarantined": result.quarantined},
+        "bad_share": result.bad_share,
+        "max_bad_share": max_bad_share,
+        "fault_counts": dict(result.fault_counts.most_common()),
+        "column_counts": dict(result.column_counts.most_common()),
+        "unknown_categories": {c: dict(v) for c, v in result.unknown_categories.items()},
+        "extra_columns": extra_columns,
+        "unusable_timestamps": plan.unusable_timestamps if plan else None,
+        "files": files or [],
+        "quarantine_file": result.quarantine_file,
+        "watermark_before": since.to_dict(),
+        "watermark_after": result.newest.to_dict() if status == "succeeded" else since.to_dict(),
+    }
+    write_json_atomic(_paths(settings, run_id)["manifest"], manifest)
+    return manifest
+
+
+def run_collection(settings: Settings, as_of: str | None = None, max_bad_share: float | None = None) -> dict[str, Any]:
+    """The whole collection run as one plain Python call; returns the manifest."""
+    plan = plan_window(settings, as_of)
+    result = pull_and_stage(settings, plan)
+    return finish(settings, plan, result, max_bad_share)

@@ -1,0 +1,69 @@
+"""Read the processed splits without knowing their layout.
+
+``latest_processed().load("train")`` is all that training, the promotion gate (``"holdout"``) and
+monitoring (``"reference"``) need; the manifest carries each split's rows, fingerprint, time window
+and positive rate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from core.contract import DatasetContract
+from core.settings import Settings, get_settings
+
+SPLIT_NAMES = ("train", "validation", "test", "holdout", "reference")
+
+
+class DatasetsNotFoundError(FileNotFoundError):
+    """No processed datasets yet (run collection and preprocessing first)."""
+
+
+@dataclass(frozen=True)
+class ProcessedDatasets:
+    version: str
+    dir: Path
+    manifest: dict[str, Any]
+    contract: DatasetContract
+
+    def path(self, split: str) -> Path:
+        if split not in SPLIT_NAMES:
+            raise KeyError(f"unknown split {split!r}; choose one of {list(SPLIT_NAMES)}")
+        return self.dir / f"{split}.parquet"
+
+    def load(self, split: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """One split with the contract's dtypes (nullable ints as Int64, categories as object strings)."""
+        frame = pd.read_parquet(self.path(split), columns=list(columns) if columns is not None else None)
+        for col in self.contract.columns:
+            if col.name in frame.columns and col.type == "int":
+                frame[col.name] = frame[col.name].astype("Int64" if col.nullable else "int64")
+        return frame
+
+
+def processed_version(version: str, settings: Settings | None = None) -> ProcessedDatasets:
+    settings = settings or get_settings()
+    directory = settings.data_dir / "processed" / version
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.exists():
+        raise DatasetsNotFoundError(f"no processed datasets version {version} at {directory}")
+    return ProcessedDatasets(
+        version=version, dir=directory, manifest=json.loads(manifest_path.read_text()), contract=settings.contract
+    )
+
+
+def latest_processed(settings: Settings | None = None) -> ProcessedDatasets:
+    """The version ``processed/latest.json`` points at."""
+    settings = settings or get_settings()
+    pointer = settings.data_dir / "processed" / "latest.json"
+    if not pointer.exists():
+        raise DatasetsNotFoundError(
+            f"no processed datasets under {pointer.parent}: run `python -m pipelines.collect` "
+            "then `python -m pipelines.preprocess`"
+        )
+    return processed_version(json.loads(pointer.read_text())["version"], settings)

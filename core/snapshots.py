@@ -1,0 +1,199 @@
+"""Immutable, partitioned Parquet snapshots, content fingerprints, manifests and the watermark.
+
+Layout under ``data_dir``::
+
+    raw/date=YYYY-MM-DD/part-<fingerprint>.parquet   validated rows, never overwritten
+    staging/<run_id>/...                             a run's rows until the run succeeds
+    quarantine/<run_id>.parquet                      rejected rows (values as text) + _reason
+    manifests/collect-<run_id>.json                  what each collection run did
+    state/watermark.json                             the last (timestamp, id) collected
+
+A part file is named by the fingerprint of its rows, so writing the same rows twice is a no-op and
+a file, once published, never changes. Every JSON write goes through a temp file and a rename, so a
+crash never leaves a half-written manifest or watermark.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from core.contract import DatasetContract
+from core.sources import Watermark
+
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd"}
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """sha256 of the rows' contents (values, column names and dtypes; not the file's bytes)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([[c, str(t)] for c, t in frame.dtypes.items()]).encode())
+    if len(frame):
+        h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+class StreamingFingerprint:
+    """The fingerprint of a frame fed in consecutive pieces (equal to :func:`fingerprint` of the whole)."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self._started = False
+
+    def update(self, frame: pd.DataFrame) -> None:
+        if not self._started:
+            self._h.update(json.dumps([[c, str(t)] for c, t in frame.dtypes.items()]).encode())
+            self._started = True
+        if len(frame):
+            self._h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, **PARQUET_OPTIONS)
+    tmp.replace(path)
+
+
+_ARROW_TYPES = {
+    "float": pa.float64(),
+    "int": pa.int64(),
+    "bool": pa.bool_(),
+    "category": pa.string(),
+    "string": pa.string(),
+    "datetime": pa.timestamp("ns"),
+}
+
+
+def arrow_schema(contract: DatasetContract) -> pa.Schema:
+    """The Parquet schema of validated rows: fixed by the contract, so every part file agrees
+    (a day whose optional column is all null is still a string column, not Arrow's null type)."""
+    return pa.schema([pa.field(c.name, _ARROW_TYPES[c.type], nullable=c.nullable) for c in contract.columns])
+
+
+def to_arrow(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+
+
+# ---- partitioned snapshots ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class PartFile:
+    """One partition file: its path relative to the snapshot root, rows and content fingerprint."""
+
+    path: str
+    date: str
+    rows: int
+    fingerprint: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "date": self.date, "rows": self.rows, "fingerprint": self.fingerprint}
+
+
+def write_partitions(frame: pd.DataFrame, root: Path, contract: DatasetContract) -> list[PartFile]:
+    """Write ``frame`` as one file per event date under ``root``; existing identical files are kept."""
+    if frame.empty:
+        return []
+    schema = arrow_schema(contract)
+    dates = frame[contract.timestamp_column].dt.strftime("%Y-%m-%d")
+    parts: list[PartFile] = []
+    for day, group in frame.groupby(dates.to_numpy(), sort=True):
+        rows = group.reset_index(drop=True)
+        fp = fingerprint(rows)
+        rel = f"date={day}/part-{fp[:24]}.parquet"
+        target = root / rel
+        if not target.exists():
+            write_parquet_atomic(to_arrow(rows, schema), target)
+        parts.append(PartFile(path=rel, date=str(day), rows=len(rows), fingerprint=fp))
+    return parts
+
+
+def publish(staging: Path, raw: Path, parts: Iterable[PartFile]) -> list[dict[str, Any]]:
+    """Move staged part files into ``raw``; a file already there has the same content and stays."""
+    published = []
+    for part in parts:
+        src, dst = staging / part.path, raw / part.path
+        new = not dst.exists()
+        if new:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            src.replace(dst)
+        published.append({**part.to_dict(), "new": new})
+    shutil.rmtree(staging, ignore_errors=True)
+    return published
+
+
+def raw_part_files(raw: Path) -> list[Path]:
+    """Every published part file, oldest date first (within a date: by write time)."""
+    files = [p for p in raw.glob("date=*/part-*.parquet") if p.is_file()]
+    return sorted(files, key=lambda p: (p.parent.name, p.stat().st_mtime_ns, p.name))
+
+
+# ---- quarantine ---------------------------------------------------------------------------------
+class QuarantineWriter:
+    """Streams quarantined rows of one run into one Parquet file (every value as text)."""
+
+    def __init__(self, path: Path, columns: list[str], run_id: str, collected_at: str) -> None:
+        self.path = path
+        self.columns = [*columns, "_reason", "_run_id", "_collected_at"]
+        self.schema = pa.schema([(c, pa.string()) for c in self.columns])
+        self.run_id = run_id
+        self.collected_at = collected_at
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, rows: pd.DataFrame) -> None:
+        if rows.empty:
+            return
+        frame = rows.copy()
+        frame["_run_id"] = self.run_id
+        frame["_collected_at"] = self.collected_at
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.path, self.schema, **PARQUET_OPTIONS)
+        self._writer.write_table(pa.Table.from_pandas(frame[self.columns], schema=self.schema, preserve_index=False))
+        self.rows += len(frame)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+# ---- watermark ----------------------------------------------------------------------------------
+def watermark_path(data_dir: Path) -> Path:
+    return data_dir / "state" / "watermark.json"
+
+
+def read_watermark(data_dir: Path) -> Watermark:
+    path = watermark_path(data_dir)
+    if not path.exists():
+        return Watermark()
+    return Watermark.from_dict(json.loads(path.read_text()))
+
+
+def write_watermark(data_dir: Path, watermark: Watermark, **extra: Any) -> None:
+    write_json_atomic(watermark_path(data_dir), {**watermark.to_dict(), **extra, "updated_at": utc_now()})
