@@ -1,0 +1,71 @@
+"""Flow `retrain`: what the monitoring policy starts when it decides the model is stale.
+
+collect (new rows past the watermark) -> preprocess (new splits and a new frozen holdout) ->
+train, or tune within a trial budget -> the promotion gate. The champion moves only if the gate
+says so; the prediction service picks a new champion up by itself through the registry alias.
+A failure anywhere leaves the champion as it was, and the run is marked failed in Prefect.
+
+Run: ``prefect deployment run retrain/retrain --param reason="drift share 0.6"`` or
+``python -m pipelines.retrain --reason manual``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from prefect import flow
+
+from core.notify import notify
+from core.settings import get_settings
+from pipelines.collect import collect
+from pipelines.preprocess import preprocess
+from pipelines.train import train
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(reason: str = "manual", tune_trials: int = 0, families: list[str] | None = None) -> dict[str, Any]:
+    """Retrain on the newest data and let the gate decide. `tune_trials` > 0 runs an Optuna search first."""
+    settings = get_settings()
+    started = time.perf_counter()
+    print(f"retraining because: {reason}")
+    collected = collect()
+    processed = preprocess()
+    if tune_trials > 0:
+        from pipelines.tune import tune
+
+        outcome = tune(n_trials=tune_trials, families=families)
+        version, decision = outcome.get("version"), outcome.get("decision")
+    else:
+        result = train(families=families)
+        version, decision = result.version, result.decision
+    seconds = time.perf_counter() - started
+    verdict = (decision or {}).get("decision", "not registered")
+    notify(
+        "retraining_finished",
+        f"{settings.model_name}: retraining finished, v{version} {verdict}",
+        {"reason": reason, "version": version, "decision": verdict, "seconds": f"{seconds:.0f}"},
+        settings,
+    )
+    print(f"retraining finished in {seconds:.0f}s: v{version} {verdict}")
+    return {
+        "reason": reason,
+        "collected": collected,
+        "data_version": processed.get("version"),
+        "version": version,
+        "decision": decision,
+        "seconds": seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Collect, preprocess, train and gate, now.")
+    parser.add_argument("--reason", default="manual")
+    parser.add_argument("--tune-trials", type=int, default=0)
+    args = parser.parse_args()
+    retrain(reason=args.reason, tune_trials=args.tune_trials)
+
+
+if __name__ == "__main__":
+    main()
