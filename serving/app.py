@@ -1,0 +1,593 @@
+"""The prediction service: a FastAPI app built from the settings and the dataset contract.
+
+`create_app()` is the factory uvicorn runs (`python -m serving`). Routers per resource: predictions,
+feedback, operations (health, ready, model, metrics) and admin.
+"""
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import APIKeyHeader
+from pydantic import Discriminator, Field, Tag
+from threadpoolctl import threadpool_limits
+
+from core.settings import Settings, get_settings
+from serving import metrics
+from serving.batch import PARQUET_TYPES, BatchInputError, check_frame, chunks, parse_upload
+from serving.model_store import LoadedModel, ModelStore
+from serving.prediction_log import PredictionLog
+from serving.predictor import columns_from_frame, columns_from_records
+from serving.schemas import (
+    ContractModels,
+    ErrorOut,
+    FeedbackOut,
+    HealthOut,
+    ModelOut,
+    PredictionOut,
+    PredictOut,
+    ReadyOut,
+    ReloadOut,
+    build_models,
+)
+
+log = logging.getLogger("serving")
+
+# core.features.TimeFeatures is fitted on a bare array but called with a DataFrame; scikit-learn
+# warns on every call of the Pipeline fallback path. The values are right; the warning is noise here.
+warnings.filterwarnings("ignore", message="X has feature names, but TimeFeatures")
+
+API_KEY_HEADER = "X-API-Key"
+_api_key = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="API key")
+
+
+# ---- dependencies -------------------------------------------------------------------------------
+
+
+def get_store(request: Request) -> ModelStore:
+    store: ModelStore = request.app.state.store
+    return store
+
+
+def get_model(request: Request) -> LoadedModel:
+    current = request.app.state.store.current  # read once: the request keeps this model to the end
+    if current is None:
+        raise HTTPException(503, "no model loaded yet; see GET /ready")
+    model: LoadedModel = current
+    return model
+
+
+def get_prediction_log(request: Request) -> PredictionLog:
+    plog: PredictionLog = request.app.state.prediction_log
+    return plog
+
+
+def _key_matches(given: str | None, expected: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def require_predict_key(
+    settings: Annotated[Settings, Depends(get_settings)], key: Annotated[str | None, Depends(_api_key)]
+) -> None:
+    expected = settings.serving.api_key
+    if expected is not None and not _key_matches(key, expected.get_secret_value()):
+        raise HTTPException(401, f"missing or wrong {API_KEY_HEADER} header", headers={"WWW-Authenticate": "ApiKey"})
+
+
+def require_admin_key(
+    settings: Annotated[Settings, Depends(get_settings)], key: Annotated[str | None, Depends(_api_key)]
+) -> None:
+    if settings.admin_api_key is None:
+        raise HTTPException(403, "admin endpoints are disabled: set MLOPS_ADMIN_API_KEY")
+    if not _key_matches(key, settings.admin_api_key.get_secret_value()):
+        raise HTTPException(401, f"missing or wrong {API_KEY_HEADER} header", headers={"WWW-Authenticate": "ApiKey"})
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[ModelStore, Depends(get_store)]
+ModelDep = Annotated[LoadedModel, Depends(get_model)]
+LogDep = Annotated[PredictionLog, Depends(get_prediction_log)]
+PredictKey = Depends(require_predict_key)
+AdminKey = Depends(require_admin_key)
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "Missing or wrong API key"},
+    413: {"model": ErrorOut, "description": "Body or batch larger than the configured limit"},
+    422: {"model": ErrorOut, "description": "Input that breaks the dataset contract; the message names the field"},
+    503: {"model": ErrorOut, "description": "No model loaded yet"},
+}
+
+
+# ---- predictions --------------------------------------------------------------------------------
+
+
+def _log_rows(  # noqa: PLR0917 - one call site per endpoint, all arguments are needed
+    model: LoadedModel,
+    records: list[dict[str, Any]],
+    ids: list[str],
+    labels: list[Any],
+    scores: np.ndarray | None,
+    flags: list[list[str]] | None,
+    latency_ms: float,
+    datetime_cols: list[str],
+) -> list[dict[str, Any]]:
+    now = datetime.now(UTC)
+    positive = _positive_index(model)
+    rows = []
+    for i, record in enumerate(records):
+        row = dict(record)
+        for c in datetime_cols:
+            v = row.get(c)
+            if isinstance(v, datetime) and v.tzinfo is not None:
+                row[c] = v.astimezone(UTC).replace(tzinfo=None)
+        row.update(
+            request_id=ids[i],
+            model_name=model.name,
+            model_version=model.version,
+            timestamp=now,
+            latency_ms=latency_ms,
+            prediction=labels[i],
+            probability=float(scores[i, positive]) if scores is not None else None,
+            flags="; ".join(flags[i]) if flags and flags[i] else None,
+        )
+        rows.append(row)
+    return rows
+
+
+def _positive_index(model: LoadedModel) -> int:
+    classes = model.predictor.classes
+    if not classes:
+        return 0
+    positive = model.predictor.positive_class
+    if positive in classes:
+        return classes.index(positive)
+    return len(classes) - 1
+
+
+def predictions_router(models: ContractModels) -> APIRouter:
+    router = APIRouter(tags=["predictions"], dependencies=[PredictKey])
+    record_type: Any = models.record
+    records_type: Any = Annotated[list[record_type], Field(min_length=1)]
+    body_type: Any = Annotated[
+        Annotated[record_type, Tag("record")] | Annotated[records_type, Tag("records")],
+        Discriminator(lambda v: "records" if isinstance(v, list) else "record"),
+    ]
+    datetime_cols = [c.name for c in models.contract.columns if c.type == "datetime"]
+
+    @router.post("/predict", response_model=PredictOut, responses=_ERRORS, summary="Predict one record or a list")
+    async def predict(body: Annotated[body_type, Body()], model: ModelDep, plog: LogDep) -> PredictOut:
+        started = time.perf_counter()
+        items = body if isinstance(body, list) else [body]
+        records = [r.__dict__ for r in items]
+        contract = model.predictor.contract
+        result = model.predictor.predict(columns_from_records(records, contract))
+        request_id = uuid.uuid4().hex
+        ids = [request_id] if len(records) == 1 else [f"{request_id}-{i}" for i in range(len(records))]
+        flags = [models.flags(r) for r in records] if models.unknown_allowed else [[] for _ in records]
+        probs = result.probabilities
+        keys = [str(c) for c in result.classes]
+        out = [
+            PredictionOut(
+                request_id=ids[i],
+                prediction=result.labels[i],
+                probabilities=dict(zip(keys, probs[i].tolist(), strict=True)) if probs is not None else None,
+                flags=flags[i],
+            )
+            for i in range(len(records))
+        ]
+        latency_ms = (time.perf_counter() - started) * 1000
+        plog.log_predictions(_log_rows(model, records, ids, result.labels, probs, flags, latency_ms, datetime_cols))
+        _count(model, result.labels, probs, flags)
+        return PredictOut(request_id=request_id, model_name=model.name, model_version=model.version, predictions=out)
+
+    @router.post(
+        "/predict/batch",
+        responses={
+            200: {"content": {"text/csv": {}, "application/x-ndjson": {}}, "description": "One line per input row"},
+            **_ERRORS,
+        },
+        summary="Predict a CSV, Parquet or JSON batch; results stream back",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "text/csv": {"schema": {"type": "string"}},
+                    "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+                    "application/json": {
+                        "schema": {"type": "array", "items": {"$ref": "#/components/schemas/RecordIn"}}
+                    },
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"file": {"type": "string", "format": "binary"}},
+                            "required": ["file"],
+                        }
+                    },
+                },
+            }
+        },
+        response_class=StreamingResponse,
+    )
+    async def predict_batch(
+        request: Request,
+        model: ModelDep,
+        plog: LogDep,
+        settings: SettingsDep,
+        output: Annotated[Literal["csv", "ndjson"], Query(alias="format")] = "csv",
+    ) -> StreamingResponse:
+        data, kind = await _read_batch_body(request)
+        contract = model.predictor.contract
+        limits = settings.serving
+        try:
+            frame = await asyncio.to_thread(parse_upload, data, kind)
+            unknown = check_frame(frame, contract, limits.max_batch_rows)
+        except BatchInputError as exc:
+            raise HTTPException(exc.status, exc.detail) from None
+        for column, n in unknown.items():
+            metrics.UNKNOWN_CATEGORIES.labels(column).inc(n)
+        request_id = uuid.uuid4().hex
+        unknown_cols = list(unknown)
+        stream = _batch_lines(model, frame, request_id, limits.batch_chunk_rows, output, plog, unknown_cols)
+        media = "text/csv" if output == "csv" else "application/x-ndjson"
+        return StreamingResponse(stream, media_type=media, headers={"X-Request-ID": request_id})
+
+    return router
+
+
+def _count(model: LoadedModel, labels: list[Any], probs: np.ndarray | None, flags: list[list[str]]) -> None:
+    for label in labels:
+        metrics.PREDICTIONS.labels(model.version, str(label)).inc()
+    if probs is not None and probs.shape[1] == 2:
+        for p in probs[:, _positive_index(model)]:
+            metrics.SCORES.observe(float(p))
+    for row_flags in flags:
+        for flag in row_flags:
+            metrics.UNKNOWN_CATEGORIES.labels(flag.split(":", 1)[0]).inc()
+
+
+async def _read_batch_body(request: Request) -> tuple[bytes, str]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=5)
+        except Exception as exc:
+            raise HTTPException(422, f"body: malformed multipart upload: {exc}") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(422, "file: a multipart batch needs a 'file' part (CSV or Parquet)")
+        name = (upload.filename or "").lower()
+        data = await upload.read()
+        part_type = (upload.content_type or "").lower()
+        kind = "parquet" if name.endswith((".parquet", ".pq")) or part_type in PARQUET_TYPES else "csv"
+        if name.endswith(".json") or part_type == "application/json":
+            kind = "json"
+        return data, kind
+    kinds = {"text/csv": "csv", "application/json": "json", **dict.fromkeys(PARQUET_TYPES, "parquet")}
+    if ctype not in kinds:
+        raise HTTPException(415, f"content-type: send text/csv, application/json, {PARQUET_TYPES[0]} or multipart")
+    return await request.body(), kinds[ctype]
+
+
+def _batch_lines(  # noqa: PLR0917
+    model: LoadedModel,
+    frame: Any,
+    request_id: str,
+    chunk_rows: int,
+    output: str,
+    plog: PredictionLog,
+    unknown_cols: list[str],
+) -> Iterator[bytes]:
+    """Predict chunk by chunk and yield the lines; a sync generator, so Starlette runs it in a thread."""
+    contract = model.predictor.contract
+    classes = [str(c) for c in model.predictor.classes]
+    positive = _positive_index(model)
+    if output == "csv":
+        prob_cols = "".join(f",p_{c}" for c in classes)
+        yield f"request_id,prediction{prob_cols},flags\n".encode()
+    offset = 0
+    for chunk in chunks(frame, chunk_rows):
+        started = time.perf_counter()
+        result = model.predictor.predict(columns_from_frame(chunk, contract))
+        n = len(chunk)
+        ids = [f"{request_id}-{offset + i}" for i in range(n)]
+        flags = _chunk_flags(chunk, contract, unknown_cols)
+        probs = result.probabilities
+        if output == "csv":
+            prob_text = [",".join(f"{p:.6g}" for p in row) for row in probs.tolist()] if probs is not None else [""] * n
+            sep = "," if probs is not None else ""
+            lines = [f"{ids[i]},{result.labels[i]}{sep}{prob_text[i]},{flags[i]}\n" for i in range(n)]
+        else:
+            lines = [
+                json.dumps(
+                    {
+                        "request_id": ids[i],
+                        "prediction": result.labels[i],
+                        "probabilities": dict(zip(classes, probs[i].tolist(), strict=True))
+                        if probs is not None
+                        else None,
+                        "flags": flags[i].split("|") if flags[i] else [],
+                    }
+                )
+                + "\n"
+                for i in range(n)
+            ]
+        yield "".join(lines).encode()
+        latency_ms = (time.perf_counter() - started) * 1000 / max(n, 1)
+        records: list[dict[str, Any]] = chunk.to_dict("records")  # type: ignore[assignment]
+        for r in records:
+            for k, v in r.items():
+                if isinstance(v, float) and np.isnan(v):  # NaN from pandas means null in the log
+                    r[k] = None
+        row_flags = [f.split("|") if f else [] for f in flags]
+        plog.log_predictions(_log_rows(model, records, ids, result.labels, probs, row_flags, latency_ms, []))
+        for label in result.labels:
+            metrics.PREDICTIONS.labels(model.version, str(label)).inc()
+        if probs is not None and probs.shape[1] == 2:
+            for p in probs[:, positive]:
+                metrics.SCORES.observe(float(p))
+        offset += n
+
+
+def _chunk_flags(chunk: Any, contract: Any, unknown_cols: list[str]) -> list[str]:
+    if not unknown_cols:
+        return [""] * len(chunk)
+    marks = []
+    for name in unknown_cols:
+        known = contract.column(name).categories or ()
+        s = chunk[name]
+        marks.append(np.where(s.notna().to_numpy() & ~s.isin(known).to_numpy(), name, ""))
+    return ["|".join(m for m in row if m) for row in zip(*marks, strict=True)]
+
+
+# ---- feedback -----------------------------------------------------------------------------------
+
+
+def feedback_router(models: ContractModels) -> APIRouter:
+    router = APIRouter(tags=["feedback"], dependencies=[PredictKey])
+    feedback_type: Any = models.feedback
+
+    @router.post("/feedback", response_model=FeedbackOut, status_code=202, responses=_ERRORS)
+    async def feedback(body: feedback_type, plog: LogDep) -> FeedbackOut:
+        plog.log_feedback(body.request_id, body.label)
+        return FeedbackOut(request_id=body.request_id)
+
+    return router
+
+
+# ---- operations ---------------------------------------------------------------------------------
+
+operations = APIRouter(tags=["operations"])
+
+
+@operations.get("/health", response_model=HealthOut, summary="Liveness: the process answers")
+async def health() -> HealthOut:
+    return HealthOut()
+
+
+@operations.get("/ready", response_model=ReadyOut, responses={503: {"model": ReadyOut}}, summary="A model is loaded")
+async def ready(store: StoreDep) -> Response:
+    body = ReadyOut(
+        ready=store.current is not None,
+        model_version=store.version,
+        registry_reachable=store.registry_reachable,
+        detail=store.last_error,
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
+
+
+@operations.get("/model", response_model=ModelOut, responses={503: {"model": ErrorOut}}, summary="The serving model")
+async def model_info(model: ModelDep) -> ModelOut:
+    p = model.predictor
+    threshold = p.threshold
+    return ModelOut(
+        name=model.name,
+        alias=model.alias,
+        version=model.version,
+        run_id=model.run_id,
+        runtime=p.runtime,
+        parity_max_abs_diff=p.parity_max_abs_diff,
+        fallback_reason=p.fallback_reason,
+        family=model.metadata.get("family", model.tags.get("family")),
+        threshold=threshold,
+        metrics=model.metrics,
+        data_window_start=model.tags.get("data_window_start"),
+        data_window_end=model.tags.get("data_window_end"),
+        tags=model.tags,
+        card=model.card,
+        loaded_at=model.loaded_at,
+    )
+
+
+@operations.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def prometheus_metrics() -> Response:
+    body, ctype = metrics.render()
+    return Response(body, media_type=ctype)
+
+
+# ---- admin --------------------------------------------------------------------------------------
+
+admin = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminKey])
+
+
+@admin.post("/reload", response_model=ReloadOut, responses=_ERRORS, summary="Check the alias now; swap if it moved")
+async def reload_model(store: StoreDep) -> ReloadOut:
+    changed = await asyncio.to_thread(store.refresh)
+    return ReloadOut(changed=changed, model_version=store.version, detail=store.last_error)
+
+
+# ---- errors and limits --------------------------------------------------------------------------
+
+_UNION_TAGS = {"record", "records", "body"}
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if str(p) not in _UNION_TAGS]
+    return ".".join(parts) or "body"
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for err in exc.errors():
+        field = _field_name(tuple(err.get("loc", ())))
+        message = err.get("msg", "invalid")
+        if err.get("type") == "json_invalid":
+            message = f"malformed JSON: {err.get('ctx', {}).get('error', message)}"
+        errors.append({"field": field, "message": message, "type": err.get("type")})
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:20])
+    return JSONResponse({"detail": detail, "errors": errors[:100]}, status_code=422)
+
+
+class LimitsAndMetrics:
+    """Pure ASGI middleware: refuse oversized bodies with 413, count and time every request."""
+
+    def __init__(self, app: Any, settings: Settings, endpoints: set[str]) -> None:
+        self.app = app
+        self.max_body = settings.serving.max_body_bytes
+        self.max_batch = settings.serving.max_batch_bytes
+        self.endpoints = endpoints
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        endpoint = path if path in self.endpoints else "other"
+        method = scope["method"]
+        limit = self.max_batch if path == "/predict/batch" else self.max_body
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            declared = _content_length(scope)
+            if declared is not None and declared > limit:
+                await _too_large(send_wrapper, limit)
+                return
+            received = 0
+
+            async def receive_limited() -> MutableMapping[str, Any]:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > limit:
+                        raise _BodyTooLargeError
+                return message
+
+            try:
+                await self.app(scope, receive_limited, send_wrapper)
+            except _BodyTooLargeError:
+                if status["code"] == 500:
+                    await _too_large(send_wrapper, limit)
+        finally:
+            metrics.REQUESTS.labels(endpoint, method, str(status["code"])).inc()
+            metrics.LATENCY.labels(endpoint, method).observe(time.perf_counter() - started)
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+def _content_length(scope: MutableMapping[str, Any]) -> int | None:
+    for key, value in scope.get("headers", ()):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _too_large(send: Callable[[MutableMapping[str, Any]], Awaitable[None]], limit: int) -> None:
+    body = b'{"detail":"body: the request body is larger than the limit of ' + str(limit).encode() + b' bytes"}'
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# ---- the app ------------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    contract = settings.contract
+    models = build_models(contract)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # One BLAS/OpenMP thread per worker (by default): workers scale out, threads would fight.
+        limits = threadpool_limits(settings.serving.threads_per_worker)
+        plog = PredictionLog(
+            settings.prediction_log_url,
+            contract,
+            settings.serving.spool_dir or settings.state / "serving" / "spool",
+            batch_rows=settings.serving.log_batch_rows,
+            flush_s=settings.serving.log_flush_s,
+            retry_s=settings.serving.log_retry_s,
+        )
+        plog.start()
+        store = ModelStore(settings)
+        app.state.store, app.state.prediction_log = store, plog
+        await asyncio.to_thread(store.refresh)
+        watcher = asyncio.create_task(store.watch())
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await asyncio.to_thread(plog.stop)
+            store.registry.close()
+            limits.restore_original_limits()
+
+    app = FastAPI(
+        title=f"{contract.name} prediction service",
+        description=contract.description,
+        version="1.0.0",
+        lifespan=lifespan,
+    )
+    if settings is not get_settings():
+        app.dependency_overrides[get_settings] = lambda: settings
+    app.include_router(predictions_router(models))
+    app.include_router(feedback_router(models))
+    app.include_router(operations)
+    app.include_router(admin)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    if settings.serving.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.serving.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=[API_KEY_HEADER, "Content-Type"],
+        )
+    endpoints = {getattr(r, "path", "") for r in app.routes}
+    app.add_middleware(LimitsAndMetrics, settings=settings, endpoints=endpoints)
+    return app

@@ -1,0 +1,60 @@
+"""Prometheus metrics of the prediction service.
+
+With several workers each is its own process, so `python -m serving` points PROMETHEUS_MULTIPROC_DIR
+at a fresh directory and /metrics aggregates every worker's files; with one worker the default
+in-process registry is used.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+if TYPE_CHECKING:
+    from serving.model_store import LoadedModel
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+REQUESTS = Counter("serving_requests_total", "HTTP requests by endpoint and status.", ["endpoint", "method", "status"])
+LATENCY = Histogram(
+    "serving_request_duration_seconds", "Request latency by endpoint.", ["endpoint", "method"], buckets=_LATENCY_BUCKETS
+)
+PREDICTIONS = Counter("serving_predictions_total", "Predictions by model version and label.", ["version", "label"])
+SCORES = Histogram(
+    "serving_prediction_score",
+    "Positive-class probability (binary classifiers).",
+    buckets=tuple(i / 20 for i in range(1, 21)),
+)
+UNKNOWN_CATEGORIES = Counter("serving_unknown_categories_total", "Unknown categories accepted.", ["column"])
+MODEL_INFO = Gauge(
+    "serving_model_info", "1 for the model version serving.", ["name", "version", "runtime"], multiprocess_mode="max"
+)
+RELOADS = Counter("serving_model_reloads_total", "Registry checks by result.", ["result"])
+LOG_ROWS = Counter("serving_prediction_log_rows_total", "Prediction-log rows by outcome.", ["outcome"])
+
+
+def set_model(name: str, version: str, runtime: str, previous: LoadedModel | None) -> None:
+    if previous is not None:
+        MODEL_INFO.labels(previous.name, previous.version, previous.predictor.runtime).set(0)
+    MODEL_INFO.labels(name, version, runtime).set(1)
+
+
+def render() -> tuple[bytes, str]:
+    registry: Any
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,190 @@
+"""Request and response models, generated from the dataset contract.
+
+Every input column of the contract becomes a required field (nullable columns accept null but must
+be present): numbers are strict (no "12" for 12), finite and range-checked; categories are enums, and
+where the contract allows unknown categories any other string is accepted too and flagged in the
+response. The contract's description and example document each field on the OpenAPI page.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from core.contract import Column, DatasetContract
+
+MAX_TEXT = 200  # longest accepted string: an id or an unknown category, never a document
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,100}$"
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+
+def _class_name(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def _annotation(col: Column) -> Any:
+    constraints: dict[str, Any] = {}
+    if col.type in ("float", "int"):
+        if col.min is not None:
+            constraints["ge"] = col.min if col.type == "float" else int(col.min)
+        if col.max is not None:
+            constraints["le"] = col.max if col.type == "float" else int(col.max)
+    base: Any
+    if col.type == "float":
+        base = Annotated[float, Field(strict=True, allow_inf_nan=False, **constraints)]
+    elif col.type == "int":
+        base = Annotated[int, Field(strict=True, **constraints)]
+    elif col.type == "bool":
+        base = Annotated[bool, Field(strict=True)]
+    elif col.type == "datetime":
+        base = datetime
+    elif col.type == "category":
+        members = enum.Enum(_class_name(col.name), {c: c for c in col.categories or ()}, type=str)  # type: ignore[misc]
+        # An unknown category is a plain string after the enum: accepted, then flagged.
+        base = (
+            Annotated[
+                members | Annotated[str, Field(min_length=1, max_length=MAX_TEXT)], Field(union_mode="left_to_right")
+            ]
+            if col.allow_unknown
+            else members
+        )
+    else:
+        base = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
+    return base | None if col.nullable else base
+
+
+def _description(col: Column) -> str:
+    parts = [col.description.strip() or col.name]
+    if col.type == "category":
+        known = ", ".join(col.categories or ())
+        parts.append(f"One of: {known}." + (" Other values are accepted and flagged." if col.allow_unknown else ""))
+    if col.min is not None or col.max is not None:
+        parts.append(
+            f"Range [{col.min if col.min is not None else '-inf'}, {col.max if col.max is not None else 'inf'}]."
+        )
+    if col.nullable:
+        parts.append("May be null.")
+    return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class ContractModels:
+    """The pydantic models one contract generates."""
+
+    contract: DatasetContract
+    record: type[BaseModel]
+    feedback: type[BaseModel]
+    example: dict[str, Any]
+    unknown_allowed: dict[str, frozenset[str]]  # column -> known categories, for columns that flag unknowns
+
+    def flags(self, record: dict[str, Any]) -> list[str]:
+        out = []
+        for name, known in self.unknown_allowed.items():
+            value = record.get(name)
+            if value is not None and value not in known:
+                out.append(f"{name}: unknown category {value!r}")
+        return out
+
+
+def build_models(contract: DatasetContract) -> ContractModels:
+    fields: dict[str, Any] = {}
+    example: dict[str, Any] = {}
+    for name in contract.input_columns:
+        col = contract.column(name)
+        examples = [col.example] if col.example is not None else None
+        fields[name] = (_annotation(col), Field(..., description=_description(col), examples=examples))
+        example[name] = col.example
+    record = create_model(
+        "RecordIn",
+        __config__=ConfigDict(
+            extra="forbid", use_enum_values=True, json_schema_extra={"examples": [example]}, protected_namespaces=()
+        ),
+        __doc__=f"One {contract.name} record: every input column of the dataset contract.",
+        **fields,
+    )
+    label: Any
+    if contract.is_classification:
+        label = Literal[tuple(contract.target.classes or ())]
+    else:
+        label = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+    target = contract.column(contract.target.name)
+    feedback = create_model(
+        "FeedbackIn",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__="The true label for an earlier prediction, once it is known.",
+        request_id=(str, Field(..., pattern=REQUEST_ID_PATTERN, description="The id a prediction returned.")),
+        label=(label, Field(..., description=target.description or "The true label.", examples=[target.example])),
+    )
+    unknown = {c.name: frozenset(c.categories or ()) for c in contract.features if c.allow_unknown}
+    return ContractModels(contract=contract, record=record, feedback=feedback, example=example, unknown_allowed=unknown)
+
+
+# ---- responses ----------------------------------------------------------------------------------
+
+Label = int | str | float
+
+
+class PredictionOut(_Out):
+    request_id: str = Field(description="Send this id with the true label to POST /feedback.")
+    prediction: Label
+    probabilities: dict[str, float] | None = Field(None, description="Class probabilities (classifiers only).")
+    flags: list[str] = Field(default_factory=list, description="Accepted but unusual input, e.g. unknown categories.")
+
+
+class PredictOut(_Out):
+    request_id: str
+    model_name: str
+    model_version: str
+    predictions: list[PredictionOut]
+
+
+class FeedbackOut(_Out):
+    request_id: str
+    accepted: bool = True
+
+
+class HealthOut(_Out):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyOut(_Out):
+    ready: bool
+    model_version: str | None
+    registry_reachable: bool
+    detail: str | None = None
+
+
+class ModelOut(_Out):
+    name: str
+    alias: str
+    version: str
+    run_id: str | None
+    runtime: str = Field(description="onnx, numpy (compiled features + scikit-learn estimator) or sklearn.")
+    parity_max_abs_diff: float | None
+    fallback_reason: str | None
+    family: str | None
+    threshold: float | None
+    metrics: dict[str, float]
+    data_window_start: str | None
+    data_window_end: str | None
+    tags: dict[str, str]
+    card: str
+    loaded_at: datetime
+
+
+class ReloadOut(_Out):
+    changed: bool
+    model_version: str | None
+    detail: str | None = None
+
+
+class ErrorOut(_Out):
+    detail: str
+    errors: list[dict[str, Any]] = Field(default_factory=list)
