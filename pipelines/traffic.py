@@ -71,7 +71,7 @@ def rows_between(settings: Settings, start: str, end: str) -> pd.DataFrame:
     return frame
 
 
-def _records(frame: pd.DataFrame, contract: DatasetContract) -> list[dict[str, Any]]:
+def to_records(frame: pd.DataFrame, contract: DatasetContract) -> list[dict[str, Any]]:
     out = []
     cols = contract.input_columns
     for row in frame[cols].itertuples(index=False, name=None):
@@ -110,7 +110,7 @@ def send_predictions(
     """
     result = TrafficResult()
     labels = frame[contract.target.name].tolist() if contract.target.name in frame else [None] * len(frame)
-    payloads = list(zip(_chunks(_records(frame, contract), batch), _chunks(labels, batch), strict=True))
+    payloads = list(zip(_chunks(to_records(frame, contract), batch), _chunks(labels, batch), strict=True))
     headers = {"X-API-Key": api_key} if api_key else {}
     deadline = time.monotonic() + timeout_s
     result.first_sent_at = time.time()

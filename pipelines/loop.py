@@ -1,0 +1,147 @@
+"""One turn of the closed loop against a running stack, timed.
+
+traffic (new days in the warehouse, scored over HTTP, labels fed back) -> monitoring flow ->
+(policy fires) retraining deployment on the Prefect worker -> promotion gate -> the API's watcher
+swaps in the new champion. Used by `make demo`, the end-to-end test and `make bench-loop`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from core.settings import Settings
+from pipelines.traffic import (
+    TrafficResult,
+    append_days,
+    rows_between,
+    send_feedback,
+    send_predictions,
+    to_records,
+)
+
+Say = Callable[[str], None]
+FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+@dataclass
+class LoopTurn:
+    scenario: str
+    traffic: TrafficResult
+    feedback_accepted: int
+    monitor: dict[str, Any]
+    retrain_state: str | None = None
+    retrain_result: dict[str, Any] | None = None
+    version_before: str | None = None
+    version_after: str | None = None
+    # seconds from the first drifted request to the first response from the new champion
+    loop_seconds: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def wait_flow_run(prefect_api_url: str, flow_run_id: str, timeout_s: float, say: Say = print) -> str:
+    """Poll a flow run until it reaches a final state; returns the state type."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        resp = httpx.get(f"{prefect_api_url}/flow_runs/{flow_run_id}", timeout=10)
+        resp.raise_for_status()
+        state = (resp.json().get("state") or {}).get("type", "")
+        if state != last:
+            say(f"  retraining flow run {flow_run_id[:8]}: {state}")
+            last = state
+        if state in FINAL_STATES:
+            return state
+        time.sleep(1.0)
+    raise TimeoutError(f"flow run {flow_run_id} not finished after {timeout_s:.0f}s (last state {last})")
+
+
+def wait_for_version(api_url: str, record: dict[str, Any], version: str, timeout_s: float) -> float:
+    """Send a prediction every 200 ms until one is served by `version`; returns when that response came."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=api_url, timeout=10) as client:
+        while time.monotonic() < deadline:
+            resp = client.post("/predict", json=record)
+            if resp.status_code == 200 and str(resp.json()["model_version"]) == version:
+                return time.time()
+            time.sleep(0.2)
+    raise TimeoutError(f"the API at {api_url} did not serve version {version} within {timeout_s:.0f}s")
+
+
+def turn(
+    settings: Settings,
+    api_url: str,
+    prefect_api_url: str,
+    *,
+    scenario: str,
+    days: int,
+    seed: int | None = None,
+    timeout_s: float = 900,
+    say: Say = print,
+) -> LoopTurn:
+    """Run one monitored traffic period and, when the policy fires, follow retraining to the API."""
+    from pipelines.monitor import monitor
+
+    t0 = time.perf_counter()
+    before = _served_version(api_url)
+    say(f"appending {days} days of '{scenario}' traffic to the warehouse ...")
+    written = append_days(settings, days, scenario, seed)
+    frame = rows_between(settings, written.start, written.end)
+    say(f"scoring {len(frame)} transactions through {api_url}/predict ...")
+    traffic = send_predictions(api_url, frame, settings.contract)
+    if traffic.failures:
+        say(f"  {traffic.failures} of {traffic.requests} requests failed: {traffic.errors[:3]}")
+    accepted = send_feedback(api_url, traffic.request_ids, traffic.labels)
+    say(f"  {traffic.rows} scored by versions {traffic.versions}; {accepted} labels fed back")
+    timings = {"traffic_s": time.perf_counter() - t0}
+
+    say("running the monitoring flow ...")
+    record = monitor(trigger=True)
+    timings["monitor_s"] = time.perf_counter() - t0 - timings["traffic_s"]
+    result = LoopTurn(scenario, traffic, accepted, record, version_before=before)
+    if not record.get("triggered"):
+        say(f"  no retraining: {'; '.join(record.get('reasons', [])) or record.get('status')}")
+        result.version_after = _served_version(api_url)
+        return result
+
+    state = wait_flow_run(prefect_api_url, record["flow_run_id"], timeout_s, say)
+    result.retrain_state = state
+    timings["retrain_s"] = time.perf_counter() - t0 - timings["traffic_s"] - timings["monitor_s"]
+    champion = _champion_version(settings)
+    if state == "COMPLETED" and champion and champion != before:
+        say(f"  gate promoted v{champion}; waiting for the API to serve it ...")
+        probe = _records_for_probe(frame, settings)
+        served_at = wait_for_version(api_url, probe, champion, timeout_s=120)
+        assert traffic.first_sent_at is not None
+        result.loop_seconds = served_at - traffic.first_sent_at
+    else:
+        say(f"  retraining ended {state}; champion stays v{champion}")
+    result.version_after = _served_version(api_url)
+    result.timings = timings
+    return result
+
+
+def _served_version(api_url: str) -> str | None:
+    try:
+        body = httpx.get(f"{api_url}/ready", timeout=5).json()
+    except httpx.HTTPError:
+        return None
+    v = body.get("model_version")
+    return str(v) if v is not None else None
+
+
+def _champion_version(settings: Settings) -> str | None:
+    from core import registry
+    from pipelines.train import ensure_experiment
+
+    ensure_experiment(settings)
+    mv = registry.version_by_alias(settings.model_name, registry.CHAMPION)
+    return str(mv.version) if mv else None
+
+
+def _records_for_probe(frame: Any, settings: Settings) -> dict[str, Any]:
+    return to_records(frame.head(1), settings.contract)[0]
