@@ -135,7 +135,7 @@ def column_mapping(contract: DatasetContract, frame_columns: list[str] | None = 
 
 
 def data_definition(contract: DatasetContract, frame_columns: list[str] | None = None) -> DataDefinition:
-    from evidently import DataDefinition  # noqa: PLC0415 - slow import, see the module docstring
+    from evidently import DataDefinition  # slow import, see the module docstring
 
     mapping = column_mapping(contract, frame_columns)
     return DataDefinition(numerical_columns=mapping["numerical"], categorical_columns=mapping["categorical"])
@@ -259,8 +259,8 @@ def run_drift_report(
     reference: pd.DataFrame, current: pd.DataFrame, definition: DataDefinition, *, drift_share: float = 0.5
 ) -> Snapshot:
     """``Report([DataDriftPreset()])`` with per-column tests, so each column's verdict can be read back."""
-    from evidently import Dataset, Report  # noqa: PLC0415 - slow import, see the module docstring
-    from evidently.presets import DataDriftPreset  # noqa: PLC0415
+    from evidently import Dataset, Report  # slow import, see the module docstring
+    from evidently.presets import DataDriftPreset
 
     report = Report([DataDriftPreset(drift_share=drift_share)], include_tests=True)
     return report.run(

@@ -1,0 +1,130 @@
+"""What the monitoring flow reads: the window of served rows, the reference, and the champion.
+
+Each reader raises a typed error with a message that says what is missing, so the flow can report
+"too little data" or "no reference" instead of a traceback.
+
+The prediction log belongs to serving: it is read through ``serving.prediction_log.read_predictions`` and
+``read_feedback`` (pandas + SQLAlchemy only, no model code).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+
+from core.settings import Settings
+from monitoring.drift import LABEL_COLUMN
+
+
+class SourceError(RuntimeError):
+    """A monitoring input is missing or unreadable."""
+
+
+class ReferenceMissingError(SourceError):
+    pass
+
+
+# ---- the prediction log ------------------------------------------------------------------------------
+def read_window(
+    settings: Settings,
+    *,
+    window_rows: int | None,
+    window_hours: float | None,
+    now: datetime | None = None,
+) -> pd.DataFrame:
+    """The newest ``window_rows`` predictions and/or those of the last ``window_hours``, with labels.
+
+    ``label`` is the latest feedback label for each request_id (NaN where none has arrived).
+    serving's ``read_predictions(limit=N)`` returns the *oldest* N rows, so the row-count window is cut
+    here from the tail instead; with only a row count the whole log is read (set ``window_hours`` to bound
+    that read on a large log).
+    """
+    from serving.prediction_log import read_feedback, read_predictions  # SQLAlchemy only
+
+    since = None if window_hours is None else (now or datetime.now(UTC)) - timedelta(hours=window_hours)
+    try:
+        window = read_predictions(settings.prediction_log_url, since=since)
+        feedback = read_feedback(settings.prediction_log_url)
+    except Exception as exc:  # a database error of any driver: report it as one clear failure
+        raise SourceError(f"could not read the prediction log at {settings.prediction_log_url}: {exc}") from exc
+    if window.empty:
+        return window
+    if window_rows is not None:
+        window = window.tail(window_rows).reset_index(drop=True)
+    if not feedback.empty:
+        # read_feedback orders by received_at: the last label per request wins.
+        labels = feedback.drop_duplicates("request_id", keep="last").set_index("request_id")["label"]
+        window = window.assign(**{LABEL_COLUMN: window["request_id"].map(labels)})
+    return window
+
+
+# ---- the reference -----------------------------------------------------------------------------------
+def load_reference(settings: Settings) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The reference split of the latest processed dataset, and that dataset's manifest (with its version)."""
+    from core.datasets import latest_processed  # keeps this module light to import
+
+    try:
+        processed = latest_processed(settings)
+        reference = processed.load("reference")
+    except Exception as exc:  # no pointer, no manifest, no parquet: all mean "nothing to compare with"
+        raise ReferenceMissingError(f"no reference: {exc}") from exc
+    if reference.empty:
+        raise ReferenceMissingError(f"no reference: the reference split of version {processed.version} is empty")
+    return reference, {**processed.manifest, "version": processed.version}
+
+
+# ---- the champion ------------------------------------------------------------------------------------
+@dataclass
+class Champion:
+    version: str
+    run_id: str | None
+    holdout_metric: float | None
+    model: Any | None  # the scikit-learn Pipeline, when it could be loaded
+
+
+def load_champion(settings: Settings, *, load_model: bool = True) -> Champion | None:
+    """The model version behind the serving alias, its recorded holdout metric, and the model itself.
+
+    None when no model carries the alias (nothing has been promoted yet).
+    """
+    import mlflow  # heavy; the flow is the only caller
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    alias = settings.serving.model_alias
+    try:
+        mv = client.get_model_version_by_alias(settings.model_name, alias)
+    except MlflowException:
+        return None
+    key = settings.monitoring.champion_metric_prefix + settings.monitoring.performance_metric
+    holdout: float | None = None
+    if mv.run_id:
+        holdout = client.get_run(mv.run_id).data.metrics.get(key)
+    if holdout is None and key in (mv.tags or {}):
+        holdout = float(mv.tags[key])
+    model = None
+    if load_model:
+        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        model = mlflow.sklearn.load_model(f"models:/{settings.model_name}@{alias}")
+    return Champion(version=str(mv.version), run_id=mv.run_id, holdout_metric=holdout, model=model)
+
+
+def reference_predictions(model: Any, reference: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """The champion's outputs on the reference, for prediction drift.
+
+    Binary: ``probability`` of the positive class only. The served ``prediction`` label depends on a
+    decision threshold chosen at training, which a plain ``predict`` here would not reproduce, so only the
+    score is compared. Multiclass and regression: ``prediction``.
+    """
+    from core.features import to_model_input  # keeps this module light to import
+
+    contract = settings.contract
+    X = to_model_input(reference, contract)
+    if contract.task == "binary" and hasattr(model, "predict_proba"):
+        classes = [str(c) for c in getattr(model, "classes_", contract.target.classes or ())]
+        col = classes.index(str(contract.target.positive_class)) if classes else 1
+        return pd.DataFrame({"probability": model.predict_proba(X)[:, col]}, index=reference.index)
+    return pd.DataFrame({"prediction": model.predict(X)}, index=reference.index)

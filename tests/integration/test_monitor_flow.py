@@ -1,0 +1,251 @@
+"""The monitoring flow end to end against real stores: a SQLite prediction log with serving's schema, a
+processed reference on disk, the session's MLflow server, a local Evidently workspace.
+
+The flow runs as plain Python (``run_monitoring``, the body of the Prefect flow). Prefect itself is only
+reached to start the retraining deployment: one test points it at a closed port (the decision must say
+so and still be recorded), another at a stand-in API whose ``run_deployment`` records its call.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from core.servers import free_port
+from core.settings import Settings, get_settings
+from core.simulator import simulate
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def write_reference(settings: Settings, n: int = 4_000) -> None:
+    """A processed dataset with a reference split, in the layout core.datasets reads."""
+    version = "v-test"
+    folder = settings.data_dir / "processed" / version
+    folder.mkdir(parents=True, exist_ok=True)
+    simulate(n, seed=11, wrong_types=False, true_labels=True).to_parquet(folder / "reference.parquet")
+    (folder / "manifest.json").write_text(json.dumps({"splits": {"reference": {"rows": n}}}))
+    (settings.data_dir / "processed" / "latest.json").write_text(json.dumps({"version": version}))
+
+
+def write_log(settings: Settings, n: int, *, drifted: bool, labelled: int = 0, age: timedelta = timedelta()) -> None:
+    """``n`` served rows (and ``labelled`` feedback labels) in the prediction log, serving's tables."""
+    from serving.prediction_log import tables
+
+    contract = settings.contract
+    scenario = {"scenario": "covariate_shift", "scenario_start": "2026-03-01"} if drifted else {}
+    frame = simulate(n, seed=12, start="2026-03-01", days=3, wrong_types=False, true_labels=True, **scenario)
+    rng = np.random.default_rng(3)
+    # A scorer that knows something: positives get higher probabilities, so PR AUC is meaningful.
+    proba = np.clip(0.7 * frame["is_fraud"].to_numpy(dtype=float) + rng.uniform(0, 0.5, n), 0, 1)
+    rows = frame[contract.input_columns].astype(object).where(frame[contract.input_columns].notna(), None)
+    rows = rows.assign(
+        request_id=[f"req-{i}" for i in range(n)],
+        model_name=settings.model_name,
+        model_version="1",
+        timestamp=[NOW - age - timedelta(seconds=n - i) for i in range(n)],
+        latency_ms=2.0,
+        prediction=(proba >= 0.5).astype(int),
+        probability=proba,
+    )
+    predictions, feedback = tables(contract)
+    settings.state.mkdir(parents=True, exist_ok=True)  # the log's default SQLite file lives there
+    engine = sa.create_engine(settings.prediction_log_url)
+    predictions.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(predictions.insert(), rows.to_dict("records"))
+        if labelled:
+            labels = [
+                {"request_id": f"req-{i}", "label": int(frame["is_fraud"].iloc[i]), "received_at": NOW}
+                for i in range(labelled)
+            ]
+            conn.execute(feedback.insert(), labels)
+    engine.dispose()
+
+
+@pytest.fixture
+def env(mlflow_env: str, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Settings for one test: its own MLflow experiment, small thresholds, no cooldown, Prefect at a closed port."""
+    # The MLflow server is shared by the session: a name per test keeps each test's runs apart.
+    monkeypatch.setenv("MLOPS_EXPERIMENT_NAME", f"monitor-test-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("MLOPS_MONITORING__MIN_WINDOW_ROWS", "500")
+    monkeypatch.setenv("MLOPS_MONITORING__MIN_LABELLED_ROWS", "100")
+    monkeypatch.setenv("MLOPS_MONITORING__COOLDOWN_HOURS", "0")
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{free_port()}/api")
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def _runs(settings: Settings) -> list[Any]:
+    import mlflow
+
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    exp = client.get_experiment_by_name(f"{settings.experiment_name}-monitoring")
+    assert exp is not None, "no monitoring experiment in MLflow"
+    return list(client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"]))
+
+
+def _decisions(settings: Settings) -> list[dict[str, Any]]:
+    from monitoring.decisions import decisions_path, read_decisions
+
+    return read_decisions(decisions_path(settings))
+
+
+def test_drifted_window_is_reported_logged_and_decided(env: Settings) -> None:
+    import mlflow
+
+    from pipelines.monitor import run_monitoring
+
+    write_reference(env)
+    write_log(env, 3_000, drifted=True, labelled=1_500)
+    outcome = run_monitoring(trigger=True)
+
+    assert outcome.status == "ok"
+    assert outcome.result is not None
+    assert outcome.result.columns["amount"].drifted
+    html = Path(outcome.record["report_html"])
+    assert html.exists() and html.stat().st_size > 10_000
+    assert html.parent.parent == env.state / "reports"
+
+    # The policy fired on drift, the trigger could not reach Prefect, and both are on record.
+    (rec,) = _decisions(env)
+    assert rec["status"] == "ok" and rec["retrain"] is True and "drift" in rec["fired"]
+    assert rec["triggered"] is False and "no Prefect API reachable" in rec["trigger_error"]
+    assert any("weighted drift share" in r for r in rec["reasons"])
+    assert any("no model" in n for n in rec["notes"])  # no champion yet: no baseline, said so
+
+    (run,) = _runs(env)
+    assert run.info.run_id == rec["mlflow_run_id"]
+    m = run.data.metrics
+    assert m["drift_share"] == pytest.approx(outcome.result.drift_share)
+    assert m["drift_score_amount"] == pytest.approx(outcome.result.columns["amount"].score)
+    assert m["labelled_rows"] == 1_500 and 0 < m["perf_pr_auc"] <= 1
+    assert run.data.tags["monitor.retrain"] == "True" and run.data.tags["monitor.status"] == "ok"
+    artifacts = {a.path for a in mlflow.MlflowClient(env.mlflow_tracking_uri).list_artifacts(run.info.run_id)}
+    assert {"drift.html", "summary.json"} <= artifacts
+
+    from evidently.ui.workspace import Workspace
+
+    ws = Workspace(str(env.state / "evidently"))
+    (project,) = ws.search_project(f"{env.model_name} monitoring")
+    assert len(ws.list_runs(project.id)) == 1
+
+
+def test_trigger_passes_the_reason_and_starts_the_cooldown(env: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import prefect.deployments
+
+    from pipelines.monitor import run_monitoring
+
+    calls: list[dict[str, Any]] = []
+
+    class FlowRun:
+        id = "run-1"
+
+    def fake_run_deployment(name: str, parameters: dict[str, Any], timeout: float) -> FlowRun:
+        calls.append({"name": name, "parameters": parameters, "timeout": timeout})
+        return FlowRun()
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path.endswith("/health") else 404)
+            self.end_headers()
+            self.wfile.write(b"true")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{server.server_port}/api")
+    monkeypatch.setenv("MLOPS_MONITORING__COOLDOWN_HOURS", "24")
+    get_settings.cache_clear()
+    monkeypatch.setattr(prefect.deployments, "run_deployment", fake_run_deployment)
+    try:
+        write_reference(env)
+        write_log(env, 2_000, drifted=True)
+        first = run_monitoring(trigger=True)
+        second = run_monitoring(trigger=True)
+    finally:
+        server.shutdown()
+
+    assert first.triggered and first.record["flow_run_id"] == "run-1"
+    (call,) = calls  # the second run was held by the cooldown
+    assert call["name"] == "retrain/retrain" and call["timeout"] == 0
+    assert "weighted drift share" in call["parameters"]["reason"]
+    assert not second.retrain and second.record["held_by_cooldown"] and not second.triggered
+    assert [r["triggered"] for r in _decisions(get_settings())] == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("rows", "window_hours", "age"),
+    [(100, None, timedelta()), (2_000, 1.0, timedelta(hours=48))],  # too few rows; rows too old for the window
+)
+def test_too_little_data_says_so_and_triggers_nothing(
+    env: Settings, rows: int, window_hours: float | None, age: timedelta
+) -> None:
+    from pipelines.monitor import run_monitoring
+
+    write_reference(env)
+    write_log(env, rows, drifted=True, age=age)
+    outcome = run_monitoring(window_hours=window_hours, trigger=True)
+
+    assert outcome.status == "too_little_data" and not outcome.retrain and not outcome.triggered
+    assert outcome.record["message"].startswith("too little data")
+    assert not (env.state / "reports").exists()
+    (rec,) = _decisions(env)
+    assert rec["status"] == "too_little_data" and rec["retrain"] is False
+    (run,) = _runs(env)
+    assert run.data.tags["monitor.status"] == "too_little_data"
+
+
+def test_missing_reference_says_so_and_triggers_nothing(env: Settings) -> None:
+    from pipelines.monitor import run_monitoring
+
+    write_log(env, 2_000, drifted=True)
+    outcome = run_monitoring(trigger=True)
+
+    assert outcome.status == "no_reference" and not outcome.retrain and not outcome.triggered
+    assert "no reference" in outcome.record["message"]
+    assert _decisions(env)[0]["status"] == "no_reference"
+
+
+def test_failing_report_says_so_and_triggers_nothing(env: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipelines.monitor as flow_module
+    from monitoring.drift import DriftError
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise DriftError("the Evidently drift report failed: ValueError: boom")
+
+    monkeypatch.setattr(flow_module, "compute_drift", broken)
+    write_reference(env)
+    write_log(env, 2_000, drifted=True)
+    outcome = flow_module.run_monitoring(trigger=True)
+
+    assert outcome.status == "report_failed" and not outcome.retrain and not outcome.triggered
+    assert "boom" in outcome.record["message"]
+    assert _decisions(env)[0]["status"] == "report_failed"
+
+
+def test_log_rows_round_trip_keeps_the_contract_columns(env: Settings) -> None:
+    """The window the flow reads back carries every contract input column, the outputs and the labels."""
+    from monitoring.sources import read_window
+
+    write_log(env, 600, drifted=False, labelled=100)
+    window = read_window(env, window_rows=500, window_hours=None)
+    assert len(window) == 500
+    assert window["request_id"].iloc[-1] == "req-599"  # the newest rows, not the oldest
+    assert set(env.contract.input_columns) <= set(window.columns)
+    assert window["label"].notna().sum() == 0  # labels went to req-0..99, outside the newest 500
+    assert pd.api.types.is_numeric_dtype(window["probability"])
