@@ -50,5 +50,8 @@ bench: bench-data bench-training bench-tuning bench-serving bench-drift bench-lo
 bench-data: $(STAMP) ## collection + preprocessing at 10M rows -> benchmarks/results/data.json
 	$(PY) -m benchmarks.bench_data $(BENCH_ARGS)
 
+bench-drift: $(STAMP) ## monitoring drift on 1M reference vs 100k window, and plain Evidently -> benchmarks/results/drift.json
+	$(PY) -m benchmarks.bench_drift $(BENCH_ARGS)
+
 clean: ## remove the state directory (data, databases, runs)
 	rm -rf .state
