@@ -47,8 +47,8 @@ def write_log(settings: Settings, n: int, *, drifted: bool, labelled: int = 0, a
     scenario = {"scenario": "covariate_shift", "scenario_start": "2026-03-01"} if drifted else {}
     frame = simulate(n, seed=12, start="2026-03-01", days=3, wrong_types=False, true_labels=True, **scenario)
     rng = np.random.default_rng(3)
-    # A scorer that knows something: positives get higher probabilities, so PR AUC is meaningful.
-    proba = np.clip(0.7 * frame["is_fraud"].to_numpy(dtype=float) + rng.uniform(0, 0.5, n), 0, 1)
+    # A scorer that knows something but not everything: positives score higher, with overlap.
+    proba = np.clip(0.3 * frame["is_fraud"].to_numpy(dtype=float) + rng.uniform(0, 0.7, n), 0, 1)
     rows = frame[contract.input_columns].astype(object).where(frame[contract.input_columns].notna(), None)
     rows = rows.assign(
         request_id=[f"req-{i}" for i in range(n)],
@@ -78,7 +78,9 @@ def write_log(settings: Settings, n: int, *, drifted: bool, labelled: int = 0, a
 def env(mlflow_env: str, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """Settings for one test: its own MLflow experiment, small thresholds, no cooldown, Prefect at a closed port."""
     # The MLflow server is shared by the session: a name per test keeps each test's runs apart.
-    monkeypatch.setenv("MLOPS_EXPERIMENT_NAME", f"monitor-test-{uuid.uuid4().hex[:8]}")
+    name = f"monitor-test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("MLOPS_EXPERIMENT_NAME", name)
+    monkeypatch.setenv("MLOPS_MODEL_NAME", name)  # and its own registered model
     monkeypatch.setenv("MLOPS_MONITORING__MIN_WINDOW_ROWS", "500")
     monkeypatch.setenv("MLOPS_MONITORING__MIN_LABELLED_ROWS", "100")
     monkeypatch.setenv("MLOPS_MONITORING__COOLDOWN_HOURS", "0")
@@ -249,3 +251,32 @@ def test_log_rows_round_trip_keeps_the_contract_columns(env: Settings) -> None:
     assert set(env.contract.input_columns) <= set(window.columns)
     assert window["label"].notna().sum() == 0  # labels went to req-0..99, outside the newest 500
     assert pd.api.types.is_numeric_dtype(window["probability"])
+
+
+def test_champion_gives_prediction_drift_and_a_performance_baseline(env: Settings) -> None:
+    """With a registered champion: the reference is scored for prediction drift, and the window's PR AUC is
+    judged against the champion's recorded holdout value (set high here, so the drop must fire)."""
+    import mlflow
+
+    from pipelines.monitor import run_monitoring
+    from serving.example_model import register_example_model
+
+    model_name = env.model_name
+    version = register_example_model(env.contract, model_name, n_rows=1_000, experiment_name=env.experiment_name)
+    client = mlflow.MlflowClient(env.mlflow_tracking_uri)
+    run_id = client.get_model_version(model_name, version).run_id
+    assert run_id is not None
+    client.log_metric(run_id, "holdout_pr_auc", 0.99)
+
+    write_reference(env)
+    write_log(env, 2_000, drifted=False, labelled=1_500)
+    outcome = run_monitoring(trigger=False)
+
+    assert outcome.status == "ok" and outcome.result is not None
+    assert outcome.record["champion_version"] == version
+    assert "probability" in outcome.result.prediction  # the champion scored the reference
+    assert "prediction" not in outcome.result.prediction  # labels depend on a threshold: not compared
+    assert outcome.result.performance is not None
+    assert outcome.retrain and "performance" in outcome.record["fired"]
+    assert outcome.record["performance_drop"] == pytest.approx(0.99 - outcome.result.performance.metrics["pr_auc"])
+    assert not outcome.triggered and "trigger=False" in " ".join(outcome.record["notes"])
