@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from core.contract import DatasetContract
@@ -39,28 +40,28 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def fingerprint(frame: pd.DataFrame) -> str:
-    """sha256 of the rows' contents (values, column names and dtypes; not the file's bytes)."""
-    h = hashlib.sha256()
-    h.update(json.dumps([[c, str(t)] for c, t in frame.dtypes.items()]).encode())
-    if len(frame):
-        h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
-    return h.hexdigest()
+def _ipc_bytes(table: pa.Table) -> pa.Buffer:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table.combine_chunks())
+    return sink.getvalue()
+
+
+def fingerprint(table: pa.Table) -> str:
+    """sha256 of the rows' contents in Arrow's IPC form (values and schema; not the Parquet bytes,
+    which depend on compression and writer version)."""
+    return hashlib.sha256(_ipc_bytes(table)).hexdigest()
 
 
 class StreamingFingerprint:
-    """The fingerprint of a frame fed in consecutive pieces (equal to :func:`fingerprint` of the whole)."""
+    """sha256 over consecutive pieces of a dataset, in the order they are written."""
 
     def __init__(self) -> None:
         self._h = hashlib.sha256()
-        self._started = False
 
-    def update(self, frame: pd.DataFrame) -> None:
-        if not self._started:
-            self._h.update(json.dumps([[c, str(t)] for c, t in frame.dtypes.items()]).encode())
-            self._started = True
-        if len(frame):
-            self._h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    def update(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self._h.update(_ipc_bytes(table))
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
@@ -122,13 +123,13 @@ def write_partitions(frame: pd.DataFrame, root: Path, contract: DatasetContract)
     dates = frame[contract.timestamp_column].dt.strftime("%Y-%m-%d")
     parts: list[PartFile] = []
     for day, group in frame.groupby(dates.to_numpy(), sort=True):
-        rows = group.reset_index(drop=True)
-        fp = fingerprint(rows)
+        table = to_arrow(group, schema)
+        fp = fingerprint(table)
         rel = f"date={day}/part-{fp[:24]}.parquet"
         target = root / rel
         if not target.exists():
-            write_parquet_atomic(to_arrow(rows, schema), target)
-        parts.append(PartFile(path=rel, date=str(day), rows=len(rows), fingerprint=fp))
+            write_parquet_atomic(table, target)
+        parts.append(PartFile(path=rel, date=str(day), rows=table.num_rows, fingerprint=fp))
     return parts
 
 

@@ -79,7 +79,7 @@ class _SplitStats:
     end: pd.Timestamp | None = None
     fingerprint: StreamingFingerprint = field(default_factory=StreamingFingerprint)
 
-    def add(self, rows: pd.DataFrame, contract: DatasetContract) -> None:
+    def add(self, rows: pd.DataFrame, table: pa.Table, contract: DatasetContract) -> None:
         if rows.empty:
             return
         self.rows += len(rows)
@@ -88,7 +88,7 @@ class _SplitStats:
         ts = rows[contract.timestamp_column]
         self.start = ts.iloc[0] if self.start is None else self.start
         self.end = ts.iloc[-1]
-        self.fingerprint.update(rows)
+        self.fingerprint.update(table)
 
     def to_dict(self, contract: DatasetContract) -> dict[str, Any]:
         return {
@@ -161,8 +161,9 @@ def build_splits(settings: Settings) -> dict[str, Any]:
                 a, b = max(lo, offset) - offset, min(hi, offset + n) - offset
                 if a < b:
                     rows = frame.iloc[a:b]
-                    writers[name].write_table(to_arrow(rows, schema))
-                    stats[name].add(rows, contract)
+                    table = to_arrow(rows, schema)
+                    writers[name].write_table(table)
+                    stats[name].add(rows, table, contract)
             picked = reference_pos[(reference_pos >= offset) & (reference_pos < offset + n)] - offset
             if picked.size:
                 reference_parts.append(frame.iloc[picked])
@@ -171,8 +172,9 @@ def build_splits(settings: Settings) -> dict[str, Any]:
         for w in writers.values():
             w.close()
     reference = pd.concat(reference_parts, ignore_index=True)
-    pq.write_table(to_arrow(reference, schema), tmp / f"{REFERENCE}.parquet", **PARQUET_OPTIONS)
-    stats[REFERENCE].add(reference, contract)
+    reference_table = to_arrow(reference, schema)
+    pq.write_table(reference_table, tmp / f"{REFERENCE}.parquet", **PARQUET_OPTIONS)
+    stats[REFERENCE].add(reference, reference_table, contract)
 
     manifest = {
         "version": version,
