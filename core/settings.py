@@ -127,7 +127,9 @@ class TrainingSettings(Section):
     # The approximate-kernel SVM is only fitted when the training split has at most this many rows.
     svm_max_rows: int = Field(200_000, gt=0)
     # Threads for HistGradientBoosting and other OpenMP/BLAS code during a fit (None: all cores).
-    n_threads: int | None = None
+    # One thread by default: on a 2-core machine shared with other work, HistGradientBoosting with
+    # two OpenMP threads was 9x slower than with one (spin-waiting on a busy core).
+    n_threads: int | None = 1
     # Plots and permutation importance use at most this many test rows: they describe, not decide.
     diagnostics_rows: int = Field(5_000, gt=0)
     auto_register: bool = True

@@ -1,0 +1,96 @@
+"""Plots logged with every trained model: they describe a model, the gate decides on numbers.
+
+Classification: confusion matrix at the chosen threshold, ROC and PR curves, calibration curve.
+Regression: residuals. Both: permutation importance of the raw input columns through the whole
+pipeline (so it is in the contract's terms, not one-hot columns). On at most ``max_rows`` test rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: flows run in workers without a display
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.calibration import CalibrationDisplay
+from sklearn.inspection import permutation_importance
+from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
+
+from core.contract import DatasetContract
+
+_SCORING = {
+    "pr_auc": "average_precision",
+    "roc_auc": "roc_auc",
+    "f1": "f1",
+    "log_loss": "neg_log_loss",
+    "brier": "neg_brier_score",
+    "rmse": "neg_root_mean_squared_error",
+    "mae": "neg_mean_absolute_error",
+    "r2": "r2",
+}
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def write_plots(
+    model: Any,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    score: np.ndarray,
+    *,
+    contract: DatasetContract,
+    threshold: float,
+    out_dir: Path,
+    primary_metric: str,
+    max_rows: int = 5_000,
+    seed: int = 42,
+) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    if len(y) > max_rows:
+        idx = np.sort(rng.choice(len(y), max_rows, replace=False))
+        X, y, score = X.iloc[idx], y[idx], score[idx]
+    paths: list[Path] = []
+    if contract.task == "binary" and len(np.unique(y)) == 2:
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ConfusionMatrixDisplay.from_predictions(y, (score >= threshold).astype(int), ax=ax, colorbar=False)
+        ax.set_title(f"Confusion matrix (threshold {threshold:.3f})")
+        paths.append(_save(fig, out_dir / "confusion_matrix.png"))
+        fig, ax = plt.subplots(figsize=(4, 4))
+        RocCurveDisplay.from_predictions(y, score, ax=ax)
+        paths.append(_save(fig, out_dir / "roc_curve.png"))
+        fig, ax = plt.subplots(figsize=(4, 4))
+        PrecisionRecallDisplay.from_predictions(y, score, ax=ax)
+        paths.append(_save(fig, out_dir / "pr_curve.png"))
+        fig, ax = plt.subplots(figsize=(4, 4))
+        CalibrationDisplay.from_predictions(y, score, n_bins=10, strategy="quantile", ax=ax)
+        paths.append(_save(fig, out_dir / "calibration.png"))
+    elif contract.task == "regression":
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.scatter(score, y - score, s=3, alpha=0.3)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xlabel("prediction")
+        ax.set_ylabel("residual (actual - prediction)")
+        paths.append(_save(fig, out_dir / "residuals.png"))
+    scoring = _SCORING.get(primary_metric)
+    if scoring and len(np.unique(y)) > 1:
+        columns = contract.feature_columns + [contract.timestamp_column] * bool(contract.derived_time_features)
+        result = permutation_importance(model, X, y, scoring=scoring, n_repeats=3, random_state=seed, n_jobs=1)
+        names = list(X.columns)
+        mean = pd.Series(result.importances_mean, index=names).loc[columns].sort_values()
+        fig, ax = plt.subplots(figsize=(6, 0.3 * len(mean) + 1))
+        ax.barh(mean.index, mean.to_numpy())
+        ax.set_xlabel(f"drop in {primary_metric} when shuffled")
+        ax.set_title("Permutation importance (test)")
+        paths.append(_save(fig, out_dir / "permutation_importance.png"))
+    return paths

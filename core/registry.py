@@ -1,0 +1,183 @@
+"""MLflow Model Registry operations: register, record a gate decision, move aliases, roll back.
+
+Aliases: ``champion`` is what serving loads (``models:/<name>@champion``); when a new champion is
+promoted the one it replaces keeps ``previous-champion``; a candidate that is not promoted becomes
+``challenger``. Every decision is written onto the model version as tags and as a model card in
+the version's description.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from core.contract import DatasetContract
+from core.gate import Decision
+
+CHAMPION = "champion"
+PREVIOUS = "previous-champion"
+CHALLENGER = "challenger"
+
+
+def client() -> MlflowClient:
+    return MlflowClient()
+
+
+def version_by_alias(name: str, alias: str, mlflow_client: MlflowClient | None = None) -> ModelVersion | None:
+    c = mlflow_client or client()
+    try:
+        return c.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def register(model_uri: str, name: str, tags: Mapping[str, Any]) -> ModelVersion:
+    import mlflow
+
+    return mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+
+
+def decision_tags(decision: Decision) -> dict[str, str]:
+    tags = {
+        "decision": decision.decision,
+        "reason": decision.reason[:5000],
+        "gate_against": decision.against,
+        "primary_metric": decision.primary_metric,
+        "candidate_score": f"{decision.candidate_score:.6f}",
+        "reference_score": f"{decision.reference_score:.6f}",
+        "delta": f"{decision.delta:.6f}",
+        "ci_low": f"{decision.ci_low:.6f}",
+        "ci_high": f"{decision.ci_high:.6f}",
+        "latency_ms": f"{decision.latency_ms:.3f}",
+        "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    regressed = [s.name for s in decision.slices if s.regressed]
+    tags["slices_regressed"] = ",".join(regressed) or "none"
+    return tags
+
+
+def apply_decision(
+    name: str,
+    version: str,
+    decision: Decision,
+    card: str,
+    *,
+    extra_tags: Mapping[str, Any] | None = None,
+    mlflow_client: MlflowClient | None = None,
+) -> None:
+    """Tag the version with the decision, write its card, and move aliases accordingly."""
+    c = mlflow_client or client()
+    for key, value in {**decision_tags(decision), **{k: str(v) for k, v in (extra_tags or {}).items()}}.items():
+        c.set_model_version_tag(name, version, key, value)
+    c.update_model_version(name, version, description=card)
+    if decision.promoted:
+        current = version_by_alias(name, CHAMPION, c)
+        if current is not None and current.version != version:
+            c.set_registered_model_alias(name, PREVIOUS, current.version)
+        c.set_registered_model_alias(name, CHAMPION, version)
+        challenger = version_by_alias(name, CHALLENGER, c)
+        if challenger is not None and challenger.version == version:
+            c.delete_registered_model_alias(name, CHALLENGER)
+    else:
+        c.set_registered_model_alias(name, CHALLENGER, version)
+
+
+def rollback(name: str, version: str, reason: str, mlflow_client: MlflowClient | None = None) -> dict[str, str]:
+    """Point ``champion`` at an earlier version; the replaced one keeps ``previous-champion``."""
+    c = mlflow_client or client()
+    target = c.get_model_version(name, version)  # raises if the version does not exist
+    current = version_by_alias(name, CHAMPION, c)
+    if current is not None and current.version == target.version:
+        raise ValueError(f"version {version} of {name} is already the champion")
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if current is not None:
+        c.set_registered_model_alias(name, PREVIOUS, current.version)
+        c.set_model_version_tag(name, current.version, "rolled_back_at", when)
+        c.set_model_version_tag(name, current.version, "rolled_back_reason", reason)
+    c.set_registered_model_alias(name, CHAMPION, target.version)
+    c.set_model_version_tag(name, target.version, "decision", "rollback")
+    c.set_model_version_tag(name, target.version, "reason", reason)
+    c.set_model_version_tag(name, target.version, "rollback_from", current.version if current else "none")
+    c.set_model_version_tag(name, target.version, "decided_at", when)
+    replaced = current.version if current else "-"
+    note = f"\n\n## Rollback ({when})\nMade champion again, replacing version {replaced}: {reason}\n"
+    c.update_model_version(name, target.version, description=(target.description or "") + note)
+    return {"champion": target.version, "previous_champion": current.version if current else ""}
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def model_card(
+    *,
+    contract: DatasetContract,
+    model_name: str,
+    family: str,
+    params: Mapping[str, Any],
+    threshold: float,
+    data_version: str,
+    window: tuple[str, str],
+    holdout_window: tuple[str, str],
+    cv_metrics: Mapping[str, float],
+    test_metrics: Mapping[str, float],
+    holdout_metrics: Mapping[str, float],
+    slices: Mapping[str, Mapping[str, float]],
+    decision: Decision,
+    run_id: str,
+) -> str:
+    """Markdown for the version's description: what the model is for, what it saw, how it did, the verdict."""
+    metric_names = list(test_metrics)
+    lines = [
+        f"# {model_name}: {family}",
+        "",
+        "## Intended use",
+        f"{contract.description.strip() or contract.name} Task: {contract.task}; target `{contract.target.name}`"
+        + (f", positive class {contract.target.positive_class!r}" if contract.task == "binary" else "")
+        + ". Scores one row of the contract's input columns; the id column is ignored.",
+        f"Decision threshold on P(positive): **{threshold:.4f}** (max F1 on validation)."
+        if contract.task == "binary"
+        else "",
+        "Not for: data outside the contract's columns and ranges, or far outside the training window.",
+        "",
+        "## Data",
+        f"- data version `{data_version}`; training/selection window {window[0]} .. {window[1]}",
+        f"- frozen holdout window {holdout_window[0]} .. {holdout_window[1]}",
+        "",
+        "## Metrics",
+        "| metric | CV (train, mean) | test | holdout |",
+        "|---|---|---|---|",
+        *(
+            f"| {m} | {_fmt(cv_metrics.get(m, ''))} | {_fmt(test_metrics.get(m, ''))} | "
+            f"{_fmt(holdout_metrics.get(m, ''))} |"
+            for m in metric_names
+        ),
+        "",
+        "## Slices (holdout)",
+        "| slice | rows | " + " | ".join(metric_names) + " |",
+        "|---|---|" + "---|" * len(metric_names),
+        *(
+            f"| {s} | {int(v.get('rows', 0))} | " + " | ".join(_fmt(v.get(m, "")) for m in metric_names) + " |"
+            for s, v in slices.items()
+        ),
+        "",
+        "## Decision",
+        f"**{decision.decision}** against the {decision.against}: {decision.reason}",
+        f"- {decision.primary_metric}: candidate {decision.candidate_score:.4f}, "
+        f"{decision.against} {decision.reference_score:.4f}, improvement {decision.delta:+.4f} "
+        f"(CI [{decision.ci_low:+.4f}, {decision.ci_high:+.4f}])",
+        f"- single-row latency {decision.latency_ms:.2f} ms",
+        "",
+        "## Parameters",
+        *(f"- `{k}` = {v}" for k, v in params.items()),
+        "",
+        f"Training run: `{run_id}`",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,42 @@
+"""Flow `rollback`: point `champion` back at an earlier model version and record why.
+
+The replaced champion keeps `previous-champion`; both versions get tags saying when and why, and
+the restored version's model card gets a rollback note. Serving picks the change up through the
+alias (``models:/<name>@champion``).
+
+Run: ``python -m pipelines.rollback --version 2 --reason "v3 doubles false alarms in FR"``
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from prefect import flow
+
+from core import registry
+from core.settings import get_settings
+
+
+@flow(name="rollback", log_prints=True)
+def rollback(version: str, reason: str) -> dict[str, str]:
+    if not reason.strip():
+        raise ValueError("a rollback needs a reason")
+    from pipelines.train import ensure_experiment
+
+    settings = get_settings()
+    ensure_experiment(settings)
+    result = registry.rollback(settings.model_name, str(version), reason)
+    print(f"{settings.model_name}: champion -> v{result['champion']} (was v{result['previous_champion']}): {reason}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Make an earlier model version the champion again.")
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--reason", required=True)
+    args = parser.parse_args()
+    rollback(version=args.version, reason=args.reason)
+
+
+if __name__ == "__main__":
+    main()
