@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import pandas as pd
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -329,7 +330,7 @@ def _batch_lines(  # noqa: PLR0917
         records: list[dict[str, Any]] = chunk.to_dict("records")  # type: ignore[assignment]
         for r in records:
             for k, v in r.items():
-                if isinstance(v, float) and np.isnan(v):  # NaN from pandas means null in the log
+                if v is pd.NaT or (isinstance(v, float) and np.isnan(v)):  # pandas' missing means null
                     r[k] = None
         row_flags = [f.split("|") if f else [] for f in flags]
         plog.log_predictions(_log_rows(model, records, ids, result.labels, probs, row_flags, latency_ms, []))
@@ -486,29 +487,35 @@ class LimitsAndMetrics:
             if declared is not None and declared > limit:
                 await _too_large(send_wrapper, limit)
                 return
+            # Read the body here, against the limit, so that an oversized chunked body is a 413 too
+            # (raised inside FastAPI's body parsing it would surface as a generic 400).
+            chunks: list[bytes] = []
             received = 0
-
-            async def receive_limited() -> MutableMapping[str, Any]:
-                nonlocal received
+            while True:
                 message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > limit:
-                        raise _BodyTooLargeError
-                return message
-
-            try:
-                await self.app(scope, receive_limited, send_wrapper)
-            except _BodyTooLargeError:
-                if status["code"] == 500:
+                if message["type"] != "http.request":
+                    break
+                received += len(message.get("body", b""))
+                if received > limit:
                     await _too_large(send_wrapper, limit)
+                    return
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            body = b"".join(chunks)
+            replayed = False
+
+            async def replay() -> MutableMapping[str, Any]:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send_wrapper)
         finally:
             metrics.REQUESTS.labels(endpoint, method, str(status["code"])).inc()
             metrics.LATENCY.labels(endpoint, method).observe(time.perf_counter() - started)
-
-
-class _BodyTooLargeError(Exception):
-    pass
 
 
 def _content_length(scope: MutableMapping[str, Any]) -> int | None:
@@ -576,10 +583,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     if settings is not get_settings():
         app.dependency_overrides[get_settings] = lambda: settings
-    app.include_router(predictions_router(models))
-    app.include_router(feedback_router(models))
-    app.include_router(operations)
-    app.include_router(admin)
+    routers = [predictions_router(models), feedback_router(models), operations, admin]
+    for router in routers:
+        app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     if settings.serving.cors_origins:
         app.add_middleware(
@@ -588,6 +594,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=[API_KEY_HEADER, "Content-Type"],
         )
-    endpoints = {getattr(r, "path", "") for r in app.routes}
+    # Metrics are labelled by route, and anything else is "other": a scan of random URLs must not
+    # create a time series per URL.
+    endpoints = {getattr(r, "path", "") for router in routers for r in router.routes} | {"/openapi.json", "/docs"}
     app.add_middleware(LimitsAndMetrics, settings=settings, endpoints=endpoints)
     return app

@@ -114,7 +114,7 @@ def check_frame(frame: pd.DataFrame, contract: DatasetContract, max_rows: int) -
             if not_str.any():
                 fail("Input should be a valid string", not_str)
                 continue
-            too_long = s.str.len().to_numpy(dtype=np.float64, na_value=0) > MAX_TEXT
+            too_long = np.array([isinstance(v, str) and len(v) > MAX_TEXT for v in s])
             if too_long.any():
                 fail(f"String should have at most {MAX_TEXT} characters", too_long)
             if col.type == "category":
@@ -129,7 +129,24 @@ def check_frame(frame: pd.DataFrame, contract: DatasetContract, max_rows: int) -
             f"{e['field']}: {e['message']}" + (f" (rows {e['rows']})" if e.get("rows") else "") for e in errors
         )
         raise BatchInputError(422, detail, errors)
+    _normalise(frame, contract)
     return unknown
+
+
+def _normalise(frame: pd.DataFrame, contract: DatasetContract) -> None:
+    """Checked columns to their stored types: floats, naive-UTC timestamps, None for missing text."""
+    for name in contract.input_columns:
+        kind = contract.column(name).type
+        s = frame[name]
+        if kind in ("float", "int", "bool"):
+            frame[name] = pd.to_numeric(s, errors="coerce").astype(np.float64)
+        elif kind == "datetime":
+            ts = pd.to_datetime(s, errors="coerce", utc=True, format="mixed") if s.dtype == object else s
+            if getattr(ts.dt, "tz", None) is not None:
+                ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+            frame[name] = ts
+        elif s.dtype != object:
+            frame[name] = s.astype(object)
 
 
 def chunks(frame: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:

@@ -204,6 +204,9 @@ class PredictionLog:
             self.store_up = True
             metrics.LOG_ROWS.labels(outcome="written").inc(len(batch))
         except Exception as exc:
+            if not _store_unavailable(exc):
+                self._reject(batch, exc)
+                return
             if self.store_up:
                 log.warning("prediction store %s unavailable, spooling to %s: %s", self.url, self.spool_dir, exc)
             self.store_up = False
@@ -236,6 +239,15 @@ class PredictionLog:
                 fh.write(json.dumps([table, row], default=_encode) + "\n")
         metrics.LOG_ROWS.labels(outcome="spooled").inc(len(batch))
 
+    def _reject(self, batch: list[tuple[str, dict[str, Any]]], exc: Exception) -> None:
+        """Rows the store refuses (not an outage): kept in a file for a person, never retried forever."""
+        log.error("prediction store refused %d rows (kept in %s): %s", len(batch), self.spool_dir, exc)
+        path = self.spool_dir / f"rejected-{os.getpid()}.jsonl"
+        with self._spool_lock, path.open("a") as fh:
+            for table, row in batch:
+                fh.write(json.dumps([table, row], default=_encode) + "\n")
+        metrics.LOG_ROWS.labels(outcome="rejected").inc(len(batch))
+
     def _replay_spool(self) -> None:
         """Insert spooled rows once the store answers; each file is claimed by rename, so two workers
         never replay the same rows."""
@@ -251,7 +263,13 @@ class PredictionLog:
                     continue
             try:
                 for chunk in _chunks(_read_spool(claimed), self.batch_rows * 20):
-                    self._insert(chunk)
+                    try:
+                        self._insert(chunk)
+                    except Exception as exc:
+                        if _store_unavailable(exc):
+                            raise
+                        self._reject(chunk, exc)
+                        continue
                     metrics.LOG_ROWS.labels(outcome="replayed").inc(len(chunk))
             except Exception as exc:
                 self.store_up = False
@@ -274,6 +292,12 @@ class PredictionLog:
             pid = orphan.name.split("-")[1]
             if pid.isdigit() and not _alive(int(pid)):
                 orphan.rename(self.spool_dir / f"spool-orphan-{orphan.name}")
+
+
+def _store_unavailable(exc: Exception) -> bool:
+    """An outage (connection refused, database locked or read-only, disk full), as opposed to rows the
+    store refuses; only an outage is worth spooling and retrying."""
+    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.DisconnectionError | OSError)
 
 
 def _alive(pid: int) -> bool:
