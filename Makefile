@@ -50,6 +50,12 @@ bench: bench-data bench-training bench-tuning bench-serving bench-drift bench-lo
 bench-data: $(STAMP) ## collection + preprocessing at 10M rows -> benchmarks/results/data.json
 	$(PY) -m benchmarks.bench_data $(BENCH_ARGS)
 
+bench-training: $(STAMP) ## training flow vs plain fits at 1M training rows -> benchmarks/results/training.json
+	flock /tmp/bench.lock $(PY) -m benchmarks.bench_training $(BENCH_ARGS)
+
+bench-tuning: $(STAMP) ## tuning with 1 vs 2 workers, pruning on vs off -> benchmarks/results/tuning.json
+	flock /tmp/bench.lock $(PY) -m benchmarks.bench_tuning $(BENCH_ARGS)
+
 bench-drift: $(STAMP) ## monitoring drift on 1M reference vs 100k window, and plain Evidently -> benchmarks/results/drift.json
 	$(PY) -m benchmarks.bench_drift $(BENCH_ARGS)
 
