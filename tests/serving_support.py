@@ -23,13 +23,21 @@ def unique_model_name(prefix: str = "serving-test") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def register(tracking_uri: str, model_name: str, family: str = "logistic_regression", seed: int = 0) -> str:
+def register(
+    tracking_uri: str,
+    model_name: str,
+    family: str = "logistic_regression",
+    seed: int = 0,
+    alias: str | None = "champion",
+) -> str:
     import mlflow
 
     from serving.example_model import register_example_model
 
     mlflow.set_tracking_uri(tracking_uri)
-    return register_example_model(get_settings().contract, model_name, family=family, seed=seed, n_rows=1_000)  # type: ignore[arg-type]
+    return register_example_model(
+        get_settings().contract, model_name, family=family, seed=seed, n_rows=1_000, alias=alias
+    )  # type: ignore[arg-type]
 
 
 @dataclass
