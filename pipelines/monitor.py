@@ -176,8 +176,12 @@ def _path(settings: Settings) -> Path:
 
 
 def prefect_api_url(settings: Settings) -> str:
-    """The API a trigger goes to: the one this process runs under, else the configured one."""
-    return os.environ.get("PREFECT_API_URL") or f"http://127.0.0.1:{settings.stack.prefect_port}/api"
+    """The API a trigger goes to: the environment's, else the active Prefect profile's, else the local stack's."""
+    from prefect.settings import PREFECT_API_URL
+
+    # The environment first: Prefect reads its settings once, at import, and tests change the env later.
+    configured = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    return configured or f"http://127.0.0.1:{settings.stack.prefect_port}/api"
 
 
 def trigger_retraining(settings: Settings, reason: str) -> dict[str, Any]:
@@ -198,13 +202,16 @@ def trigger_retraining(settings: Settings, reason: str) -> dict[str, Any]:
 
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment  # only a firing policy needs it
+    from prefect.exceptions import ObjectNotFound
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     try:
         with temporary_settings({PREFECT_API_URL: api}):
             # Called from sync code, run_deployment returns the FlowRun itself, not a coroutine.
             run = cast(FlowRun, run_deployment(name=name, parameters={"reason": reason}, timeout=0))
-    except Exception as exc:  # ObjectNotFound, HTTP errors: all mean "not started", and say which
+    except ObjectNotFound:
+        return {"triggered": False, "trigger_error": f"no deployment '{name}' on the Prefect API at {api}"}
+    except Exception as exc:  # HTTP and client errors: all mean "not started", and say which
         return {"triggered": False, "trigger_error": f"deployment '{name}' not started: {type(exc).__name__}: {exc}"}
     return {"triggered": True, "flow_run_id": str(run.id), "deployment": name}
 

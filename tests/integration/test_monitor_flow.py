@@ -2,18 +2,16 @@
 processed reference on disk, the session's MLflow server, a local Evidently workspace.
 
 The flow runs as plain Python (``run_monitoring``, the body of the Prefect flow). Prefect itself is only
-reached to start the retraining deployment: one test points it at a closed port (the decision must say
-so and still be recorded), another at a stand-in API whose ``run_deployment`` records its call.
+reached to start the retraining deployment: most tests point it at a closed port (the decision must say
+so and still be recorded); one starts a temporary Prefect server holding a ``retrain/retrain`` deployment.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -145,47 +143,37 @@ def test_drifted_window_is_reported_logged_and_decided(env: Settings) -> None:
     assert len(ws.list_runs(project.id)) == 1
 
 
-def test_trigger_passes_the_reason_and_starts_the_cooldown(env: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    import prefect.deployments
+def test_trigger_starts_the_retraining_deployment_with_the_reason(
+    env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real (temporary) Prefect server with a `retrain/retrain` deployment: the first run creates a flow
+    run of it carrying the reason; the second, inside the cooldown, does not."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.testing.utilities import prefect_test_harness
 
     from pipelines.monitor import run_monitoring
 
-    calls: list[dict[str, Any]] = []
+    @flow(name="retrain")
+    def retrain(reason: str = "") -> None:
+        """Stands in for the retraining flow: only its deployment's name matters here."""
 
-    class FlowRun:
-        id = "run-1"
-
-    def fake_run_deployment(name: str, parameters: dict[str, Any], timeout: float) -> FlowRun:
-        calls.append({"name": name, "parameters": parameters, "timeout": timeout})
-        return FlowRun()
-
-    class Health(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200 if self.path.endswith("/health") else 404)
-            self.end_headers()
-            self.wfile.write(b"true")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Health)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{server.server_port}/api")
+    monkeypatch.delenv("PREFECT_API_URL")  # the harness's server, not the closed port
     monkeypatch.setenv("MLOPS_MONITORING__COOLDOWN_HOURS", "24")
     get_settings.cache_clear()
-    monkeypatch.setattr(prefect.deployments, "run_deployment", fake_run_deployment)
-    try:
-        write_reference(env)
-        write_log(env, 2_000, drifted=True)
+    write_reference(env)
+    write_log(env, 2_000, drifted=True)
+    with prefect_test_harness(server_startup_timeout=120):
+        with get_client(sync_client=True) as client:
+            client.create_deployment(flow_id=client.create_flow(retrain), name="retrain")
         first = run_monitoring(trigger=True)
         second = run_monitoring(trigger=True)
-    finally:
-        server.shutdown()
+        assert first.triggered, first.record.get("trigger_error")
+        with get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(uuid.UUID(first.record["flow_run_id"]))
 
-    assert first.triggered and first.record["flow_run_id"] == "run-1"
-    (call,) = calls  # the second run was held by the cooldown
-    assert call["name"] == "retrain/retrain" and call["timeout"] == 0
-    assert "weighted drift share" in call["parameters"]["reason"]
+    assert "weighted drift share" in flow_run.parameters["reason"]
+    assert flow_run.parameters["reason"] == "; ".join(first.record["reasons"])
     assert not second.retrain and second.record["held_by_cooldown"] and not second.triggered
     assert [r["triggered"] for r in _decisions(get_settings())] == [True, False]
 
