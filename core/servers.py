@@ -142,7 +142,9 @@ def start_prefect(
     return Server("prefect", url, proc, log)
 
 
-def start_worker(api_url: str, home: Path, pool: str, log: Path, cwd: Path) -> subprocess.Popen[bytes]:
-    """A process worker: each flow run it picks up runs in a child process of the project's venv."""
+def start_worker(
+    api_url: str, home: Path, pool: str, log: Path, cwd: Path, *, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A process worker: each flow run it picks up runs in a child process that inherits `env`."""
     cmd = [str(VENV_BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
-    return spawn("worker", cmd, log, prefect_env(api_url, home), cwd=cwd)
+    return spawn("worker", cmd, log, {**(env or {}), **prefect_env(api_url, home)}, cwd=cwd)

@@ -165,7 +165,9 @@ def up_servers(settings: Settings, say: Progress = print) -> Stack:
         say("Prefect worker already running")
     else:
         say(f"starting a process worker on pool '{pool}' ...")
-        proc = start_worker(stack.prefect_api_url, home, pool, logs / "worker.log", PROJECT_ROOT)
+        proc = start_worker(
+            stack.prefect_api_url, home, pool, logs / "worker.log", PROJECT_ROOT, env=env_for_flows(settings, stack)
+        )
         # The worker inherits the tracking URI and state dir, and so do the flow runs it starts.
         stack.components["worker"] = Component(proc.pid, "", str(logs / "worker.log"))
         _save(settings, stack)

@@ -72,15 +72,19 @@ def rows_between(settings: Settings, start: str, end: str) -> pd.DataFrame:
 
 
 def to_records(frame: pd.DataFrame, contract: DatasetContract) -> list[dict[str, Any]]:
-    out = []
+    """JSON-ready records of the contract's input columns, typed as the contract declares them."""
     cols = contract.input_columns
+    kinds = [contract.column(c).type for c in cols]
+    out = []
     for row in frame[cols].itertuples(index=False, name=None):
         rec: dict[str, Any] = {}
-        for name, value in zip(cols, row, strict=True):
-            if isinstance(value, pd.Timestamp):
-                rec[name] = value.isoformat()
-            elif value is None or (isinstance(value, float) and math.isnan(value)):
+        for name, kind, value in zip(cols, kinds, row, strict=True):
+            if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
                 rec[name] = None
+            elif isinstance(value, pd.Timestamp):
+                rec[name] = value.isoformat()
+            elif kind == "int":
+                rec[name] = int(value)  # SQL reads a nullable integer column as float
             elif hasattr(value, "item"):
                 rec[name] = value.item()
             else:
