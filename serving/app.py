@@ -237,6 +237,8 @@ def predictions_router(models: ContractModels) -> APIRouter:
             unknown = check_frame(frame, contract, limits.max_batch_rows)
         except BatchInputError as exc:
             raise HTTPException(exc.status, exc.detail) from None
+        except (ValueError, TypeError) as exc:  # a value the checks let through but pandas cannot convert
+            raise HTTPException(422, f"body: could not read the batch: {str(exc)[:300]}") from None
         for column, n in unknown.items():
             metrics.UNKNOWN_CATEGORIES.labels(column).inc(n)
         request_id = uuid.uuid4().hex

@@ -13,6 +13,7 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -105,8 +106,16 @@ def check_frame(frame: pd.DataFrame, contract: DatasetContract, max_rows: int) -
             if col.max is not None and (present & (v > col.max)).any():
                 fail(f"Input should be less than or equal to {col.max:g}", present & (v > col.max))
         elif col.type == "datetime":
-            ts = pd.to_datetime(s, errors="coerce", utc=True, format="mixed") if s.dtype == object else s
-            bad = pd.isna(ts).to_numpy() & present if hasattr(ts, "to_numpy") else present
+            if pd.api.types.is_datetime64_any_dtype(s):
+                continue
+            if s.dtype != object:  # numbers or booleans are not timestamps here
+                fail("Input should be a valid datetime", present)
+                continue
+            not_text = np.array([not isinstance(v, str | datetime) for v in s]) & present
+            text = s.copy()
+            text[not_text] = None
+            ts = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
+            bad = (pd.isna(ts).to_numpy() & present) | not_text
             if bad.any():
                 fail("Input should be a valid datetime", bad)
         else:
