@@ -107,6 +107,9 @@ class DriftResult:
     quality: DataQuality
     performance: Performance | None
     snapshot: Snapshot = field(repr=False)
+    # Evidently's classification/regression report on the labelled window rows (None without labels).
+    performance_snapshot: Snapshot | None = field(default=None, repr=False)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def drifted_columns(self) -> list[str]:
@@ -254,6 +257,53 @@ def performance(window: pd.DataFrame, contract: DatasetContract) -> Performance 
     return Performance(labelled_rows=len(rows), metrics=out)
 
 
+def run_performance_report(window: pd.DataFrame, contract: DatasetContract) -> Snapshot | None:
+    """Evidently's ``ClassificationPreset``/``RegressionPreset`` on the window rows with a label.
+
+    Binary labels and predictions are mapped to 1 (the contract's positive class) and 0, so Evidently
+    never has to guess which class is positive.
+    """
+    from evidently import BinaryClassification, DataDefinition, Dataset, MulticlassClassification, Report
+    from evidently import Regression as RegressionTask
+    from evidently.presets import ClassificationPreset, RegressionPreset
+
+    if LABEL_COLUMN not in window or "prediction" not in window:
+        return None
+    rows = window[window[LABEL_COLUMN].notna() & window["prediction"].notna()]
+    if rows.empty:
+        return None
+    frame = pd.DataFrame(index=rows.index)
+    if contract.task == "regression":
+        frame["target"] = pd.to_numeric(rows[LABEL_COLUMN], errors="coerce")
+        frame["prediction"] = pd.to_numeric(rows["prediction"], errors="coerce")
+        definition = DataDefinition(regression=[RegressionTask(target="target", prediction="prediction")])
+        preset: Any = RegressionPreset()
+    elif contract.task == "binary":
+        positive = str(contract.target.positive_class)
+        frame["target"] = (class_labels(rows[LABEL_COLUMN]) == positive).astype(int)
+        frame["prediction"] = (class_labels(rows["prediction"]) == positive).astype(int)
+        probas = None
+        if "probability" in rows and rows["probability"].notna().all():
+            frame["probability"] = pd.to_numeric(rows["probability"]).astype("float64")
+            probas = "probability"
+        task = BinaryClassification(
+            target="target",
+            prediction_labels="prediction",
+            prediction_probas=probas,
+            pos_label=1,
+        )
+        definition = DataDefinition(classification=[task])
+        preset = ClassificationPreset()
+    else:
+        frame["target"] = class_labels(rows[LABEL_COLUMN])
+        frame["prediction"] = class_labels(rows["prediction"])
+        definition = DataDefinition(
+            classification=[MulticlassClassification(target="target", prediction_labels="prediction")]
+        )
+        preset = ClassificationPreset()
+    return Report([preset]).run(current_data=Dataset.from_pandas(frame, data_definition=definition))
+
+
 # ---- the drift report ------------------------------------------------------------------------------------
 def run_drift_report(
     reference: pd.DataFrame, current: pd.DataFrame, definition: DataDefinition, *, drift_share: float = 0.5
@@ -333,6 +383,13 @@ def compute_drift(
         raise
     except Exception as exc:  # Evidently raises many types; the caller needs one clear failure
         raise DriftError(f"the Evidently drift report failed: {type(exc).__name__}: {exc}") from exc
+    perf = performance(window, contract)
+    perf_snapshot, notes = None, []
+    if perf is not None:
+        try:
+            perf_snapshot = run_performance_report(window, contract)
+        except Exception as exc:  # the metrics above stand without Evidently's view of them
+            notes.append(f"performance report not built: {type(exc).__name__}: {exc}")
     features = {c: verdicts[c] for c in contract.feature_columns if c in verdicts}
     share = sum(d.drifted for d in features.values()) / len(features) if features else 0.0
     return DriftResult(
@@ -345,8 +402,10 @@ def compute_drift(
         columns=features,
         prediction={c: verdicts[c] for c in shared if c in verdicts},
         quality=data_quality(window, contract),
-        performance=performance(window, contract),
+        performance=perf,
         snapshot=snapshot,
+        performance_snapshot=perf_snapshot,
+        notes=notes,
     )
 
 

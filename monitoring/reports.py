@@ -1,6 +1,7 @@
 """Where a monitoring run leaves its traces: an HTML report, an Evidently workspace, an MLflow run.
 
-* ``<state>/reports/<timestamp>/drift.html`` (and ``summary.json``): the Evidently report of one run.
+* ``<state>/reports/<timestamp>/drift.html`` (and ``summary.json``): the Evidently report of one run;
+  ``performance.html`` beside it when feedback labels have arrived.
 * ``<state>/evidently``: a local Evidently workspace with one project; ``evidently ui --workspace
   <state>/evidently`` shows its dashboard (drift share and per-column drift over time).
 * MLflow experiment ``<experiment_name>-monitoring``: one run per monitoring run, with ``drift_share``,
@@ -42,6 +43,8 @@ def save_report(result: DriftResult, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     html = folder / "drift.html"
     result.snapshot.save_html(str(html))
+    if result.performance_snapshot is not None:
+        result.performance_snapshot.save_html(str(folder / "performance.html"))
     (folder / "summary.json").write_text(json.dumps(summary(result), indent=2, default=str))
     return html
 
@@ -53,6 +56,8 @@ def add_to_workspace(result: DriftResult, settings: Settings, *, name: str) -> s
     workspace = Workspace(str(workspace_dir(settings)))
     project = _project(workspace, settings, columns=[*result.columns, *result.prediction])
     ref = workspace.add_run(project.id, result.snapshot, include_data=False, name=name)
+    if result.performance_snapshot is not None:
+        workspace.add_run(project.id, result.performance_snapshot, include_data=False, name=f"{name} performance")
     return str(ref.id)
 
 
@@ -112,6 +117,8 @@ def log_to_mlflow(
             mlflow.log_dict(summary(result), "summary.json")
         if html is not None:
             mlflow.log_artifact(str(html))
+            if (html.parent / "performance.html").exists():
+                mlflow.log_artifact(str(html.parent / "performance.html"))
         return str(run.info.run_id)
 
 

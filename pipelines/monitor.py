@@ -122,6 +122,7 @@ def run_monitoring(
     except DriftError as exc:
         return _finish(settings, "report_failed", base, message=str(exc), notes=notes)
 
+    notes.extend(result.notes)
     folder = report_dir(settings, now)
     html = save_report(result, folder)
     base["report_html"] = str(html)

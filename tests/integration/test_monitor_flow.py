@@ -134,13 +134,14 @@ def test_drifted_window_is_reported_logged_and_decided(env: Settings) -> None:
     assert m["labelled_rows"] == 1_500 and 0 < m["perf_pr_auc"] <= 1
     assert run.data.tags["monitor.retrain"] == "True" and run.data.tags["monitor.status"] == "ok"
     artifacts = {a.path for a in mlflow.MlflowClient(env.mlflow_tracking_uri).list_artifacts(run.info.run_id)}
-    assert {"drift.html", "summary.json"} <= artifacts
+    assert {"drift.html", "performance.html", "summary.json"} <= artifacts
+    assert (html.parent / "performance.html").exists()  # labels arrived: Evidently's performance report too
 
     from evidently.ui.workspace import Workspace
 
     ws = Workspace(str(env.state / "evidently"))
     (project,) = ws.search_project(f"{env.model_name} monitoring")
-    assert len(ws.list_runs(project.id)) == 1
+    assert len(ws.list_runs(project.id)) == 2  # the drift snapshot and the performance snapshot
 
 
 def test_trigger_starts_the_retraining_deployment_with_the_reason(

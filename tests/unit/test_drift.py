@@ -18,6 +18,7 @@ from monitoring.drift import (
     data_quality,
     metrics_for_logging,
     performance,
+    run_performance_report,
     sample_rows,
 )
 
@@ -120,6 +121,22 @@ def test_binary_performance_on_labelled_rows_only(contract: DatasetContract) -> 
     assert p.metrics["recall"] == pytest.approx(2 / 3)
     assert p.metrics["roc_auc"] == pytest.approx(1.0)
     assert performance(win.assign(label=np.nan), contract) is None
+
+
+def test_performance_report_on_labelled_rows(contract: DatasetContract) -> None:
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 2, 400)
+    proba = np.clip(0.3 * label + rng.uniform(0, 0.7, 400), 0, 1)
+    win = pd.DataFrame({"label": label.astype(float), "prediction": (proba >= 0.5).astype(int), "probability": proba})
+    win.loc[:99, "label"] = np.nan
+    snapshot = run_performance_report(win, contract)
+    assert snapshot is not None
+    values = {m["metric_name"].split("(")[0]: m["value"] for m in snapshot.dict()["metrics"]}
+    expected = performance(win, contract)
+    assert expected is not None
+    assert values["RocAuc"] == pytest.approx(expected.metrics["roc_auc"])
+    assert values["F1Score"] == pytest.approx(expected.metrics["f1"])
+    assert run_performance_report(win.assign(label=np.nan), contract) is None
 
 
 def test_class_labels_unify_storage_types() -> None:
