@@ -85,6 +85,16 @@ def _project(workspace: Workspace, settings: Settings, columns: list[str]) -> Pr
             ],
         )
     )
+    # Filled by the performance snapshots (labelled rows only); a regression project leaves it empty.
+    project.dashboard.add_panel(
+        line_plot_panel(
+            title="Performance on labelled rows",
+            values=[
+                PanelMetric(legend=legend, metric=f"evidently:metric_v2:{metric}")
+                for legend, metric in (("ROC AUC", "RocAuc"), ("F1", "F1Score"), ("Accuracy", "Accuracy"))
+            ],
+        )
+    )
     return project
 
 
