@@ -64,7 +64,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
             chunked = True
     if not chunked:
         return status, await reader.readexactly(length)
-    parts = []
+    parts: list[bytes] = []
     while True:
         size = int((await reader.readuntil(b"\r\n")).strip(), 16)
         if size == 0:
@@ -74,7 +74,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         await reader.readexactly(2)
 
 
-async def _worker(
+async def _worker(  # noqa: PLR0917 - private, one call site
     host: str, port: int, request: bytes, deadline: float, budget: list[int], result: LoadResult
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
@@ -98,7 +98,7 @@ async def _worker(
             await writer.wait_closed()
 
 
-async def run_load(
+async def run_load(  # noqa: PLR0917
     host: str, port: int, request: bytes, concurrency: int, duration_s: float, max_requests: int = 10**9
 ) -> LoadResult:
     """`concurrency` connections send `request` back to back for `duration_s` (or `max_requests` in all)."""
@@ -113,7 +113,7 @@ async def run_load(
 
 def load(host: str, port: int, request: bytes, concurrency: int, duration_s: float) -> LoadResult:
     try:
-        import uvloop  # noqa: PLC0415 - optional: a faster event loop keeps the generator's cost down
+        import uvloop
 
         return uvloop.run(run_load(host, port, request, concurrency, duration_s))
     except ImportError:
