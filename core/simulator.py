@@ -491,19 +491,34 @@ def _pending_table(contract: DatasetContract, table: str, metadata: sa.MetaData)
 
 
 def _insert(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> None:
-    # Plain executemany through SQLAlchemy: portable across SQLite and PostgreSQL, NaN/NA -> NULL.
-    # pd.Timestamp is a datetime subclass: both drivers bind it as a timestamp.
-    clean = frame.astype(object).where(frame.notna(), None)  # type: ignore[call-overload]
-    target: sa.TableClause = table
+    """Append rows; NaN/NA become NULL."""
     if conn.dialect.name == "sqlite":
-        # SQLite stores what it is given (a string in a REAL column, as real operational tables do);
-        # untyped binds let the data_quality scenario's wrong types through. Timestamps keep their type
-        # so they are stored in SQLAlchemy's format, which window queries compare against.
-        untyped = [
-            sa.column(c.name, c.type if isinstance(c.type, sa.DateTime) else sa.types.NullType()) for c in table.columns
-        ]
-        target = sa.table(table.name, *untyped)
-    conn.execute(target.insert(), clean.to_dict("records"))
+        _insert_sqlite(conn, table, frame)
+        return
+    # Portable executemany; pd.Timestamp is a datetime subclass, so drivers bind it as a timestamp.
+    clean = frame.astype(object).where(frame.notna(), None)  # type: ignore[call-overload]
+    conn.execute(table.insert(), clean.to_dict("records"))
+
+
+def _insert_sqlite(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> None:
+    """SQLite through its driver's executemany (several times faster than row dicts at 10M rows).
+
+    SQLite stores what it is given, a string in a REAL column included, as real operational tables
+    do: that is how the data_quality scenario's wrong types land. Timestamps are written in
+    SQLAlchemy's SQLite format, the one window queries compare against.
+    """
+    out = frame.copy()
+    for c in table.columns:
+        if isinstance(c.type, sa.DateTime) and pd.api.types.is_datetime64_any_dtype(out[c.name]):
+            out[c.name] = out[c.name].dt.strftime("%Y-%m-%d %H:%M:%S.%f")
+    clean = out.astype(object).where(out.notna(), None)  # type: ignore[call-overload]
+    names = [c.name for c in table.columns]
+    quote = conn.dialect.identifier_preparer.quote
+    sql = (
+        f"INSERT INTO {quote(table.name)} ({', '.join(quote(n) for n in names)}) "
+        f"VALUES ({', '.join('?' for _ in names)})"
+    )
+    conn.exec_driver_sql(sql, list(clean[names].itertuples(index=False, name=None)))
 
 
 def write_warehouse(
