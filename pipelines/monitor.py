@@ -7,7 +7,8 @@ Every run ends in one decision record (``<data_dir>/monitoring/decisions.jsonl``
 ``<experiment>-monitoring``, including runs that could not compare anything: too little data, no
 reference, an unreadable log or a failed report each get a ``status`` and a message, and never trigger.
 
-Run: ``python -m pipelines.monitor [--window-rows N] [--window-hours H] [--no-trigger]``.
+Run once: ``python -m pipelines.monitor [--window-rows N] [--window-hours H] [--no-trigger]``; on the
+schedule in ``monitoring.schedule_cron``: add ``--serve`` (or deploy it with ``prefect.yaml``).
 """
 
 from __future__ import annotations
@@ -266,7 +267,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window-rows", type=int, default=None)
     parser.add_argument("--window-hours", type=float, default=None)
     parser.add_argument("--no-trigger", action="store_true", help="decide and record, never start retraining")
+    parser.add_argument(
+        "--serve", action="store_true", help="stay up and run on monitoring.schedule_cron (no work pool needed)"
+    )
     args = parser.parse_args(argv)
+    if args.serve:
+        cron = get_settings().monitoring.schedule_cron
+        monitor.serve(
+            name="monitor-scheduled",
+            cron=cron,
+            parameters={
+                "window_rows": args.window_rows,
+                "window_hours": args.window_hours,
+                "trigger": not args.no_trigger,
+            },
+        )
+        return
     record = monitor(args.window_rows, args.window_hours, not args.no_trigger)
     print(json.dumps(record, indent=2, default=str))
 

@@ -240,6 +240,10 @@ def test_log_rows_round_trip_keeps_the_contract_columns(env: Settings) -> None:
     assert set(env.contract.input_columns) <= set(window.columns)
     assert window["label"].notna().sum() == 0  # labels went to req-0..99, outside the newest 500
     assert pd.api.types.is_numeric_dtype(window["probability"])
+    # The time window: rows are 0-10 minutes old.
+    assert len(read_window(env, window_rows=None, window_hours=1.0)) == 600
+    assert len(read_window(env, window_rows=None, window_hours=1.0, now=NOW - timedelta(hours=2))) == 600
+    assert read_window(env, window_rows=None, window_hours=1.0, now=NOW + timedelta(hours=2)).empty
 
 
 def test_champion_gives_prediction_drift_and_a_performance_baseline(env: Settings) -> None:
