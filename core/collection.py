@@ -268,6 +268,10 @@ def _write_manifest(
             "label_delay_days": settings.contract.target.label_delay_days,
         },
         "rows": {"pulled": result.pulled, "loaded": result.loaded, "quarantined": result.quarantined},
+        # Flat copies for callers that print a one-line summary (pipelines.demo).
+        "rows_pulled": result.pulled,
+        "rows_loaded": result.loaded,
+        "rows_quarantined": result.quarantined,
         "bad_share": result.bad_share,
         "max_bad_share": max_bad_share,
         "fault_counts": dict(result.fault_counts.most_common()),
