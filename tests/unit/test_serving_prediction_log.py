@@ -1,0 +1,105 @@
+"""The prediction log's writer in process, against SQLite: batches, the spool, the replay, the readers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from core.settings import get_settings
+from serving.prediction_log import PredictionLog, read_feedback, read_predictions
+from tests.serving_support import wait_for
+
+
+def row(i: int, **overrides: Any) -> dict[str, Any]:
+    contract = get_settings().contract
+    out: dict[str, Any] = {name: contract.column(name).example for name in contract.input_columns}
+    out["event_time"] = datetime(2026, 1, 15, 13, 45)
+    out.update(
+        request_id=f"r-{i}",
+        model_name="m",
+        model_version="1",
+        timestamp=datetime.now(UTC),
+        latency_ms=0.5,
+        prediction=i % 2,
+        probability=0.25,
+        flags=None,
+    )
+    out.update(overrides)
+    return out
+
+
+def make_log(url: str, spool: Path) -> PredictionLog:
+    plog = PredictionLog(url, get_settings().contract, spool, batch_rows=50, flush_s=0.05, retry_s=0.1)
+    plog.start()
+    return plog
+
+
+def test_rows_and_feedback_reach_the_store_with_one_column_per_feature(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    plog = make_log(url, tmp_path / "spool")
+    try:
+        plog.log_predictions(row(i) for i in range(120))
+        plog.log_feedback("r-3", 1)
+        assert plog.flush()
+        wait_for(lambda: len(read_predictions(url)) == 120)
+    finally:
+        plog.stop()
+    df = read_predictions(url)
+    assert set(get_settings().contract.input_columns) <= set(df.columns)
+    assert df["amount"].eq(42.5).all()
+    assert len(read_predictions(url, limit=10)) == 10
+    assert read_feedback(url)[["request_id", "label"]].values.tolist() == [["r-3", 1]]
+
+
+def test_rows_spool_while_the_store_is_down_and_replay_when_it_is_back(tmp_path: Path) -> None:
+    db = tmp_path / "log.db"
+    db.mkdir()  # a directory where the database file should be: SQLite cannot open it
+    url = f"sqlite:///{db}"
+    spool = tmp_path / "spool"
+    plog = make_log(url, spool)
+    try:
+        plog.log_predictions(row(i) for i in range(300))
+        wait_for(lambda: sum(p.stat().st_size for p in spool.glob("spool-*.jsonl")) > 0)
+        assert not plog.store_up
+        db.rmdir()  # the store is back
+        wait_for(lambda: len(read_predictions(url)) == 300, timeout=30)
+        plog.log_predictions([row(1000)])
+        wait_for(lambda: len(read_predictions(url)) == 301)
+    finally:
+        plog.stop()
+    stored = read_predictions(url)
+    assert stored["request_id"].is_unique
+    assert stored["event_time"].notna().all()  # timestamps survive the JSON spool
+    assert not [p for p in spool.glob("*.jsonl") if p.stat().st_size]
+
+
+def test_spool_left_by_an_earlier_process_is_replayed_at_start(tmp_path: Path) -> None:
+    db = tmp_path / "log.db"
+    db.mkdir()
+    url = f"sqlite:///{db}"
+    spool = tmp_path / "spool"
+    first = make_log(url, spool)
+    first.log_predictions(row(i) for i in range(40))
+    first.stop()  # the store never came back while this process lived
+    assert sum(p.stat().st_size for p in spool.glob("spool-*.jsonl")) > 0
+    db.rmdir()
+    second = make_log(url, spool)
+    try:
+        wait_for(lambda: len(read_predictions(url)) == 40)
+    finally:
+        second.stop()
+
+
+def test_rows_the_store_refuses_are_kept_aside_not_retried(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    spool = tmp_path / "spool"
+    plog = make_log(url, spool)
+    try:
+        plog.log_predictions([row(1, event_time="not a datetime object")])
+        wait_for(lambda: any(spool.glob("rejected-*.jsonl")))
+        plog.log_predictions([row(2)])
+        wait_for(lambda: read_predictions(url)["request_id"].tolist() == ["r-2"])
+    finally:
+        plog.stop()
+    assert plog.store_up
