@@ -31,7 +31,7 @@ def _retry_unless_refused(task: Task[Any, Any], task_run: TaskRun, state: State[
 
 
 @task(retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=_retry_unless_refused, cache_policy=NO_CACHE)
-def seed_if_empty() -> str | None:
+def seed_empty_warehouse() -> str | None:
     settings = get_settings()
     if settings.source.kind != "simulator":
         return None
@@ -59,14 +59,14 @@ def publish_or_refuse(plan: CollectionPlan, result: PullResult, max_bad_share: f
 
 
 @flow(name="collect", log_prints=True)
-def collect(as_of: str | None = None, max_bad_share: float | None = None, seed: bool = True) -> dict[str, Any]:
+def collect(as_of: str | None = None, max_bad_share: float | None = None, seed_if_empty: bool = True) -> dict[str, Any]:
     """One incremental collection run; returns its manifest (raises CollectionError on a refused batch).
 
     ``as_of`` (ISO timestamp) defaults to the source's newest timestamp; ``max_bad_share`` overrides
-    ``collection.max_bad_share``; ``seed`` fills an empty simulator warehouse first.
+    ``collection.max_bad_share``; ``seed_if_empty`` fills an empty simulator warehouse first.
     """
-    if seed:
-        seed_if_empty()
+    if seed_if_empty:
+        seed_empty_warehouse()
     plan = plan_window(as_of)
     result = pull_and_stage(plan)
     manifest = publish_or_refuse(plan, result, max_bad_share)

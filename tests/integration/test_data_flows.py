@@ -110,7 +110,7 @@ def test_flows_collect_incrementally_and_preprocess(
     settings = use(env, warehouse_url=warehouse_url)
     write_warehouse(warehouse_url, days=10, rows_per_day=400, contract=settings.contract)
 
-    first = collect(seed=False)
+    first = collect(seed_if_empty=False)
     assert first["status"] == "succeeded"
     accounted(first)
     expected = matured(warehouse_url)
@@ -127,13 +127,13 @@ def test_flows_collect_incrementally_and_preprocess(
 
     # Re-running is idempotent: nothing new, no new files, the watermark stays.
     files = raw_files(settings)
-    again = collect(seed=False)
+    again = collect(seed_if_empty=False)
     assert again["status"] == "empty" and again["rows"]["pulled"] == 0
     assert raw_files(settings) == files and watermark(settings) == mark
 
     # Four more days arrive; earlier labels mature (back-filled in the warehouse); only new rows come.
     write_warehouse(warehouse_url, days=4, rows_per_day=400, contract=settings.contract)
-    third = collect(seed=False)
+    third = collect(seed_if_empty=False)
     accounted(third)
     assert third["rows"]["pulled"] == len(matured(warehouse_url)) - len(expected)  # only rows past the watermark
     loaded = raw_rows(settings)
@@ -156,7 +156,7 @@ def test_a_refused_batch_fails_the_flow_without_moving_the_watermark(
 
     settings = use(env, warehouse_url=warehouse_url)
     write_warehouse(warehouse_url, days=6, rows_per_day=300, contract=settings.contract)
-    clean = collect(seed=False)
+    clean = collect(seed_if_empty=False)
     accounted(clean)
     before, files = watermark(settings), raw_files(settings)
 
@@ -164,7 +164,7 @@ def test_a_refused_batch_fails_the_flow_without_moving_the_watermark(
     write_warehouse(warehouse_url, days=14, rows_per_day=300, scenario="data_quality", contract=settings.contract)
     started = time.monotonic()
     with pytest.raises(CollectionError) as err:
-        collect(seed=False)
+        collect(seed_if_empty=False)
     # Retries would add 1 + 2 + 5 s of delays: a refused batch fails at once.
     assert time.monotonic() - started < 7.5, "a refused batch must not be retried"
     message = str(err.value)
@@ -182,7 +182,7 @@ def test_a_refused_batch_fails_the_flow_without_moving_the_watermark(
     assert sum(failed["fault_counts"].values()) >= failed["rows"]["quarantined"]
 
     # A higher threshold takes the same window: valid rows loaded, bad rows quarantined, none lost.
-    passed = collect(seed=False, max_bad_share=0.5)
+    passed = collect(seed_if_empty=False, max_bad_share=0.5)
     assert passed["status"] == "succeeded"
     accounted(passed)
     assert passed["rows"]["pulled"] == failed["rows"]["pulled"]
