@@ -235,6 +235,7 @@ def _finish(
         record.setdefault("reasons", [message])
     if notes:
         record["notes"] = notes
+    record["reason"] = "; ".join(record.get("reasons", []))  # one line, as passed to the retraining flow
     try:
         record["mlflow_run_id"] = log_to_mlflow(
             settings,
