@@ -86,8 +86,7 @@ def write_plots(
     if scoring and len(np.unique(y)) > 1:
         columns = contract.feature_columns + [contract.timestamp_column] * bool(contract.derived_time_features)
         result = permutation_importance(model, X, y, scoring=scoring, n_repeats=3, random_state=seed, n_jobs=1)
-        names = list(X.columns)
-        mean = pd.Series(result.importances_mean, index=names).loc[columns].sort_values()
+        mean = pd.Series(result.importances_mean, index=list(X.columns)).loc[columns].sort_values()
         fig, ax = plt.subplots(figsize=(6, 0.3 * len(mean) + 1))
         ax.barh(mean.index, mean.to_numpy())
         ax.set_xlabel(f"drop in {primary_metric} when shuffled")

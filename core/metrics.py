@@ -137,7 +137,7 @@ class RankedScores:
     def _curves(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         w = weights[self._order].astype(np.float64)
         tps = np.cumsum(w * self._y)[self._ends]
-        fps = np.cumsum(w * (1.0 - self._y))[self._ends]
+        fps = np.cumsum(w)[self._ends] - tps
         return tps, fps
 
     def average_precision(self, weights: np.ndarray) -> float:

@@ -79,11 +79,11 @@ def apply_decision(
     c.update_model_version(name, version, description=card)
     if decision.promoted:
         current = version_by_alias(name, CHAMPION, c)
-        if current is not None and current.version != version:
+        if current is not None and str(current.version) != str(version):
             c.set_registered_model_alias(name, PREVIOUS, current.version)
         c.set_registered_model_alias(name, CHAMPION, version)
         challenger = version_by_alias(name, CHALLENGER, c)
-        if challenger is not None and challenger.version == version:
+        if challenger is not None and str(challenger.version) == str(version):
             c.delete_registered_model_alias(name, CHALLENGER)
     else:
         c.set_registered_model_alias(name, CHALLENGER, version)
@@ -94,7 +94,7 @@ def rollback(name: str, version: str, reason: str, mlflow_client: MlflowClient |
     c = mlflow_client or client()
     target = c.get_model_version(name, version)  # raises if the version does not exist
     current = version_by_alias(name, CHAMPION, c)
-    if current is not None and current.version == target.version:
+    if current is not None and str(current.version) == str(target.version):
         raise ValueError(f"version {version} of {name} is already the champion")
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if current is not None:
@@ -109,7 +109,7 @@ def rollback(name: str, version: str, reason: str, mlflow_client: MlflowClient |
     replaced = current.version if current else "-"
     note = f"\n\n## Rollback ({when})\nMade champion again, replacing version {replaced}: {reason}\n"
     c.update_model_version(name, target.version, description=(target.description or "") + note)
-    return {"champion": target.version, "previous_champion": current.version if current else ""}
+    return {"champion": str(target.version), "previous_champion": str(current.version) if current else ""}
 
 
 def _fmt(value: Any) -> str:

@@ -159,7 +159,7 @@ class TuningSettings(Section):
 class GateSettings(Section):
     """The promotion gate: the candidate must beat the champion on the frozen holdout."""
 
-    # The paired bootstrap CI's lower bound of (candidate - champion) must reach this, in metric units
+    # The paired bootstrap CI's lower bound of (candidate - champion) must be above this, in metric units
     # (sign flipped for lower-is-better metrics so that positive always means better).
     min_improvement: float = 0.0
     confidence: float = Field(0.95, gt=0.5, lt=1.0)

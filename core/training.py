@@ -48,14 +48,14 @@ class TrainingData:
 
 
 def _split_info(manifest: Mapping[str, Any], split: str) -> dict[str, Any]:
-    """Rows, fingerprint and time window of a split from a processed-dataset manifest."""
-    splits = manifest.get("splits", manifest)
-    raw = dict(splits.get(split, {})) if isinstance(splits, Mapping) else {}
-    window = raw.get("window") or raw.get("time_window") or {}
-    info: dict[str, Any] = {"rows": raw.get("rows"), "fingerprint": raw.get("fingerprint", "")}
-    info["start"] = raw.get("start") or raw.get("window_start") or (window.get("start") if window else None) or ""
-    info["end"] = raw.get("end") or raw.get("window_end") or (window.get("end") if window else None) or ""
-    return info
+    """Rows, fingerprint and time window of one split, from the processed datasets' manifest."""
+    raw = manifest.get("splits", {}).get(split, {})
+    return {
+        "rows": raw.get("rows"),
+        "fingerprint": raw.get("fingerprint", ""),
+        "start": raw.get("time_min") or "",
+        "end": raw.get("time_max") or "",
+    }
 
 
 def load_training_data(settings: Any, splits: tuple[str, ...] = SPLITS) -> TrainingData:
@@ -143,6 +143,7 @@ class Candidate:
     test: dict[str, float]
     test_slices: dict[str, dict[str, float]] = field(default_factory=dict)
     fit_seconds: float = 0.0
+    test_scores: np.ndarray | None = None  # kept for plots, so the test split is not scored twice
 
     def cv_mean(self) -> dict[str, float]:
         return {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in self.cv.items()}
@@ -193,6 +194,7 @@ def fit_candidate(
             min_rows=min_slice_rows,
         ),
         fit_seconds=time.perf_counter() - started,
+        test_scores=test_score,
     )
 
 

@@ -13,6 +13,8 @@ folds of a time-series split train on more rows, so pruning early saves the most
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -169,6 +171,7 @@ def make_objective(spec: StudySpec, frame: pd.DataFrame) -> Any:
         family, params = suggest(trial, list(spec.families))
         started = time.perf_counter()
         tracked = _TrialRun(spec, trial, family, params)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         folds: dict[str, list[float]] = {}
 
         def on_fold(i: int, fold: dict[str, float]) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 from prefect import flow
+from threadpoolctl import threadpool_limits
 
 from core import registry
 from core.gate import Decision, GateConfig, baseline_scores, decide
@@ -60,7 +61,7 @@ def evaluate_and_decide(
     masks = slice_masks(holdout, contract)
     candidate = predict_scores(model, X, contract)
     champion = registry.version_by_alias(settings.model_name, registry.CHAMPION)
-    if champion is not None and champion.version != version:
+    if champion is not None and str(champion.version) != str(version):
         champ_model = mlflow.sklearn.load_model(f"models:/{settings.model_name}/{champion.version}")
         reference = predict_scores(champ_model, X, contract)
         ref_threshold = float(champion.tags.get("threshold", 0.5))
@@ -68,7 +69,7 @@ def evaluate_and_decide(
     else:
         _, y_train = xy(data["train"], contract)
         n_classes = len(contract.target.classes or ()) or 2
-        reference = baseline_scores(contract.task, y_train, len(y), n_classes)
+        reference = baseline_scores(contract.task, y_train, len(y), n_classes, seed=settings.seed)
         ref_threshold = 0.5
         against = "baseline"
     latency = single_row_latency_ms(model, X.head(1))
@@ -144,7 +145,8 @@ def gate_candidate(logged: LoggedCandidate, data: TrainingData, settings: Settin
     }
     mv = registry.register(logged.model_uri, settings.model_name, tags)
     version = str(mv.version)
-    decision, holdout_metrics, slices = evaluate_and_decide(cand.pipeline, cand.threshold, version, data, settings)
+    with threadpool_limits(limits=settings.training.n_threads):
+        decision, holdout_metrics, slices = evaluate_and_decide(cand.pipeline, cand.threshold, version, data, settings)
     record_decision(
         version,
         decision,
@@ -174,7 +176,8 @@ def promote(version: str) -> dict[str, Any]:
     model = mlflow.sklearn.load_model(f"models:/{settings.model_name}/{version}")
     threshold = float(mv.tags.get("threshold", 0.5))
     data = load_training_data(settings)
-    decision, holdout_metrics, slices = evaluate_and_decide(model, threshold, version, data, settings)
+    with threadpool_limits(limits=settings.training.n_threads):
+        decision, holdout_metrics, slices = evaluate_and_decide(model, threshold, version, data, settings)
     run_id = mv.run_id or mv.tags.get("run_id", "")
     run = client.get_run(run_id) if run_id else None
     metrics = run.data.metrics if run else {}
