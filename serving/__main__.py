@@ -7,7 +7,16 @@ every worker process starts with them.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+
+# skops lists the scikit-learn types it trusts by walking every scikit-learn module at import, and that
+# walk also imports pytest and dask when they are installed (dev tools here), ~0.3-0.8 s of start-up for
+# modules the service never uses. Marking them absent makes the walk skip them (it ignores ImportError);
+# the trusted-type list is unchanged (tests/unit/test_serving_imports.py checks it). Top level, so that
+# worker processes started by uvicorn (which re-import this module) get it too.
+for _unused in ("pytest", "dask"):
+    sys.modules.setdefault(_unused, None)  # type: ignore[arg-type]
 
 
 def main() -> None:

@@ -20,3 +20,20 @@ def test_serving_app_imports_neither_prefect_nor_evidently() -> None:
     # prefect and evidently are banned outright; mlflow and skl2onnx are only imported when needed
     # (a non-HTTP registry, an ONNX conversion) so that start-up stays fast.
     assert not loaded & {"prefect", "evidently", "pipelines", "monitoring", "mlflow", "skl2onnx"}
+
+
+def test_skipping_dev_modules_at_serve_start_keeps_the_trusted_types() -> None:
+    """serving.__main__ marks pytest and dask absent; skops must still trust the same scikit-learn types."""
+    code = (
+        "import json, sys{pre}; import serving.app, skops.io._trusted_types as t; "
+        "print(json.dumps(sorted(t.SKLEARN_ESTIMATOR_TYPE_NAMES)))"
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code.format(pre=pre)], capture_output=True, text=True, cwd=PROJECT_ROOT, check=True
+        ).stdout
+        for pre in ("", "; import serving.__main__")
+    ]
+    plain, lean = (json.loads(r) for r in runs)
+    assert len(plain) > 150
+    assert lean == plain
