@@ -54,7 +54,13 @@ class Service:
 
 @contextlib.contextmanager
 def serve(
-    tracking_uri: str, model_name: str, state: Path, env: Mapping[str, str] | None = None, timeout: float = 120
+    tracking_uri: str,
+    model_name: str,
+    state: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    timeout: float = 120,
+    wait_path: str = "/ready",
 ) -> Iterator[Service]:
     """`python -m serving` (the Dockerfile's command) on a free 127.0.0.1 port, stopped afterwards."""
     port = free_port()
@@ -71,7 +77,7 @@ def serve(
     log = state / "serving.log"
     proc = spawn("serving", [str(VENV_BIN / "python"), "-m", "serving"], log, full_env, cwd=PROJECT_ROOT)
     try:
-        wait_http(f"http://{HOST}:{port}/ready", timeout, proc, log)
+        wait_http(f"http://{HOST}:{port}{wait_path}", timeout, proc, log)
         yield Service(f"http://{HOST}:{port}", port, proc.pid, log, state)
     finally:
         stop_process_group(proc.pid)
