@@ -517,7 +517,7 @@ class LimitsAndMetrics:
             await self.app(scope, replay, send_wrapper)
         finally:
             metrics.REQUESTS.labels(endpoint, method, str(status["code"])).inc()
-            metrics.LATENCY.labels(endpoint, method).observe(time.perf_counter() - started)
+            metrics.LATENCY.labels(endpoint, method, str(status["code"])).observe(time.perf_counter() - started)
 
 
 def _content_length(scope: MutableMapping[str, Any]) -> int | None:

@@ -28,7 +28,10 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.0
 
 REQUESTS = Counter("serving_requests_total", "HTTP requests by endpoint and status.", ["endpoint", "method", "status"])
 LATENCY = Histogram(
-    "serving_request_duration_seconds", "Request latency by endpoint.", ["endpoint", "method"], buckets=_LATENCY_BUCKETS
+    "serving_request_duration_seconds",
+    "Request latency by endpoint and status.",
+    ["endpoint", "method", "status"],
+    buckets=_LATENCY_BUCKETS,
 )
 PREDICTIONS = Counter("serving_predictions_total", "Predictions by model version and label.", ["version", "label"])
 SCORES = Histogram(

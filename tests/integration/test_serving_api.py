@@ -305,7 +305,7 @@ def test_metrics_by_endpoint_status_and_model(client: Any, service: Service) -> 
     text = client.get("/metrics").text
     assert 'serving_requests_total{endpoint="/predict",method="POST",status="200"}' in text
     assert 'serving_requests_total{endpoint="/predict",method="POST",status="422"}' in text
-    assert 'serving_request_duration_seconds_bucket{endpoint="/predict"' in text
+    assert 'serving_request_duration_seconds_bucket{endpoint="/predict",le="0.005",method="POST",status="200"}' in text
     assert 'serving_predictions_total{label="0",version="1"}' in text
     assert 'serving_model_info{name="' in text and 'version="1"' in text
     assert 'serving_model_reloads_total{result="swapped"} 1.0' in text
