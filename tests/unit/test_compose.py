@@ -72,5 +72,5 @@ def test_grafana_dashboard_queries_metrics_the_api_exports() -> None:
     metrics_src = "\n".join(p.read_text() for p in (ROOT / "serving").glob("*.py"))
     for dash in (ROOT / "deploy/grafana/dashboards").glob("*.json"):
         for expr in re.findall(r'"expr":\s*"([^"]+)"', dash.read_text()):
-            for metric in re.findall(r"\b(mlops_[a-z_]+?)(?:_bucket|_count|_sum|_total)?\b", expr):
+            for metric in re.findall(r"\b(serving_[a-z_]+?)(?:_bucket|_count|_sum)?\b", expr):
                 assert metric in metrics_src, f"{dash.name} queries {metric}, which serving does not export"
