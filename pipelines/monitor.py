@@ -26,6 +26,7 @@ from typing import Any, cast
 import pandas as pd
 from prefect import flow
 
+from core.notify import notify
 from core.settings import Settings, get_settings
 from monitoring import decisions
 from monitoring.drift import DriftError, DriftResult, compute_drift, sample_rows
@@ -148,6 +149,21 @@ def run_monitoring(
         base.update(trigger_retraining(settings, decision.reason))
     elif decision.retrain:
         notes.append("retraining decided but not triggered: trigger=False")
+    if decision.retrain or result.drifted_columns:
+        notify(
+            "drift_detected",
+            f"{settings.model_name}: {'retraining' if base.get('triggered') else 'drift'} "
+            f"({len(result.drifted_columns)} columns drifted)",
+            {
+                "drift share": f"{result.drift_share:.3f}",
+                "drifted columns": ", ".join(result.drifted_columns) or "none",
+                "decision": "retrain" if decision.retrain else "no retraining",
+                "triggered": base.get("triggered", False),
+                "why": decision.reason,
+                "report": html,
+            },
+            settings,
+        )
     return _finish(settings, "ok", base, result=result, html=html, notes=notes)
 
 
