@@ -7,17 +7,22 @@ feedback, operations (health, ready, model, metrics) and admin.
 import asyncio
 import contextlib
 import hmac
+import io
 import json
 import logging
 import time
 import uuid
 import warnings
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -28,10 +33,10 @@ from threadpoolctl import threadpool_limits
 
 from core.settings import Settings, get_settings
 from serving import metrics
-from serving.batch import PARQUET_TYPES, BatchInputError, check_frame, chunks, parse_upload
+from serving.batch import PARQUET_TYPES, BatchInputError, check_table, chunks, parse_upload
 from serving.model_store import LoadedModel, ModelStore
 from serving.prediction_log import PredictionLog
-from serving.predictor import columns_from_frame, columns_from_records
+from serving.predictor import Columns, Prediction, columns_from_records
 from serving.schemas import (
     ContractModels,
     ErrorOut,
@@ -115,37 +120,38 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 # ---- predictions --------------------------------------------------------------------------------
 
 
-def _log_rows(  # noqa: PLR0917 - one call site per endpoint, all arguments are needed
+def _log_block(  # noqa: PLR0917 - one call site per endpoint, all arguments are needed
+    plog: PredictionLog,
     model: LoadedModel,
-    records: list[dict[str, Any]],
-    ids: list[str],
-    labels: list[Any],
-    scores: np.ndarray | None,
-    flags: list[list[str]] | None,
+    columns: dict[str, np.ndarray],
+    ids: list[str] | pa.Array,
+    result: Prediction,
+    flags: list[str | None],
     latency_ms: float,
-    datetime_cols: list[str],
-) -> list[dict[str, Any]]:
-    now = datetime.now(UTC)
-    positive = _positive_index(model)
-    rows = []
-    for i, record in enumerate(records):
-        row = dict(record)
-        for c in datetime_cols:
-            v = row.get(c)
-            if isinstance(v, datetime) and v.tzinfo is not None:
-                row[c] = v.astimezone(UTC).replace(tzinfo=None)
-        row.update(
-            request_id=ids[i],
-            model_name=model.name,
-            model_version=model.version,
-            timestamp=now,
-            latency_ms=latency_ms,
-            prediction=labels[i],
-            probability=float(scores[i, positive]) if scores is not None else None,
-            flags="; ".join(flags[i]) if flags and flags[i] else None,
-        )
-        rows.append(row)
-    return rows
+) -> None:
+    """Hand the prediction log the arrays the prediction was made from: no per-row work here."""
+    probs = result.probabilities
+    block: dict[str, Any] = {
+        **columns,
+        "request_id": ids,
+        "model_name": model.name,
+        "model_version": model.version,
+        "timestamp": datetime.now(UTC),
+        "latency_ms": latency_ms,
+        "prediction": result.labels,
+        "probability": probs[:, _positive_index(model)] if probs is not None else None,
+        "flags": flags,
+    }
+    plog.log_block(block, len(ids))
+
+
+def _count(model: LoadedModel, result: Prediction) -> None:
+    """Prediction metrics for a whole block at once (a 10,000-row batch is one call per label)."""
+    for label, n in Counter(result.labels).items():
+        metrics.PREDICTIONS.labels(model.version, str(label)).inc(n)
+    probs = result.probabilities
+    if probs is not None and probs.shape[1] == 2:
+        metrics.observe_many(metrics.SCORES, probs[:, _positive_index(model)])
 
 
 def _positive_index(model: LoadedModel) -> int:
@@ -166,7 +172,6 @@ def predictions_router(models: ContractModels) -> APIRouter:
         Annotated[record_type, Tag("record")] | Annotated[records_type, Tag("records")],
         Discriminator(lambda v: "records" if isinstance(v, list) else "record"),
     ]
-    datetime_cols = [c.name for c in models.contract.columns if c.type == "datetime"]
 
     @router.post("/predict", response_model=PredictOut, responses=_ERRORS, summary="Predict one record or a list")
     async def predict(body: Annotated[body_type, Body()], model: ModelDep, plog: LogDep) -> PredictOut:
@@ -174,7 +179,8 @@ def predictions_router(models: ContractModels) -> APIRouter:
         items = body if isinstance(body, list) else [body]
         records = [r.__dict__ for r in items]
         contract = model.predictor.contract
-        result = model.predictor.predict(columns_from_records(records, contract))
+        columns = columns_from_records(records, contract)
+        result = model.predictor.predict(columns)
         request_id = uuid.uuid4().hex
         ids = [request_id] if len(records) == 1 else [f"{request_id}-{i}" for i in range(len(records))]
         flags = [models.flags(r) for r in records] if models.unknown_allowed else [[] for _ in records]
@@ -190,8 +196,12 @@ def predictions_router(models: ContractModels) -> APIRouter:
             for i in range(len(records))
         ]
         latency_ms = (time.perf_counter() - started) * 1000
-        plog.log_predictions(_log_rows(model, records, ids, result.labels, probs, flags, latency_ms, datetime_cols))
-        _count(model, result.labels, probs, flags)
+        flag_text = ["; ".join(f) or None for f in flags]
+        _log_block(plog, model, columns, ids, result, flag_text, latency_ms)
+        _count(model, result)
+        for row_flags in flags:
+            for flag in row_flags:
+                metrics.UNKNOWN_CATEGORIES.labels(flag.split(":", 1)[0]).inc()
         return PredictOut(request_id=request_id, model_name=model.name, model_version=model.version, predictions=out)
 
     @router.post(
@@ -233,8 +243,8 @@ def predictions_router(models: ContractModels) -> APIRouter:
         contract = model.predictor.contract
         limits = settings.serving
         try:
-            frame = await asyncio.to_thread(parse_upload, data, kind)
-            unknown = check_frame(frame, contract, limits.max_batch_rows)
+            table = await asyncio.to_thread(parse_upload, data, kind)
+            columns, unknown = check_table(table, contract, limits.max_batch_rows)
         except BatchInputError as exc:
             raise HTTPException(exc.status, exc.detail) from None
         except (ValueError, TypeError) as exc:  # a value the checks let through but pandas cannot convert
@@ -242,23 +252,13 @@ def predictions_router(models: ContractModels) -> APIRouter:
         for column, n in unknown.items():
             metrics.UNKNOWN_CATEGORIES.labels(column).inc(n)
         request_id = uuid.uuid4().hex
-        unknown_cols = list(unknown)
-        stream = _batch_lines(model, frame, request_id, limits.batch_chunk_rows, output, plog, unknown_cols)
+        stream = _batch_lines(
+            model, columns, table.num_rows, request_id, limits.batch_chunk_rows, output, plog, list(unknown)
+        )
         media = "text/csv" if output == "csv" else "application/x-ndjson"
         return StreamingResponse(stream, media_type=media, headers={"X-Request-ID": request_id})
 
     return router
-
-
-def _count(model: LoadedModel, labels: list[Any], probs: np.ndarray | None, flags: list[list[str]]) -> None:
-    for label in labels:
-        metrics.PREDICTIONS.labels(model.version, str(label)).inc()
-    if probs is not None and probs.shape[1] == 2:
-        for p in probs[:, _positive_index(model)]:
-            metrics.SCORES.observe(float(p))
-    for row_flags in flags:
-        for flag in row_flags:
-            metrics.UNKNOWN_CATEGORIES.labels(flag.split(":", 1)[0]).inc()
 
 
 async def _read_batch_body(request: Request) -> tuple[bytes, str]:
@@ -286,37 +286,44 @@ async def _read_batch_body(request: Request) -> tuple[bytes, str]:
 
 def _batch_lines(  # noqa: PLR0917
     model: LoadedModel,
-    frame: Any,
+    columns: Columns,
+    n_rows: int,
     request_id: str,
     chunk_rows: int,
     output: str,
     plog: PredictionLog,
     unknown_cols: list[str],
 ) -> Iterator[bytes]:
-    """Predict chunk by chunk and yield the lines; a sync generator, so Starlette runs it in a thread."""
+    """Predict chunk by chunk and yield the lines; a sync generator, so Starlette runs it in a thread.
+
+    CSV is written by Arrow's C++ writer from the result arrays: formatting rows in Python would cost
+    more than the prediction itself.
+    """
     contract = model.predictor.contract
     classes = [str(c) for c in model.predictor.classes]
-    positive = _positive_index(model)
-    if output == "csv":
-        prob_cols = "".join(f",p_{c}" for c in classes)
-        yield f"request_id,prediction{prob_cols},flags\n".encode()
-    offset = 0
-    for chunk in chunks(frame, chunk_rows):
+    for offset, chunk in chunks(columns, n_rows, chunk_rows):
         started = time.perf_counter()
-        result = model.predictor.predict(columns_from_frame(chunk, contract))
-        n = len(chunk)
-        ids = [f"{request_id}-{offset + i}" for i in range(n)]
-        flags = _chunk_flags(chunk, contract, unknown_cols)
+        result = model.predictor.predict(chunk)
+        n = len(result.labels)
+        ids = pc.binary_join_element_wise(
+            request_id, pc.cast(pa.array(np.arange(offset, offset + n)), pa.string()), "-"
+        )
+        flags = _chunk_flags(chunk, contract, unknown_cols, n)
         probs = result.probabilities
         if output == "csv":
-            prob_text = [",".join(f"{p:.6g}" for p in row) for row in probs.tolist()] if probs is not None else [""] * n
-            sep = "," if probs is not None else ""
-            lines = [f"{ids[i]},{result.labels[i]}{sep}{prob_text[i]},{flags[i]}\n" for i in range(n)]
+            table: dict[str, Any] = {"request_id": ids, "prediction": pa.array(result.labels)}
+            if probs is not None:
+                table.update({f"p_{c}": probs[:, k] for k, c in enumerate(classes)})
+            table["flags"] = pa.array(flags)
+            sink = io.BytesIO()
+            pa_csv.write_csv(pa.table(table), sink, pa_csv.WriteOptions(include_header=offset == 0))
+            yield sink.getvalue()
         else:
-            lines = [
+            id_list = ids.to_pylist()
+            yield "".join(
                 json.dumps(
                     {
-                        "request_id": ids[i],
+                        "request_id": id_list[i],
                         "prediction": result.labels[i],
                         "probabilities": dict(zip(classes, probs[i].tolist(), strict=True))
                         if probs is not None
@@ -326,33 +333,21 @@ def _batch_lines(  # noqa: PLR0917
                 )
                 + "\n"
                 for i in range(n)
-            ]
-        yield "".join(lines).encode()
+            ).encode()
         latency_ms = (time.perf_counter() - started) * 1000 / max(n, 1)
-        records: list[dict[str, Any]] = chunk.to_dict("records")  # type: ignore[assignment]
-        for r in records:
-            for k, v in r.items():
-                if v is pd.NaT or (isinstance(v, float) and np.isnan(v)):  # pandas' missing means null
-                    r[k] = None
-        row_flags = [f.split("|") if f else [] for f in flags]
-        plog.log_predictions(_log_rows(model, records, ids, result.labels, probs, row_flags, latency_ms, []))
-        for label in result.labels:
-            metrics.PREDICTIONS.labels(model.version, str(label)).inc()
-        if probs is not None and probs.shape[1] == 2:
-            for p in probs[:, positive]:
-                metrics.SCORES.observe(float(p))
-        offset += n
+        _log_block(plog, model, chunk, ids, result, [f or None for f in flags], latency_ms)
+        _count(model, result)
 
 
-def _chunk_flags(chunk: Any, contract: Any, unknown_cols: list[str]) -> list[str]:
-    if not unknown_cols:
-        return [""] * len(chunk)
-    marks = []
+def _chunk_flags(chunk: Columns, contract: Any, unknown_cols: list[str], n: int) -> list[str]:
+    """'col|col' for rows with unknown categories, '' elsewhere; strings are built only for flagged rows."""
+    flags = [""] * n
     for name in unknown_cols:
-        known = contract.column(name).categories or ()
-        s = chunk[name]
-        marks.append(np.where(s.notna().to_numpy() & ~s.isin(known).to_numpy(), name, ""))
-    return ["|".join(m for m in row if m) for row in zip(*marks, strict=True)]
+        values = pd.Series(chunk[name], dtype=object)
+        unknown = (values.notna() & ~values.isin(contract.column(name).categories or ())).to_numpy()
+        for i in np.flatnonzero(unknown).tolist():
+            flags[i] = f"{flags[i]}|{name}" if flags[i] else name
+    return flags
 
 
 # ---- feedback -----------------------------------------------------------------------------------

@@ -24,10 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from core.contract import DatasetContract
 from serving import metrics
@@ -36,6 +35,7 @@ log = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
+Row = tuple[str, Any]  # (table, row): a tuple of values in column order for predictions, a dict for feedback
 _META = ("request_id", "model_name", "model_version", "timestamp", "latency_ms", "prediction", "probability", "flags")
 
 
@@ -97,15 +97,23 @@ def tables(contract: DatasetContract, metadata: sa.MetaData | None = None) -> tu
 def _encode(value: Any) -> Any:
     if isinstance(value, datetime):
         return {"$dt": value.isoformat()}
-    raise TypeError(f"cannot spool {type(value).__name__}")
+    return repr(value)  # anything else is kept readable for a person rather than lost
 
 
 def _decode(obj: dict[str, Any]) -> Any:
     return datetime.fromisoformat(obj["$dt"]) if set(obj) == {"$dt"} else obj
 
 
+Block = dict[str, Any]  # column -> n values (numpy array or list) or one value shared by every row
+
+
 class PredictionLog:
-    """Batched, non-blocking writer of predictions and feedback with a spool for store outages."""
+    """Batched, non-blocking writer of predictions and feedback with a spool for store outages.
+
+    Handlers hand over whole column blocks (the arrays they predicted from), so a 10,000-row batch
+    costs the response one queue append; the writer thread turns blocks into rows and inserts them
+    with one `executemany` per batch, bypassing the ORM-level per-row processing.
+    """
 
     def __init__(
         self,
@@ -124,9 +132,12 @@ class PredictionLog:
         self.flush_s = flush_s
         self.retry_s = retry_s
         self._engine = engine_for(url)
+        self._sqlite = self._engine.dialect.name == "sqlite"
         self._metadata = sa.MetaData()
         self.predictions, self.feedback = tables(contract, self._metadata)
-        self._queue: deque[tuple[str, dict[str, Any]]] = deque()
+        self._columns = [c.name for c in self.predictions.columns]
+        self._insert_sql = self._build_insert_sql()
+        self._queue: deque[tuple[str, Any]] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -136,15 +147,32 @@ class PredictionLog:
         self._spool_file = spool_dir / f"spool-{os.getpid()}.jsonl"
         self._spool_lock = threading.Lock()
 
+    def _build_insert_sql(self) -> str:
+        dialect = self._engine.dialect
+        quote = dialect.identifier_preparer.quote
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        sql = (
+            f"INSERT INTO {quote(PREDICTIONS)} ({', '.join(quote(c) for c in self._columns)}) "
+            f"VALUES ({', '.join([mark] * len(self._columns))})"
+        )
+        # A replay after a partial failure may resend rows already written: skip them, never duplicate.
+        if dialect.name in ("sqlite", "postgresql"):
+            sql += " ON CONFLICT (request_id) DO NOTHING"
+        return sql
+
     # ---- producer side: called from request handlers, never blocks on I/O ------------------------
-    def log_prediction(self, row: dict[str, Any]) -> None:
-        self._queue.append((PREDICTIONS, row))
+    def log_block(self, block: Block, n_rows: int) -> None:
+        """`n_rows` predictions as columns: the contract's input columns and the log's own columns."""
+        self._queue.append((PREDICTIONS, (block, n_rows)))
+        # No wake-up here: the writer runs every flush_s (or when many blocks queue up), not in the
+        # middle of the response that produced the block.
         if len(self._queue) >= self.batch_rows:
             self._wake.set()
 
     def log_predictions(self, rows: Iterable[dict[str, Any]]) -> None:
-        self._queue.extend((PREDICTIONS, r) for r in rows)
-        self._wake.set()
+        rows = list(rows)
+        if rows:
+            self.log_block({c: [r.get(c) for r in rows] for c in self._columns}, len(rows))
 
     def log_feedback(self, request_id: str, label: Any) -> None:
         self._queue.append((FEEDBACK, {"request_id": request_id, "label": label, "received_at": datetime.now(UTC)}))
@@ -183,17 +211,57 @@ class PredictionLog:
             stopping = self._stop.is_set()
             self._replay_spool()
             while self._queue:
-                self._write_batch(self._take(self.batch_rows * 20 if not self.store_up else self.batch_rows))
+                self._write_batch(self._take(self.batch_rows * 20))
             if stopping:
                 return
 
-    def _take(self, n: int) -> list[tuple[str, dict[str, Any]]]:
-        out: list[tuple[str, dict[str, Any]]] = []
-        while self._queue and len(out) < n:
-            out.append(self._queue.popleft())
+    def _take(self, max_rows: int) -> list[Row]:
+        out: list[Row] = []
+        while self._queue and len(out) < max_rows:
+            table, item = self._queue.popleft()
+            if table == FEEDBACK:
+                out.append((FEEDBACK, item))
+                continue
+            try:
+                out.extend((PREDICTIONS, row) for row in self._rows(*item))
+            except Exception as exc:  # a block that cannot become rows must not stop the writer
+                log.exception("prediction-log block dropped to the rejected file")
+                self._reject([(PREDICTIONS, _jsonable_block(item[0]))], exc)
         return out
 
-    def _write_batch(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+    def _rows(self, block: Block, n: int) -> list[tuple[Any, ...]]:
+        return list(zip(*(self._values(block.get(name), n) for name in self._columns), strict=True))
+
+    def _values(self, v: Any, n: int) -> list[Any]:
+        if isinstance(v, np.ndarray):
+            if v.dtype.kind == "f":
+                out = v.astype(object)
+                out[np.isnan(v)] = None
+                return list(out.tolist())
+            if v.dtype.kind == "M":
+                us = v.astype("datetime64[us]")
+                if self._sqlite:  # SQLite has no timestamp type: ISO text, as SQLAlchemy reads it back
+                    text = np.datetime_as_string(us).astype(object)
+                    text[np.isnat(us)] = None
+                    return list(text.tolist())
+                return list(us.tolist())
+            return list(v.tolist())
+        if isinstance(v, list):
+            return [self._scalar(x) for x in v] if self._sqlite else v
+        if hasattr(v, "to_pylist"):  # an Arrow array (batch request ids)
+            return list(v.to_pylist())
+        return [self._scalar(v)] * n
+
+    def _scalar(self, v: Any) -> Any:
+        if isinstance(v, datetime) and self._sqlite:
+            if v.tzinfo is not None:
+                v = v.astimezone(UTC).replace(tzinfo=None)
+            return v.isoformat()
+        if isinstance(v, np.generic):
+            return v.item()
+        return v
+
+    def _write_batch(self, batch: list[Row]) -> None:
         if not batch:
             return
         if not self.store_up and time.monotonic() < self._next_retry:
@@ -213,7 +281,7 @@ class PredictionLog:
             self._next_retry = time.monotonic() + self.retry_s
             self._spool(batch)
 
-    def _insert(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+    def _insert(self, batch: list[Row]) -> None:
         preds = [r for t, r in batch if t == PREDICTIONS]
         fb = [r for t, r in batch if t == FEEDBACK]
         with self._engine.begin() as conn:
@@ -221,25 +289,17 @@ class PredictionLog:
                 self._metadata.create_all(conn)
                 self._schema_ready = True
             if preds:
-                conn.execute(self._insert_ignoring_duplicates(), preds)
+                conn.exec_driver_sql(self._insert_sql, [tuple(r) for r in preds])
             if fb:
                 conn.execute(self.feedback.insert(), fb)
 
-    def _insert_ignoring_duplicates(self) -> Any:
-        dialect = self._engine.dialect.name
-        if dialect == "sqlite":
-            return sqlite_insert(self.predictions).on_conflict_do_nothing(index_elements=["request_id"])
-        if dialect == "postgresql":
-            return pg_insert(self.predictions).on_conflict_do_nothing(index_elements=["request_id"])
-        return self.predictions.insert()
-
-    def _spool(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+    def _spool(self, batch: list[Row]) -> None:
         with self._spool_lock, self._spool_file.open("a") as fh:
             for table, row in batch:
                 fh.write(json.dumps([table, row], default=_encode) + "\n")
         metrics.LOG_ROWS.labels(outcome="spooled").inc(len(batch))
 
-    def _reject(self, batch: list[tuple[str, dict[str, Any]]], exc: Exception) -> None:
+    def _reject(self, batch: list[Row], exc: Exception) -> None:
         """Rows the store refuses (not an outage): kept in a file for a person, never retried forever."""
         log.error("prediction store refused %d rows (kept in %s): %s", len(batch), self.spool_dir, exc)
         path = self.spool_dir / f"rejected-{os.getpid()}.jsonl"
@@ -310,7 +370,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _read_spool(path: Path) -> list[tuple[str, dict[str, Any]]]:
+def _jsonable_block(block: Block) -> dict[str, Any]:
+    return {k: (v.astype(str).tolist() if isinstance(v, np.ndarray) else v) for k, v in block.items()}
+
+
+def _read_spool(path: Path) -> list[Row]:
     rows = []
     with path.open() as fh:
         for line in fh:
