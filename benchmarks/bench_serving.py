@@ -95,6 +95,20 @@ def _timed_posts(url: str, repeats: int, **kwargs: Any) -> tuple[float, httpx.Re
     return statistics.median(times), response
 
 
+def _log_rows_written(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith('serving_prediction_log_rows_total{outcome="written"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _wait_written(url: str, at_least: float, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while _log_rows_written(url) < at_least and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _in_process(tracking_uri: str, batch: Any, record: dict[str, Any]) -> dict[str, Any]:
     from serving.model_store import Registry, load_pipeline
     from serving.predictor import Predictor, columns_from_frame, columns_from_records
@@ -215,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "--env-manager", "local", "-h", HOST, "-p", str(mlflow_port), "-w", str(workers),
             ],
             mlflow_log,
-            {"MLFLOW_TRACKING_URI": tracking.url},
+            # mlflow execs `uvicorn` by name: the venv's bin must be on PATH.
+            {"MLFLOW_TRACKING_URI": tracking.url, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
             cwd=PROJECT_ROOT,
         )  # fmt: skip
         servers.append(mlflow_proc.pid)
@@ -242,14 +257,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         batch = synthetic_frame(contract, args.batch_rows, seed=21)
         parquet = io.BytesIO()
         batch.to_parquet(parquet)
-        batch_s, response = _timed_posts(
-            f"{url}/predict/batch",
-            5,
-            content=parquet.getvalue(),
-            headers={"Content-Type": "application/vnd.apache.parquet"},
-        )
+        upload = {"content": parquet.getvalue(), "headers": {"Content-Type": "application/vnd.apache.parquet"}}
+        # One batch at a time on an otherwise idle service: before each timed request the background
+        # prediction-log writer has stored the previous batch (it shares the process and its GIL).
+        batch_times = []
+        for _ in range(5):
+            written = _log_rows_written(url)
+            elapsed, response = _timed_posts(f"{url}/predict/batch", 1, **upload)
+            batch_times.append(elapsed)
+            _wait_written(url, written + args.batch_rows)
+        batch_s = statistics.median(batch_times)
         lines = response.text.count("\n") - 1
         assert lines == args.batch_rows, f"batch answered {lines} rows for {args.batch_rows}"
+        # Also back to back, the writer storing earlier batches meanwhile: the sustained rate.
+        written = _log_rows_written(url)
+        started = time.perf_counter()
+        _timed_posts(f"{url}/predict/batch", 5, **upload)
+        _wait_written(url, written + 5 * args.batch_rows)
+        sustained_rows_per_s = 5 * args.batch_rows / (time.perf_counter() - started)
         split = json.loads(batch.to_json(orient="split", index=False, date_format="iso"))
         mlflow_batch_s, _ = _timed_posts(f"http://{HOST}:{mlflow_port}/invocations", 3, json={"dataframe_split": split})
         _say(f"batch of {args.batch_rows}: ours {batch_s:.3f}s, mlflow {mlflow_batch_s:.3f}s")
@@ -299,6 +324,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "mlflow_p99_ms_c16": m16["p99_ms"],
         "mlflow_rps_c1": m1["rps"],
         "failed_requests": {k: v["failed"] for k, v in load_results.items()},
+        "batch_timing": "median of 5 single batches, prediction log drained between them",
+        "batch_times_s": batch_times,
+        "sustained_batch_rows_per_s_with_logging": sustained_rows_per_s,
         "mlflow_batch_rows_per_s": args.batch_rows / mlflow_batch_s,
         "mlflow_rss_mb": mlflow_rss_mb,
         "cold_starts_s": cold,
