@@ -74,6 +74,9 @@ class SplitSettings(Section):
     test: float = 0.1
     holdout: float = 0.15
     reference_rows: int = 50_000  # monitoring reference: a sample of the train split
+    # Only the newest N calendar days of collected data are split (None: all of it). Retraining after
+    # drift learns from recent behaviour instead of being outvoted by months of the old pattern.
+    window_days: int | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> SplitSettings:

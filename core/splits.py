@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,15 @@ def split_bounds(n_rows: int, shares: dict[str, float]) -> dict[str, tuple[int, 
         bounds[name] = (start, end)
         start = end
     return bounds
+
+
+def newest_days(files: list[Path], window_days: int | None) -> list[Path]:
+    """The raw partition files (``date=YYYY-MM-DD/part-*.parquet``) of the newest `window_days` calendar days."""
+    if not window_days:
+        return files
+    dates = [date.fromisoformat(f.parent.name.removeprefix("date=")) for f in files]
+    first = max(dates) - timedelta(days=window_days - 1)
+    return [f for f, d in zip(files, dates, strict=True) if d >= first]
 
 
 def version_of(inputs: list[str], settings: Settings) -> str:
@@ -120,6 +130,7 @@ def build_splits(settings: Settings) -> dict[str, Any]:
     files = raw_part_files(raw)
     if not files:
         raise PreprocessError(f"no raw snapshots under {raw}: run collection first")
+    files = newest_days(files, settings.splits.window_days)
     inputs = [str(f.relative_to(raw)) for f in files]
     version = version_of(inputs, settings)
     processed = data_dir / "processed"

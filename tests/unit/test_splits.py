@@ -124,3 +124,17 @@ def test_load_projects_columns_and_refuses_unknown_splits(settings: Settings) ->
     assert list(ds.load("test", columns=["amount", "is_fraud"]).columns) == ["amount", "is_fraud"]
     with pytest.raises(KeyError, match="unknown split"):
         ds.path("everything")
+
+
+def test_window_days_keeps_the_newest_calendar_days(tmp_path: Path) -> None:
+    from core.splits import newest_days
+
+    files = []
+    for day in ("2026-01-01", "2026-01-05", "2026-01-06", "2026-01-09"):
+        part = tmp_path / f"date={day}" / "part-x.parquet"
+        part.parent.mkdir()
+        part.touch()
+        files.append(part)
+    assert newest_days(files, None) == files
+    assert [f.parent.name for f in newest_days(files, 5)] == ["date=2026-01-05", "date=2026-01-06", "date=2026-01-09"]
+    assert [f.parent.name for f in newest_days(files, 1)] == ["date=2026-01-09"]
