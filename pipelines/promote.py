@@ -19,6 +19,7 @@ from threadpoolctl import threadpool_limits
 from core import registry
 from core.gate import Decision, GateConfig, baseline_scores, decide
 from core.metrics import compute_metrics, slice_masks, slice_metrics
+from core.notify import notify
 from core.settings import Settings, get_settings
 from core.training import TrainingData, load_training_data, predict_scores, single_row_latency_ms, xy
 
@@ -129,6 +130,18 @@ def record_decision(
     from core.tracking import log_run_batch
 
     log_run_batch(run_id, metrics=metrics, tags={"gate_decision": decision.decision, "registered_version": version})
+    notify(
+        "promotion_decision",
+        f"{settings.model_name} v{version}: {decision.decision}",
+        {
+            "reason": decision.reason,
+            decision.primary_metric: f"{decision.candidate_score:.4f} vs {decision.reference_score:.4f}",
+            "difference (CI)": f"{decision.delta:+.4f} [{decision.ci_low:+.4f}, {decision.ci_high:+.4f}]",
+            "against": decision.against,
+            "family": family,
+        },
+        settings,
+    )
 
 
 def gate_candidate(logged: LoggedCandidate, data: TrainingData, settings: Settings) -> dict[str, Any]:
