@@ -20,8 +20,8 @@ from threadpoolctl import threadpool_limits
 
 from core.contract import DatasetContract
 from core.features import to_model_input
-from core.metrics import choose_threshold, compute_metrics, slice_masks, slice_metrics
-from core.models import Params, build_pipeline
+from core.metrics import choose_threshold, compute_metrics, higher_is_better, slice_masks, slice_metrics
+from core.models import Params, build_pipeline, get_family
 
 SPLITS = ("train", "validation", "test", "holdout")
 FoldCallback = Callable[[int, dict[str, float]], None]
@@ -179,7 +179,7 @@ def fit_candidate(
     )
     return Candidate(
         family=family,
-        params={**build_params(family, params)},
+        params=build_params(family, params),
         pipeline=pipeline,
         threshold=threshold,
         cv=cv,
@@ -199,15 +199,11 @@ def fit_candidate(
 
 
 def build_params(family: str, params: Params | None) -> Params:
-    from core.models import get_family
-
     return {**get_family(family).defaults, **(params or {})}
 
 
 def better(metric: str, a: float, b: float) -> bool:
     """Whether score `a` beats `b` on `metric` (NaN never wins)."""
-    from core.metrics import higher_is_better
-
     if not np.isfinite(a):
         return False
     if not np.isfinite(b):

@@ -190,6 +190,8 @@ def tune(  # noqa: PLR0917 (a flow: typed keyword parameters, as deployments pas
         if cfg.register_best if register_best is None else register_best:
             result["gate"] = fit_and_gate_best(summary, data, settings, experiment_id, parent.info.run_id)
             gate = result["gate"]
+            # Same keys as the train flow's result, for callers that run either (retrain).
+            result["version"], result["decision"] = gate["version"], gate["decision"]
             print(f"best configuration registered as v{gate['version']}: {gate['decision']['decision']}")
     return result
 
