@@ -145,16 +145,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--chunk-rows", type=int, default=None, help="default: collection.chunk_rows")
     parser.add_argument("--keep", action="store_true", help="keep benchmarks/.work/data afterwards")
+    parser.add_argument("--out", type=Path, default=RESULT, help=f"default: {RESULT.relative_to(ROOT)}")
     parser.add_argument("--simulate-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.simulate_only:
         print(json.dumps(simulate(args.rows, args.days, WORK)))
         return
     result = run(args.rows, args.days, args.chunk_rows, args.keep)
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    out: Path = args.out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"written to {RESULT.relative_to(ROOT)}")
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,9 @@ def _select_window(frame: pd.DataFrame, window: Window, contract: DatasetContrac
         wm = pd.Timestamp(since.timestamp)
         ids = frame[contract.id_column].astype(str)
         keep &= (ts > wm) | ((ts == wm) & (ids > (since.id or "")))
-    return frame.loc[keep.to_numpy()], int(unusable.sum())
+    if keep.all():  # the usual case: skip a copy of the whole chunk
+        return frame, int(unusable.sum())
+    return frame.loc[keep.to_numpy()].reset_index(drop=True), int(unusable.sum())
 
 
 # ---- SQL ----------------------------------------------------------------------------------------
@@ -136,7 +138,7 @@ class SqlSource:
         for chunk in chunks:
             rows, _ = _select_window(chunk, window, self.contract)
             if len(rows):
-                yield rows.reset_index(drop=True)
+                yield rows
 
     def _read_sqlalchemy(self, sql: str, bounds: dict[str, datetime], chunk_rows: int) -> Iterator[pd.DataFrame]:
         query = sa.text(sql).bindparams(*(sa.bindparam(k, type_=sa.DateTime()) for k in bounds))
@@ -222,7 +224,7 @@ class FileSource:
         for chunk in self._chunks(chunk_rows):
             rows, _ = _select_window(chunk, window, self.contract)
             if len(rows):
-                yield rows.reset_index(drop=True)
+                yield rows
 
 
 Source = SqlSource | FileSource

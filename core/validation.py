@@ -224,7 +224,9 @@ def validate_batch(frame: pd.DataFrame, contract: DatasetContract, *, check_sche
     missing, extra = check_columns(frame.columns, contract)
     if missing:
         raise SchemaMismatchError(missing, extra)
-    raw = frame.reset_index(drop=True)
+    # Positions index the fault masks: a default RangeIndex already matches them, no copy needed.
+    default_index = isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1
+    raw = frame if default_index else frame.reset_index(drop=True)
     faults = _Faults(len(raw))
     typed: dict[str, pd.Series] = {}
     unknown_categories: dict[str, Counter[str]] = {}
