@@ -119,7 +119,7 @@ def _recent_runs(limit: int = 8) -> None:
 
 
 @app.command()
-def promote(version: Annotated[str, typer.Argument(help="registered model version to gate")]) -> None:
+def promote(version: Annotated[int, typer.Argument(help="registered model version to gate")]) -> None:
     """Run the promotion gate on a registered version against the current champion."""
     from pipelines.promote import promote as promote_flow
 
@@ -130,7 +130,7 @@ def promote(version: Annotated[str, typer.Argument(help="registered model versio
 
 @app.command()
 def rollback(
-    version: Annotated[str, typer.Argument(help="the earlier version to make champion again")],
+    version: Annotated[int, typer.Argument(help="the earlier version to make champion again")],
     reason: Annotated[str, typer.Option(help="why: recorded on both versions")],
 ) -> None:
     """Point `champion` back to an earlier version and record why."""

@@ -178,24 +178,25 @@ def gate_candidate(logged: LoggedCandidate, data: TrainingData, settings: Settin
 
 
 @flow(name="promote", log_prints=True)
-def promote(version: str) -> dict[str, Any]:
+def promote(version: int) -> dict[str, Any]:
     """Gate an already registered version against the current champion on the current holdout."""
     from pipelines.train import ensure_experiment
 
+    v = str(version)  # MLflow's client takes version numbers as strings
     settings = get_settings()
     ensure_experiment(settings)
     client = registry.client()
-    mv = client.get_model_version(settings.model_name, version)
-    model = mlflow.sklearn.load_model(f"models:/{settings.model_name}/{version}")
+    mv = client.get_model_version(settings.model_name, v)
+    model = mlflow.sklearn.load_model(f"models:/{settings.model_name}/{v}")
     threshold = float(mv.tags.get("threshold", 0.5))
     data = load_training_data(settings)
     with threadpool_limits(limits=settings.training.n_threads):
-        decision, holdout_metrics, slices = evaluate_and_decide(model, threshold, version, data, settings)
+        decision, holdout_metrics, slices = evaluate_and_decide(model, threshold, v, data, settings)
     run_id = mv.run_id or mv.tags.get("run_id", "")
     run = client.get_run(run_id) if run_id else None
     metrics = run.data.metrics if run else {}
     record_decision(
-        version,
+        v,
         decision,
         holdout_metrics,
         slices,
@@ -208,13 +209,13 @@ def promote(version: str) -> dict[str, Any]:
         data=data,
         settings=settings,
     )
-    print(f"{settings.model_name} v{version}: {decision.decision}: {decision.reason}")
-    return {"version": version, "decision": decision.as_dict(), "holdout": holdout_metrics}
+    print(f"{settings.model_name} v{v}: {decision.decision}: {decision.reason}")
+    return {"version": v, "decision": decision.as_dict(), "holdout": holdout_metrics}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the promotion gate on a registered model version.")
-    parser.add_argument("--version", required=True)
+    parser.add_argument("--version", type=int, required=True)
     args = parser.parse_args()
     print(promote(version=args.version))
 

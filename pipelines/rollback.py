@@ -18,7 +18,8 @@ from core.settings import get_settings
 
 
 @flow(name="rollback", log_prints=True)
-def rollback(version: str, reason: str) -> dict[str, str]:
+def rollback(version: int, reason: str) -> dict[str, str]:
+    """Make registered `version` the champion again; `reason` is recorded on both versions."""
     if not reason.strip():
         raise ValueError("a rollback needs a reason")
     from pipelines.train import ensure_experiment
@@ -32,7 +33,7 @@ def rollback(version: str, reason: str) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Make an earlier model version the champion again.")
-    parser.add_argument("--version", required=True)
+    parser.add_argument("--version", type=int, required=True)
     parser.add_argument("--reason", required=True)
     args = parser.parse_args()
     rollback(version=args.version, reason=args.reason)
