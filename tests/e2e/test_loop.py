@@ -1,0 +1,186 @@
+"""The whole loop with real servers, as `make demo` runs it, on small simulated data.
+
+One stack for the module (MLflow server, Prefect server, process worker, deployments, uvicorn):
+every deployment in prefect.yaml is run with `prefect deployment run`, the API serves the
+champion, traffic without drift must not trigger retraining, traffic with concept drift must, the
+retraining deployment runs on the worker, the gate decides, and the API answers with whatever the
+gate decided. `make stop` (stack.down) must leave no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core.servers import VENV_BIN, free_port
+from core.settings import PROJECT_ROOT, Settings, get_settings
+from tests.webhook import Receiver, webhook_receiver
+
+pytestmark = pytest.mark.slow
+
+ENV = {
+    "MLOPS_SIMULATOR__DAYS": "40",
+    "MLOPS_SIMULATOR__ROWS_PER_DAY": "700",
+    "MLOPS_SPLITS__WINDOW_DAYS": "28",
+    "MLOPS_TRAINING__FAMILIES": '["logistic"]',
+    "MLOPS_TRAINING__CV_FOLDS": "2",
+    "MLOPS_GATE__N_BOOTSTRAP": "200",
+    "MLOPS_SERVING__RELOAD_INTERVAL_S": "2",
+    "MLOPS_MONITORING__MIN_WINDOW_ROWS": "500",
+    "MLOPS_MONITORING__MIN_LABELLED_ROWS": "200",
+}
+
+
+class Live:
+    def __init__(self, settings: Settings, stack: object, env: dict[str, str], webhook: Receiver) -> None:
+        from pipelines.stack import Stack
+
+        assert isinstance(stack, Stack)
+        self.settings = settings
+        self.stack = stack
+        self.env = env
+        self.webhook = webhook
+
+    @property
+    def api(self) -> str:
+        assert self.stack.api_url
+        return self.stack.api_url
+
+    def deployment_run(self, name: str, *params: str, timeout: float = 600) -> str:
+        """`prefect deployment run NAME --watch`, as a user types it; returns the output."""
+        cmd = [str(VENV_BIN / "prefect"), "deployment", "run", name, "--watch", "--watch-timeout", str(int(timeout))]
+        for p in params:
+            cmd += ["--param", p]
+        out = subprocess.run(
+            cmd, env=self.env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout + 60, check=False
+        )
+        text = out.stdout + out.stderr
+        assert out.returncode == 0, f"{name} failed:\n{text[-4000:]}"
+        assert "Completed" in text, f"{name} did not complete:\n{text[-4000:]}"
+        return text
+
+    def champion(self) -> str | None:
+        from pipelines.loop import _champion_version
+
+        return _champion_version(self.settings)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    from pipelines import stack
+
+    state = tmp_path_factory.mktemp("e2e-state")
+    receiver_cm = webhook_receiver()
+    receiver = receiver_cm.__enter__()
+    env = {
+        **ENV,
+        "MLOPS_STATE_DIR": str(state),
+        "MLOPS_STACK__MLFLOW_PORT": str(free_port()),
+        "MLOPS_STACK__PREFECT_PORT": str(free_port()),
+        "MLOPS_SERVING__PORT": str(free_port()),
+        "MLOPS_NOTIFICATIONS__WEBHOOK_URL": receiver.url,
+    }
+    saved = dict(os.environ)
+    os.environ.update(env)
+    get_settings.cache_clear()
+    settings = get_settings()
+    try:
+        s = stack.up_servers(settings)
+        os.environ.update(stack.env_for_flows(settings, s))
+        get_settings.cache_clear()
+        yield Live(get_settings(), s, dict(os.environ), receiver)
+    finally:
+        stopped_pids = [c.pid for c in stack.load(settings).components.values()]
+        stack.down(settings)
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+        receiver_cm.__exit__(None, None, None)
+        for pid in stopped_pids:
+            assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"process {pid} survived make stop"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_deployments_are_registered(live: Live) -> None:
+    out = subprocess.run(
+        [str(VENV_BIN / "prefect"), "deployment", "ls"], env=live.env, capture_output=True, text=True, check=True
+    ).stdout
+    for name in ("collect", "preprocess", "train", "tune", "monitor", "retrain", "rollback"):
+        assert f"{name}/{name}" in out, f"deployment {name}/{name} missing:\n{out}"
+
+
+def test_collect_preprocess_train_deployments(live: Live) -> None:
+    live.deployment_run("collect/collect")
+    manifest = json.loads(max((live.settings.data_dir / "manifests").glob("collect-*.json")).read_text())
+    assert manifest["rows_loaded"] > 0
+    live.deployment_run("preprocess/preprocess")
+    assert (live.settings.data_dir / "processed" / "latest.json").exists()
+    live.deployment_run("train/train")
+    assert live.champion() == "1", "the first model must beat the trivial baseline and become champion"
+
+
+def test_api_serves_the_champion(live: Live) -> None:
+    from pipelines import stack
+
+    live.stack = stack.up_api(live.settings, live.stack)
+    body = httpx.get(f"{live.api}/model", timeout=10).json()
+    assert body["version"] == "1"
+    assert body["card"], "the model card travels with the served model"
+
+
+def test_traffic_without_drift_does_not_retrain(live: Live) -> None:
+    from pipelines.loop import turn
+
+    t = turn(live.settings, live.api, live.stack.prefect_api_url, scenario="none", days=5, seed=101)
+    assert t.traffic.failures == 0
+    assert t.traffic.rows > 0
+    assert t.monitor["status"] == "ok", t.monitor
+    assert not t.monitor["retrain"], f"control run triggered retraining: {t.monitor.get('reasons')}"
+    assert t.version_after == "1"
+
+
+def test_concept_drift_retrains_and_the_gate_decides(live: Live) -> None:
+    from pipelines.loop import turn
+
+    t = turn(live.settings, live.api, live.stack.prefect_api_url, scenario="concept_drift", days=21, seed=202)
+    assert t.traffic.failures == 0
+    assert t.monitor["retrain"] and t.monitor["triggered"], t.monitor
+    assert t.retrain_state == "COMPLETED"
+    from core import registry
+
+    latest = max(int(v.version) for v in registry.client().search_model_versions(f"name='{live.settings.model_name}'"))
+    mv = registry.client().get_model_version(live.settings.model_name, str(latest))
+    assert mv.tags["decision"] in ("promoted", "challenger"), mv.tags
+    assert mv.tags["reason"]
+    events = live.webhook.events()
+    assert "drift_detected" in events and "retraining_finished" in events, events
+    assert events.count("promotion_decision") >= 2, "the first model's decision and this one's"
+    if mv.tags["decision"] == "promoted":
+        assert t.version_after == str(latest), "the API must serve the new champion by itself"
+        assert t.loop_seconds is not None
+    else:
+        assert t.version_after == "1"
+
+
+def test_tune_monitor_and_rollback_deployments(live: Live) -> None:
+    live.deployment_run("tune/tune", "n_trials=3", 'families=["logistic"]', "register_best=false")
+    live.deployment_run("monitor/monitor", "trigger=false")
+    live.deployment_run("rollback/rollback", "version=1", "reason=e2e rollback check")
+    assert live.champion() == "1"
+    # Every worker follows the alias: the API is back on v1 within its poll interval.
+    from pipelines.loop import wait_for_version
+
+    record = json.loads((PROJECT_ROOT / "examples" / "record.json").read_text())
+    wait_for_version(live.api, record, "1", timeout_s=30)
