@@ -68,5 +68,8 @@ bench-serving: $(STAMP) ## this API vs `mlflow models serve`, same model and loa
 bench-drift: $(STAMP) ## monitoring drift on 1M reference vs 100k window, and plain Evidently -> benchmarks/results/drift.json
 	$(PY) -m benchmarks.bench_drift $(BENCH_ARGS)
 
+chaos: $(STAMP) ## fault scenarios (registry, store, Prefect down; kills; swaps under load) -> benchmarks/results/chaos.json
+	flock /tmp/bench.lock $(PY) -m benchmarks.chaos $(BENCH_ARGS)
+
 clean: ## remove the state directory (data, databases, runs)
 	rm -rf .state
