@@ -65,6 +65,9 @@ bench-tuning: $(STAMP) ## tuning with 1 vs 2 workers, pruning on vs off -> bench
 bench-serving: $(STAMP) ## this API vs `mlflow models serve`, same model and load -> benchmarks/results/serving.json
 	flock /tmp/bench.lock $(PY) -m benchmarks.bench_serving $(BENCH_ARGS)
 
+bench-loop: $(STAMP) ## first drifted request -> first response from the new champion -> benchmarks/results/loop.json
+	$(PY) -m benchmarks.bench_loop $(BENCH_ARGS)
+
 bench-drift: $(STAMP) ## monitoring drift on 1M reference vs 100k window, and plain Evidently -> benchmarks/results/drift.json
 	$(PY) -m benchmarks.bench_drift $(BENCH_ARGS)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.servers import VENV_BIN, free_port
-from core.settings import PROJECT_ROOT, Settings, get_settings
+from core.servers import VENV_BIN
+from core.settings import PROJECT_ROOT, Settings
 from tests.webhook import Receiver, webhook_receiver
 
 pytestmark = pytest.mark.slow
@@ -76,34 +76,15 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     from pipelines import stack
 
     state = tmp_path_factory.mktemp("e2e-state")
-    receiver_cm = webhook_receiver()
-    receiver = receiver_cm.__enter__()
-    env = {
-        **ENV,
-        "MLOPS_STATE_DIR": str(state),
-        "MLOPS_STACK__MLFLOW_PORT": str(free_port()),
-        "MLOPS_STACK__PREFECT_PORT": str(free_port()),
-        "MLOPS_SERVING__PORT": str(free_port()),
-        "MLOPS_NOTIFICATIONS__WEBHOOK_URL": receiver.url,
-    }
-    saved = dict(os.environ)
-    os.environ.update(env)
-    get_settings.cache_clear()
-    settings = get_settings()
-    try:
-        s = stack.up_servers(settings)
-        os.environ.update(stack.env_for_flows(settings, s))
-        get_settings.cache_clear()
-        yield Live(get_settings(), s, dict(os.environ), receiver)
-    finally:
-        stopped_pids = [c.pid for c in stack.load(settings).components.values()]
-        stack.down(settings)
-        os.environ.clear()
-        os.environ.update(saved)
-        get_settings.cache_clear()
-        receiver_cm.__exit__(None, None, None)
-        for pid in stopped_pids:
-            assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"process {pid} survived make stop"
+    with webhook_receiver() as receiver:
+        env = {**ENV, "MLOPS_NOTIFICATIONS__WEBHOOK_URL": receiver.url}
+        with stack.temporary(state, env) as (settings, s):
+            pids = [c.pid for c in s.components.values()]
+            live = Live(settings, s, dict(os.environ), receiver)
+            yield live
+            pids += [c.pid for c in stack.load(settings).components.values()]
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"process {pid} survived make stop"
 
 
 def _zombie(pid: int) -> bool:
