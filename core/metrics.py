@@ -29,6 +29,21 @@ HIGHER_IS_BETTER = {"roc_auc": True, "pr_auc": True, "f1": True, "accuracy": Tru
 LOWER_IS_BETTER = {"log_loss", "brier", "rmse", "mae"}
 
 
+METRICS_BY_TASK: dict[str, tuple[str, ...]] = {
+    "binary": ("roc_auc", "pr_auc", "f1", "log_loss", "brier"),
+    "multiclass": ("roc_auc", "log_loss", "f1", "accuracy"),
+    "regression": ("rmse", "mae", "r2"),
+}
+
+
+def check_primary_metric(task: Task, metric: str) -> None:
+    """Refuse a primary metric the task does not have (e.g. pr_auc for a regression contract)."""
+    if metric not in METRICS_BY_TASK[task]:
+        raise ValueError(
+            f"training.primary_metric {metric!r} does not apply to task {task}; choose one of {METRICS_BY_TASK[task]}"
+        )
+
+
 def higher_is_better(metric: str) -> bool:
     if metric in HIGHER_IS_BETTER:
         return True

@@ -144,7 +144,8 @@ class TuningSettings(Section):
     families: list[Family] = ["logistic", "random_forest", "hist_gradient_boosting", "svm", "mlp"]
     n_trials: int | None = Field(40, gt=0)
     timeout_seconds: float | None = None
-    n_workers: int = Field(1, gt=0)
+    # Parallel trials in local processes (1: in the flow's own process).
+    n_workers: int = Field(2, gt=0)
     pruning: bool = True
     pruner: Literal["median", "successive_halving"] = "median"
     sampler: Literal["tpe", "random"] = "tpe"

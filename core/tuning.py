@@ -209,6 +209,8 @@ def run_worker(spec: StudySpec, frame: pd.DataFrame, worker: int = 0) -> int:
         sampler=make_sampler(spec, worker),
         pruner=make_pruner(spec),
     )
+    if spec.n_trials is not None and len(study.trials) >= spec.n_trials:
+        return 0  # joined after the budget was spent: optimize() would still run one more trial
     callbacks = []
     if spec.n_trials is not None:
         # Counts running trials too, so that parallel workers together stop at the budget.

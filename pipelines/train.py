@@ -26,6 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from core.contract import DatasetContract
 from core.diagnostics import write_plots
+from core.metrics import check_primary_metric
 from core.models import TRUSTED_TYPES, families_for
 from core.settings import Settings, get_settings
 from core.tracking import config_snapshot, log_dataset_inputs, log_run_batch, provenance_tags
@@ -218,6 +219,7 @@ def train(families: list[str] | None = None, register_best: bool | None = None) 
     from pipelines.promote import gate_candidate
 
     settings = get_settings()
+    check_primary_metric(settings.contract.task, settings.training.primary_metric)
     experiment_id = ensure_experiment(settings)
     data = load_splits(settings)
     names, skipped = families_for(

@@ -23,6 +23,7 @@ import pandas as pd
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from core.metrics import check_primary_metric
 from core.settings import Settings, get_settings
 from core.tracking import log_run_batch, provenance_tags
 from core.training import TrainingData, fit_candidate, load_training_data
@@ -116,6 +117,7 @@ def tune(  # noqa: PLR0917 (a flow: typed keyword parameters, as deployments pas
     from pipelines.train import ensure_experiment
 
     settings = get_settings()
+    check_primary_metric(settings.contract.task, settings.training.primary_metric)
     cfg = settings.tuning
     experiment_id = ensure_experiment(settings)
     workers = n_workers or cfg.n_workers

@@ -9,6 +9,7 @@ from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from core.metrics import (
     RankedScores,
+    check_primary_metric,
     choose_threshold,
     compute_metrics,
     higher_is_better,
@@ -93,3 +94,10 @@ def test_weighted_regression_metric() -> None:
     w = np.array([2, 0, 1])
     assert weighted_metric("regression", "rmse", y, pred, w, threshold=0.5) == pytest.approx(np.sqrt(2 / 3))
     assert weighted_metric("regression", "mae", y, pred, w, threshold=0.5) == pytest.approx(2 / 3)
+
+
+def test_primary_metric_must_fit_the_task() -> None:
+    check_primary_metric("binary", "pr_auc")
+    check_primary_metric("regression", "rmse")
+    with pytest.raises(ValueError, match="does not apply to task regression"):
+        check_primary_metric("regression", "pr_auc")
