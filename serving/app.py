@@ -61,14 +61,22 @@ _api_key = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="API 
 
 
 # ---- dependencies -------------------------------------------------------------------------------
+# All `async def`: FastAPI runs a plain `def` dependency in a worker thread, and a thread hop per
+# dependency cost more than the prediction itself.
 
 
-def get_store(request: Request) -> ModelStore:
+async def get_app_settings(request: Request) -> Settings:
+    """The settings the app was created with (`create_app(settings)`, else the cached get_settings())."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def get_store(request: Request) -> ModelStore:
     store: ModelStore = request.app.state.store
     return store
 
 
-def get_model(request: Request) -> LoadedModel:
+async def get_model(request: Request) -> LoadedModel:
     current = request.app.state.store.current  # read once: the request keeps this model to the end
     if current is None:
         raise HTTPException(503, "no model loaded yet; see GET /ready")
@@ -76,7 +84,7 @@ def get_model(request: Request) -> LoadedModel:
     return model
 
 
-def get_prediction_log(request: Request) -> PredictionLog:
+async def get_prediction_log(request: Request) -> PredictionLog:
     plog: PredictionLog = request.app.state.prediction_log
     return plog
 
@@ -85,24 +93,23 @@ def _key_matches(given: str | None, expected: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
-def require_predict_key(
-    settings: Annotated[Settings, Depends(get_settings)], key: Annotated[str | None, Depends(_api_key)]
-) -> None:
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+APIKeyDep = Annotated[str | None, Depends(_api_key)]
+
+
+async def require_predict_key(settings: SettingsDep, key: APIKeyDep) -> None:
     expected = settings.serving.api_key
     if expected is not None and not _key_matches(key, expected.get_secret_value()):
         raise HTTPException(401, f"missing or wrong {API_KEY_HEADER} header", headers={"WWW-Authenticate": "ApiKey"})
 
 
-def require_admin_key(
-    settings: Annotated[Settings, Depends(get_settings)], key: Annotated[str | None, Depends(_api_key)]
-) -> None:
+async def require_admin_key(settings: SettingsDep, key: APIKeyDep) -> None:
     if settings.admin_api_key is None:
         raise HTTPException(403, "admin endpoints are disabled: set MLOPS_ADMIN_API_KEY")
     if not _key_matches(key, settings.admin_api_key.get_secret_value()):
         raise HTTPException(401, f"missing or wrong {API_KEY_HEADER} header", headers={"WWW-Authenticate": "ApiKey"})
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
 LogDep = Annotated[PredictionLog, Depends(get_prediction_log)]
@@ -578,8 +585,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         lifespan=lifespan,
     )
-    if settings is not get_settings():
-        app.dependency_overrides[get_settings] = lambda: settings
+    app.state.settings = settings
     routers = [predictions_router(models), feedback_router(models), operations, admin]
     for router in routers:
         app.include_router(router)
