@@ -12,6 +12,7 @@ next one is tried, down to the Pipeline itself. `Predictor.runtime` says which p
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -185,11 +186,67 @@ def _compile_time_features(features: tuple[str, ...]) -> Step:
     return time_features
 
 
+RowStep = Callable[[list[Any]], list[Any]]
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _compile_row_step(step: Any) -> RowStep:
+    """The same fitted step for one row, as plain Python: for a single record, numpy's per-call
+    overhead (dozens of microseconds a call) costs more than the arithmetic."""
+    if isinstance(step, Pipeline):
+        steps = [_compile_row_step(s) for _, s in step.steps if s not in (None, "passthrough")]
+
+        def chain(xs: list[Any]) -> list[Any]:
+            for s in steps:
+                xs = s(xs)
+            return xs
+
+        return chain
+    if step == "passthrough":
+        return lambda xs: [float(x) for x in xs]
+    if isinstance(step, SimpleImputer):
+        stats = np.asarray(step.statistics_).tolist()
+        indicator = step.indicator_.features_.tolist() if step.add_indicator else []
+        return lambda xs: (
+            [stats[i] if _is_missing(x) else x for i, x in enumerate(xs)]
+            + [1.0 if _is_missing(xs[j]) else 0.0 for j in indicator]
+        )
+    if isinstance(step, StandardScaler):
+        mean = step.mean_.tolist() if step.with_mean else None
+        scale = step.scale_.tolist() if step.with_std else None
+        return lambda xs: [
+            (float(x) - (mean[i] if mean else 0.0)) / (scale[i] if scale else 1.0) for i, x in enumerate(xs)
+        ]
+    if isinstance(step, OneHotEncoder):
+        cats = [list(c) for c in step.categories_]
+        return lambda xs: [1.0 if x == c else 0.0 for x, cs in zip(xs, cats, strict=True) for c in cs]
+    if isinstance(step, TimeFeatures):
+        features = tuple(step.features)
+
+        def time_features(xs: list[Any]) -> list[Any]:
+            ts = xs[0]
+            if _is_missing(ts):
+                return [0.0] * (2 * len(features))
+            parts = {"hour_of_day": ts.hour + ts.minute / 60.0, "day_of_week": ts.weekday(), "month": ts.month - 1}
+            out = []
+            for name in features:
+                angle = 2 * math.pi * parts[name] / _PERIODS[name]
+                out += [math.sin(angle), math.cos(angle)]
+            return out
+
+        return time_features
+    raise NotCompilableError(f"no row form for {type(step).__name__}")
+
+
 @dataclass(frozen=True)
 class CompiledFeatures:
     """The fitted ColumnTransformer as a list of (input columns, numpy function) blocks."""
 
     blocks: tuple[tuple[tuple[str, ...], str, Step], ...]
+    row_blocks: tuple[tuple[tuple[str, ...], RowStep], ...] = ()
 
     @classmethod
     def from_pipeline(cls, pipeline: Any, contract: DatasetContract) -> CompiledFeatures:
@@ -200,6 +257,7 @@ class CompiledFeatures:
         if ct.sparse_threshold and ct.sparse_threshold > 0:
             raise NotCompilableError("ColumnTransformer may return a sparse matrix")
         blocks = []
+        row_blocks = []
         for name, step, cols in ct.transformers_:
             if step == "drop" or len(cols) == 0:
                 continue
@@ -211,7 +269,8 @@ class CompiledFeatures:
                 "datetime" if kinds == {"datetime"} else ("numeric" if kinds <= {"float", "int", "bool"} else "object")
             )
             blocks.append((names, kind, _compile_step(step)))
-        return cls(tuple(blocks))
+            row_blocks.append((names, _compile_row_step(step)))
+        return cls(tuple(blocks), tuple(row_blocks))
 
     def transform(self, columns: Columns) -> np.ndarray:
         parts = []
@@ -224,6 +283,13 @@ class CompiledFeatures:
                 x = np.column_stack([columns[c] for c in names]).astype(object, copy=False)
             parts.append(fn(x))
         return np.concatenate(parts, axis=1)
+
+    def transform_record(self, record: Mapping[str, Any]) -> np.ndarray:
+        """One validated record (plain Python values, naive-UTC datetimes) to a (1, n_features) matrix."""
+        out: list[float] = []
+        for names, fn in self.row_blocks:
+            out += fn([record.get(c) for c in names])
+        return np.array([out], dtype=np.float64)
 
 
 # ---- the predictor ------------------------------------------------------------------------------
@@ -251,6 +317,8 @@ class Predictor:
     _onnx: Any = None
     _onnx_input: str = ""
     _onnx_prob_output: str = ""
+    _row_path: bool = False
+    _datetime_cols: tuple[str, ...] = ()
 
     @property
     def is_classifier(self) -> bool:
@@ -291,7 +359,22 @@ class Predictor:
             log.warning("serving the scikit-learn Pipeline: %s", p.fallback_reason)
             return p
         p.parity_max_abs_diff = diff
+        p._enable_row_path(parity_rows, tolerance)
         return p.with_onnx(threads=threads, parity_rows=parity_rows, tolerance=tolerance) if use_onnx else p
+
+    def _enable_row_path(self, parity_rows: int, tolerance: float) -> None:
+        """Use the plain-Python single-record path only if it gives the numpy path's features."""
+        assert self._features is not None
+        self._datetime_cols = tuple(c.name for c in self.contract.columns if c.type == "datetime")
+        frame = synthetic_frame(self.contract, min(parity_rows, 128), seed=7)
+        records = frame.astype(object).where(frame.notna(), None).to_dict("records")  # type: ignore[call-overload]
+        try:
+            rows = np.vstack([self._features.transform_record(_utc_record(r, self._datetime_cols)) for r in records])
+        except Exception as exc:  # a step without a row form: single records take the numpy path
+            log.info("no single-record path: %s", exc)
+            return
+        expected = self._features.transform(columns_from_frame(frame, self.contract))
+        self._row_path = rows.shape == expected.shape and _max_diff(rows, expected) <= tolerance
 
     def with_onnx(self, *, threads: int = 1, parity_rows: int = 512, tolerance: float = 1e-4) -> Predictor:
         """A copy whose estimator runs on ONNX Runtime, or `self` (reason recorded) if conversion or parity fails.
@@ -350,7 +433,9 @@ class Predictor:
     def _scores(self, columns: Columns) -> np.ndarray:
         if self.runtime == "sklearn" or self._features is None:
             return self._sklearn_scores(columns)
-        X = self._features.transform(columns)
+        return self._estimate(self._features.transform(columns))
+
+    def _estimate(self, X: np.ndarray) -> np.ndarray:
         if self.runtime == "onnx":
             out = self._onnx.run([self._onnx_prob_output], {self._onnx_input: X.astype(np.float32)})[0]
             return np.asarray(out, dtype=np.float64).reshape(len(X), -1)
@@ -359,8 +444,16 @@ class Predictor:
             return np.asarray(estimator.predict_proba(X), dtype=np.float64)
         return np.asarray(estimator.predict(X), dtype=np.float64).reshape(-1, 1)
 
+    def predict_record(self, record: Mapping[str, Any]) -> Prediction:
+        """One record through the plain-Python feature path (checked against the numpy one at build)."""
+        if not self._row_path or self._features is None:
+            return self.predict(columns_from_records([record], self.contract))
+        return self._decide(self._estimate(self._features.transform_record(_utc_record(record, self._datetime_cols))))
+
     def predict(self, columns: Columns) -> Prediction:
-        scores = self._scores(columns)
+        return self._decide(self._scores(columns))
+
+    def _decide(self, scores: np.ndarray) -> Prediction:
         if not self.is_classifier:
             return Prediction(labels=scores[:, 0].tolist(), probabilities=None)
         classes = self.classes
@@ -375,6 +468,12 @@ class Predictor:
     def warm(self) -> None:
         """One prediction on every path a request can take, so the first caller pays no lazy set-up."""
         self.predict(columns_from_frame(synthetic_frame(self.contract, 8, seed=3), self.contract))
+
+
+def _utc_record(record: Mapping[str, Any], datetime_cols: tuple[str, ...]) -> Mapping[str, Any]:
+    if not any(isinstance(record.get(c), datetime) and record[c].tzinfo is not None for c in datetime_cols):
+        return record
+    return {**record, **{c: _naive_utc(record.get(c)) for c in datetime_cols}}
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:

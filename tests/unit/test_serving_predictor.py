@@ -113,3 +113,21 @@ def test_aware_timestamps_are_read_as_utc(logistic: Pipeline) -> None:
     cols_a = columns_from_records([utc], contract)
     cols_b = columns_from_records([plus2], contract)
     assert cols_a["event_time"][0] == cols_b["event_time"][0] == np.datetime64("2026-03-02T23:30:00")
+
+
+@pytest.mark.parametrize("family", ["logistic", "boosting"])
+def test_single_record_path_matches_the_batch_path(family: str, request: pytest.FixtureRequest) -> None:
+    pipeline = request.getfixturevalue(family)
+    contract = get_settings().contract
+    predictor = Predictor.build(pipeline, contract, threshold=0.5, positive_class=1, use_onnx=False)
+    assert predictor._row_path  # the plain-Python path passed its check against the numpy one
+    frame = synthetic_frame(contract, 100, seed=23)
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    one_by_one = np.vstack([predictor.predict_record(r).probabilities for r in records])
+    together = predictor.predict(columns_from_records(records, contract)).probabilities
+    np.testing.assert_allclose(one_by_one, together, atol=1e-12)
+    aware = {**records[0], "event_time": datetime(2026, 3, 3, 1, 30, tzinfo=timezone(timedelta(hours=2)))}
+    naive = {**records[0], "event_time": datetime(2026, 3, 2, 23, 30)}
+    assert (
+        predictor.predict_record(aware).probabilities.tolist() == predictor.predict_record(naive).probabilities.tolist()
+    )
