@@ -13,6 +13,7 @@ import json
 import math
 import subprocess
 import time
+import warnings
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -106,9 +107,13 @@ def log_dataset_inputs(splits: Mapping[str, Mapping[str, Any]], location: str) -
     """One mlflow.log_input per split, identified by its fingerprint; the data itself is not re-read."""
     for split, info in splits.items():
         fingerprint = str(info.get("fingerprint", ""))
+        with warnings.catch_warnings():
+            # A local path matches mlflow's local-artifact source twice; it says so on every call.
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(f"{location}/{split}")
         # MetaDataset describes data without holding it; mlflow declares `profile` abstract but does not need it.
         dataset = MetaDataset(  # type: ignore[abstract]
-            source=resolve_dataset_source(f"{location}/{split}"),
+            source=source,
             name=split,
             digest=fingerprint[:32] or None,
         )

@@ -21,6 +21,7 @@ from core.gate import Decision, GateConfig, baseline_scores, decide
 from core.metrics import compute_metrics, slice_masks, slice_metrics
 from core.notify import notify
 from core.settings import Settings, get_settings
+from core.tracking import log_run_batch, provenance_tags
 from core.training import TrainingData, load_training_data, predict_scores, single_row_latency_ms, xy
 
 if TYPE_CHECKING:
@@ -127,8 +128,6 @@ def record_decision(
     registry.apply_decision(settings.model_name, version, decision, card)
     metrics = {f"holdout_{k}": v for k, v in holdout_metrics.items()}
     metrics |= {"gate_delta": decision.delta, "gate_ci_low": decision.ci_low, "gate_ci_high": decision.ci_high}
-    from core.tracking import log_run_batch
-
     log_run_batch(run_id, metrics=metrics, tags={"gate_decision": decision.decision, "registered_version": version})
     notify(
         "promotion_decision",
@@ -146,8 +145,6 @@ def record_decision(
 
 def gate_candidate(logged: LoggedCandidate, data: TrainingData, settings: Settings) -> dict[str, Any]:
     """Register a freshly trained candidate and gate it, using the in-memory pipeline (no reload)."""
-    from core.tracking import provenance_tags
-
     cand = logged.candidate
     tags = {
         **provenance_tags(settings, data.version, data.window),
