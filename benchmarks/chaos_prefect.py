@@ -170,6 +170,7 @@ def retraining_killed(ctx: Context, *, timeout_s: float = 900) -> ScenarioResult
         started_ms = int(time.time() * 1000)
         victim = start_run(stack, "retrain/retrain", {"reason": "chaos: killed half-way"})
         midway = wait_until(lambda: _training_started(settings, started_ms), timeout_s, interval=0.5)
+        res.detail["killed_after_s"] = round(time.time() - started_ms / 1000, 1)  # training had begun
         if not res.expect(bool(midway), "the second run never reached training"):
             return res
         worker_pid = stack.components["worker"].pid
