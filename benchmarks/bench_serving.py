@@ -260,6 +260,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         upload = {"content": parquet.getvalue(), "headers": {"Content-Type": "application/vnd.apache.parquet"}}
         # One batch at a time on an otherwise idle service: before each timed request the background
         # prediction-log writer has stored the previous batch (it shares the process and its GIL).
+        written = _log_rows_written(url)
+        _timed_posts(f"{url}/predict/batch", 1, **upload)  # warm-up, as for the single-record phases
+        _wait_written(url, written + args.batch_rows)
         batch_times = []
         for _ in range(5):
             written = _log_rows_written(url)

@@ -327,7 +327,9 @@ def _batch_lines(  # noqa: PLR0917
         if output == "csv":
             table: dict[str, Any] = {"request_id": ids, "prediction": pa.array(result.labels)}
             if probs is not None:
-                table.update({f"p_{c}": probs[:, k] for k, c in enumerate(classes)})
+                # Six decimals: the parity tolerance is 1e-4, and full float text would double the bytes.
+                rounded = np.round(probs, 6)
+                table.update({f"p_{c}": rounded[:, k] for k, c in enumerate(classes)})
             table["flags"] = pa.array(flags)
             sink = io.BytesIO()
             pa_csv.write_csv(pa.table(table), sink, pa_csv.WriteOptions(include_header=offset == 0))

@@ -397,7 +397,7 @@ def read_predictions(url: str, since: datetime | None = None, limit: int | None 
     engine = engine_for(url)
     try:
         if not sa.inspect(engine).has_table(PREDICTIONS):
-            return pd.DataFrame()
+            return pd.DataFrame(columns=list(_META))  # nothing logged yet
         table = sa.Table(PREDICTIONS, sa.MetaData(), autoload_with=engine)
         query = sa.select(table).order_by(table.c.timestamp)
         if since is not None:
