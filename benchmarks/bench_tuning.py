@@ -65,7 +65,7 @@ def run_study(label: str, n_trials: int, workers: int, pruning: bool) -> dict[st
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--rows", type=int, default=20_000, help="training rows the study searches on")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work" / "tuning")
     args = parser.parse_args(argv)
