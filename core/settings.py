@@ -136,6 +136,9 @@ class TrainingSettings(Section):
     # Plots and permutation importance use at most this many test rows: they describe, not decide.
     diagnostics_rows: int = Field(5_000, gt=0)
     auto_register: bool = True
+    # Before registering, refit the chosen model on train + validation + test (never the holdout), so
+    # that a model retrained after drift learns from the newest labelled rows too.
+    refit_before_holdout: bool = True
 
 
 class TuningSettings(Section):
@@ -226,6 +229,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         validate_default=True,
+        env_parse_none_str="null",  # MLOPS_SPLITS__WINDOW_DAYS=null unsets an optional setting
     )
 
     environment: Literal["development", "test", "production"] = "development"

@@ -198,6 +198,13 @@ def fit_candidate(
     )
 
 
+def refit_pipeline(pipeline: Any, data: TrainingData, contract: DatasetContract) -> Any:
+    """A fresh clone of `pipeline` fitted on train + validation + test (everything but the holdout)."""
+    frame = pd.concat([data["train"], data["validation"], data["test"]], ignore_index=True)
+    X, y = xy(frame, contract)
+    return clone(pipeline).fit(X, y)
+
+
 def build_params(family: str, params: Params | None) -> Params:
     return {**get_family(family).defaults, **(params or {})}
 

@@ -35,7 +35,7 @@ def step(n: int, title: str) -> None:
     console.rule(f"[bold cyan]{n}/7  {title}")
 
 
-def run_demo(scenario: str, drift_days: int) -> int:
+def run_demo(scenario: str, drift_days: int, tune_trials: int) -> int:
     started = time.perf_counter()
     settings = get_settings()
     step(1, "servers")
@@ -70,6 +70,16 @@ def run_demo(scenario: str, drift_days: int) -> int:
         if not champion:
             console.print("[red]the first model did not beat the trivial baseline: no champion to serve[/]")
             return 1
+        if tune_trials > 0:
+            from pipelines.tune import tune
+
+            say(f"tuning: an Optuna study of {tune_trials} trials across the families (nested runs in MLflow) ...")
+            study = tune(n_trials=tune_trials)
+            best = study["summary"]
+            verdict = (study.get("decision") or {}).get("decision")
+            say(f"study best: {best.best_family} ({best.n_trials} trials, {best.n_pruned} pruned)")
+            say(f"its best configuration, registered as v{study.get('version')}: {verdict}")
+            champion = _champion_version(settings)
 
     step(4, "serving")
     s = stack.up_api(settings, s, say=say)
@@ -117,14 +127,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stop", action="store_true", help="stop every process the demo started")
     parser.add_argument("--scenario", default="concept_drift", help="drift scenario for the traffic")
-    parser.add_argument("--drift-days", type=int, default=14)
+    parser.add_argument("--drift-days", type=int, default=21)
+    parser.add_argument("--tune-trials", type=int, default=12, help="Optuna trials after the first training")
     args = parser.parse_args(argv)
     if args.stop:
         stopped = stack.down(get_settings(), say=say)
         console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
         return
     try:
-        code = run_demo(args.scenario, args.drift_days)
+        code = run_demo(args.scenario, args.drift_days, args.tune_trials)
     except Exception as exc:
         logs = get_settings().state / "logs"
         console.print(f"[red]demo failed: {type(exc).__name__}: {exc}[/]\nserver logs: {logs}")

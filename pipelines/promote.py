@@ -10,6 +10,7 @@ Run: ``python -m pipelines.promote --version 3``
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import mlflow
@@ -22,7 +23,14 @@ from core.metrics import compute_metrics, slice_masks, slice_metrics
 from core.notify import notify
 from core.settings import Settings, get_settings
 from core.tracking import log_run_batch, provenance_tags
-from core.training import TrainingData, load_training_data, predict_scores, single_row_latency_ms, xy
+from core.training import (
+    TrainingData,
+    load_training_data,
+    predict_scores,
+    refit_pipeline,
+    single_row_latency_ms,
+    xy,
+)
 
 if TYPE_CHECKING:
     from pipelines.train import LoggedCandidate
@@ -143,8 +151,31 @@ def record_decision(
     )
 
 
+def refit_before_holdout(logged: LoggedCandidate, data: TrainingData, settings: Settings) -> LoggedCandidate:
+    """Refit the chosen candidate on train + validation + test and log it as the run's model.
+
+    Selection, the threshold and the test metrics come from the train-only fit; the model that is
+    registered has also seen the newest labelled rows before the holdout. After drift those rows are
+    the only ones with the new behaviour, so a retrained model that skipped them would learn little.
+    The holdout stays untouched: the gate still judges on rows no fit has seen.
+    """
+    from pipelines.train import LoggedCandidate, log_model
+
+    contract = settings.contract
+    with threadpool_limits(limits=settings.training.n_threads):
+        pipeline = refit_pipeline(logged.candidate.pipeline, data, contract)
+    cand = replace(logged.candidate, pipeline=pipeline)
+    example = xy(data["test"], contract)[0].head(5)
+    with mlflow.start_run(run_id=logged.run_id):
+        mlflow.set_tag("refit", "train+validation+test")
+        uri = log_model(cand, contract, example, settings.training.primary_metric)
+    return LoggedCandidate(cand, logged.run_id, uri)
+
+
 def gate_candidate(logged: LoggedCandidate, data: TrainingData, settings: Settings) -> dict[str, Any]:
     """Register a freshly trained candidate and gate it, using the in-memory pipeline (no reload)."""
+    if settings.training.refit_before_holdout:
+        logged = refit_before_holdout(logged, data, settings)
     cand = logged.candidate
     tags = {
         **provenance_tags(settings, data.version, data.window),
@@ -152,6 +183,7 @@ def gate_candidate(logged: LoggedCandidate, data: TrainingData, settings: Settin
         "threshold": f"{cand.threshold:.6f}",
         "run_id": logged.run_id,
         "primary_metric": settings.training.primary_metric,
+        "refit": "train+validation+test" if settings.training.refit_before_holdout else "train",
     }
     mv = registry.register(logged.model_uri, settings.model_name, tags)
     version = str(mv.version)
