@@ -2,7 +2,9 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Prefect's profile and its temporary server's database stay inside the project's state directory.
 export PREFECT_HOME ?= $(CURDIR)/.state/prefect-home
+$(shell mkdir -p $(PREFECT_HOME))
 export MPLBACKEND := Agg
 VENV := .venv
 PY := $(VENV)/bin/python
