@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
@@ -263,11 +262,11 @@ def predictions_router(models: ContractModels) -> APIRouter:
             raise HTTPException(exc.status, exc.detail) from None
         except (ValueError, TypeError) as exc:  # a value the checks let through but pandas cannot convert
             raise HTTPException(422, f"body: could not read the batch: {str(exc)[:300]}") from None
-        for column, n in unknown.items():
-            metrics.UNKNOWN_CATEGORIES.labels(column).inc(n)
+        for column, mask in unknown.items():
+            metrics.UNKNOWN_CATEGORIES.labels(column).inc(int(mask.sum()))
         request_id = uuid.uuid4().hex
         stream = _batch_lines(
-            model, columns, table.num_rows, request_id, limits.batch_chunk_rows, output, plog, list(unknown)
+            model, columns, table.num_rows, request_id, limits.batch_chunk_rows, output, plog, unknown
         )
         media = "text/csv" if output == "csv" else "application/x-ndjson"
         return StreamingResponse(stream, media_type=media, headers={"X-Request-ID": request_id})
@@ -306,14 +305,13 @@ def _batch_lines(  # noqa: PLR0917
     chunk_rows: int,
     output: str,
     plog: PredictionLog,
-    unknown_cols: list[str],
+    unknown: dict[str, np.ndarray],
 ) -> Iterator[bytes]:
     """Predict chunk by chunk and yield the lines; a sync generator, so Starlette runs it in a thread.
 
     CSV is written by Arrow's C++ writer from the result arrays: formatting rows in Python would cost
     more than the prediction itself.
     """
-    contract = model.predictor.contract
     classes = [str(c) for c in model.predictor.classes]
     for offset, chunk in chunks(columns, n_rows, chunk_rows):
         started = time.perf_counter()
@@ -322,7 +320,7 @@ def _batch_lines(  # noqa: PLR0917
         ids = pc.binary_join_element_wise(
             request_id, pc.cast(pa.array(np.arange(offset, offset + n)), pa.string()), "-"
         )
-        flags = _chunk_flags(chunk, contract, unknown_cols, n)
+        flags = _chunk_flags(unknown, offset, n)
         probs = result.probabilities
         if output == "csv":
             table: dict[str, Any] = {"request_id": ids, "prediction": pa.array(result.labels)}
@@ -355,13 +353,11 @@ def _batch_lines(  # noqa: PLR0917
         _count(model, result)
 
 
-def _chunk_flags(chunk: Columns, contract: Any, unknown_cols: list[str], n: int) -> list[str]:
-    """'col|col' for rows with unknown categories, '' elsewhere; strings are built only for flagged rows."""
+def _chunk_flags(unknown: dict[str, np.ndarray], offset: int, n: int) -> list[str]:
+    """'col|col' for rows with unknown categories (masks from the batch check), '' elsewhere."""
     flags = [""] * n
-    for name in unknown_cols:
-        values = pd.Series(chunk[name], dtype=object)
-        unknown = (values.notna() & ~values.isin(contract.column(name).categories or ())).to_numpy()
-        for i in np.flatnonzero(unknown).tolist():
+    for name, mask in unknown.items():
+        for i in np.flatnonzero(mask[offset : offset + n]).tolist():
             flags[i] = f"{flags[i]}|{name}" if flags[i] else name
     return flags
 

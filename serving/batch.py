@@ -67,10 +67,10 @@ def _mask(a: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(a.to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def check_table(table: pa.Table, contract: DatasetContract, max_rows: int) -> tuple[Columns, dict[str, int]]:
+def check_table(table: pa.Table, contract: DatasetContract, max_rows: int) -> tuple[Columns, dict[str, np.ndarray]]:
     """The batch as column arrays (the predictor's input), or BatchInputError naming every faulty column.
 
-    Also returns the number of unknown categories accepted per column. Every check runs on Arrow
+    Also returns, per column that accepted unknown categories, the mask of rows that hold one. Every check runs on Arrow
     arrays with Arrow's compute kernels; nothing loops over rows in Python.
     """
     n = table.num_rows
@@ -83,7 +83,7 @@ def check_table(table: pa.Table, contract: DatasetContract, max_rows: int) -> tu
     errors: list[dict[str, Any]] = []
     errors += [{"field": c, "message": "Field required"} for c in expected if c not in names]
     errors += [{"field": str(c), "message": "Extra inputs are not permitted"} for c in names if c not in expected]
-    unknown: dict[str, int] = {}
+    unknown: dict[str, np.ndarray] = {}
     out: Columns = {}
     for name in (c for c in expected if c in names):
         col = contract.column(name)
@@ -151,7 +151,7 @@ def check_table(table: pa.Table, contract: DatasetContract, max_rows: int) -> tu
                 is_unknown = present & ~known
                 if is_unknown.any():
                     if col.allow_unknown:
-                        unknown[name] = int(is_unknown.sum())
+                        unknown[name] = is_unknown
                     else:
                         fail(f"Input should be one of {list(col.categories or ())}", is_unknown)
             out[name] = np.asarray(a.to_numpy(zero_copy_only=False), dtype=object)
