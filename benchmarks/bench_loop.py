@@ -29,16 +29,18 @@ def main() -> None:
     parser.add_argument("--reload-interval", default="2", help="the API's alias poll interval (s)")
     args = parser.parse_args()
 
-    from pipelines import stack
-    from pipelines.collect import collect
-    from pipelines.loop import _champion_version, turn
-    from pipelines.preprocess import preprocess
-    from pipelines.train import train
+    from pipelines import stack  # imports no Prefect: its settings are read once, at import
 
     shutil.rmtree(WORK, ignore_errors=True)
     env = {"MLOPS_SERVING__RELOAD_INTERVAL_S": args.reload_interval}
     started = time.perf_counter()
     with stack.temporary(WORK, env) as (settings, servers):
+        # Imported only now, so that Prefect reads the stack's PREFECT_API_URL, not a temporary server's.
+        from pipelines.collect import collect
+        from pipelines.loop import _champion_version, turn
+        from pipelines.preprocess import preprocess
+        from pipelines.train import train
+
         setup_started = time.perf_counter()
         collect()
         preprocess()
@@ -59,6 +61,8 @@ def main() -> None:
         "request_failures": t.traffic.failures,
         "labels_fed_back": t.feedback_accepted,
         "monitor_reasons": t.monitor.get("reasons"),
+        "monitor_triggered": t.monitor.get("triggered"),
+        "trigger_error": t.monitor.get("trigger_error"),
         "retrain_state": t.retrain_state,
         "version_before": t.version_before,
         "version_after": t.version_after,

@@ -95,14 +95,15 @@ def turn(
     traffic = send_predictions(api_url, frame, settings.contract)
     if traffic.failures:
         say(f"  {traffic.failures} of {traffic.requests} requests failed: {traffic.errors[:3]}")
+    scored_s = time.perf_counter() - t0
     accepted = send_feedback(api_url, traffic.request_ids, traffic.labels)
     say(f"  {traffic.rows} scored by versions {traffic.versions}; {accepted} labels fed back")
-    timings = {"traffic_s": time.perf_counter() - t0}
+    timings = {"scoring_s": scored_s, "traffic_s": time.perf_counter() - t0}
 
     say("running the monitoring flow ...")
     record = monitor(trigger=True)
     timings["monitor_s"] = time.perf_counter() - t0 - timings["traffic_s"]
-    result = LoopTurn(scenario, traffic, accepted, record, version_before=before)
+    result = LoopTurn(scenario, traffic, accepted, record, version_before=before, timings=timings)
     if not record.get("triggered"):
         say(f"  no retraining: {'; '.join(record.get('reasons', [])) or record.get('status')}")
         result.version_after = _served_version(api_url)
@@ -121,7 +122,6 @@ def turn(
     else:
         say(f"  retraining ended {state}; champion stays v{champion}")
     result.version_after = _served_version(api_url)
-    result.timings = timings
     return result
 
 
