@@ -535,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scenarios {unknown}; known: {list(table)}")
     work = WORK / time.strftime("%Y%m%dT%H%M%S")
     work.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
     say("starting the shared MLflow server ...")
     shared = start_mlflow(f"sqlite:///{work / 'mlflow.db'}", work / "artifacts", work / "mlflow.log")
     results = []
@@ -556,7 +556,9 @@ def main(argv: list[str] | None = None) -> int:
             "rows_lost": sum(r.rows_lost for r in results),
             "seconds": round(time.monotonic() - started, 1),
         },
-        "machine": {"cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        "machine": {"cpus": os.cpu_count()},
+        "started": started_at,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
