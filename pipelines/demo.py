@@ -119,6 +119,9 @@ def _print_urls(settings: Settings, s: stack.Stack, record: dict[str, object]) -
     ]
     for name, url in rows:
         console.print(f"  [bold]{name:<48}[/] {url}")
+    console.print("\n  To operate the running stack from another shell (see README.md, docs/runbook.md):")
+    console.print(f"    export PREFECT_API_URL={s.prefect_api_url} MLOPS_MLFLOW_TRACKING_URI={s.mlflow_url}")
+    console.print("    prefect deployment run retrain/retrain --param reason=manual; .venv/bin/mlops status")
     if record.get("report_path"):
         console.print(f"  [bold]{'this run`s drift report':<48}[/] {record['report_path']}")
 

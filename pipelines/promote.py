@@ -166,7 +166,8 @@ def refit_before_holdout(logged: LoggedCandidate, data: TrainingData, settings: 
         pipeline = refit_pipeline(logged.candidate.pipeline, data, contract)
     cand = replace(logged.candidate, pipeline=pipeline)
     example = xy(data["test"], contract)[0].head(5)
-    with mlflow.start_run(run_id=logged.run_id):
+    # The tune flow gates inside its study's parent run: the candidate's run then resumes nested.
+    with mlflow.start_run(run_id=logged.run_id, nested=mlflow.active_run() is not None):
         mlflow.set_tag("refit", "train+validation+test")
         uri = log_model(cand, contract, example, settings.training.primary_metric)
     return LoggedCandidate(cand, logged.run_id, uri)
