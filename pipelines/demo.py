@@ -105,7 +105,7 @@ def run_demo(scenario: str, drift_days: int, tune_trials: int) -> int:
 
 
 def _print_urls(settings: Settings, s: stack.Stack, record: dict[str, object]) -> None:
-    reports = sorted((settings.state / "reports").glob("*/*.html"))
+    reports = sorted((settings.state / "reports").glob("*/drift.html"))
     rows = [
         ("MLflow UI (runs, study, registry, model card)", s.mlflow_url),
         ("Prefect UI (flow runs, deployments)", s.components["prefect"].url),
