@@ -38,22 +38,21 @@ def read_window(
     """The newest ``window_rows`` predictions and/or those of the last ``window_hours``, with labels.
 
     ``label`` is the latest feedback label for each request_id (NaN where none has arrived).
-    serving's ``read_predictions(limit=N)`` returns the *oldest* N rows, so the row-count window is cut
-    here from the tail instead; with only a row count the whole log is read (set ``window_hours`` to bound
-    that read on a large log).
+    The database cuts the window (``read_predictions(limit=N, newest=True)``), and feedback is read from
+    the window's first prediction on (a label arrives after its prediction), so a run never reads the
+    whole log.
     """
     from serving.prediction_log import read_feedback, read_predictions  # SQLAlchemy only
 
     since = None if window_hours is None else (now or datetime.now(UTC)) - timedelta(hours=window_hours)
     try:
-        window = read_predictions(settings.prediction_log_url, since=since)
-        feedback = read_feedback(settings.prediction_log_url)
+        window = read_predictions(settings.prediction_log_url, since=since, limit=window_rows, newest=True)
+        first = pd.to_datetime(window["timestamp"]).min() if len(window) else None
+        feedback = read_feedback(settings.prediction_log_url, since=None if first is None else first.to_pydatetime())
     except Exception as exc:  # a database error of any driver: report it as one clear failure
         raise SourceError(f"could not read the prediction log at {settings.prediction_log_url}: {exc}") from exc
     if window.empty:
         return window
-    if window_rows is not None:
-        window = window.tail(window_rows).reset_index(drop=True)
     if not feedback.empty:
         # read_feedback orders by received_at: the last label per request wins.
         labels = feedback.drop_duplicates("request_id", keep="last").set_index("request_id")["label"]

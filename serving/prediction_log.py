@@ -392,32 +392,41 @@ def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
 # ---- readers for monitoring: pandas + SQLAlchemy only ---------------------------------------------
 
 
-def read_predictions(url: str, since: datetime | None = None, limit: int | None = None) -> pd.DataFrame:
-    """Logged predictions, oldest first; `since` filters on the prediction timestamp (UTC)."""
+def read_predictions(
+    url: str, since: datetime | None = None, limit: int | None = None, *, newest: bool = False
+) -> pd.DataFrame:
+    """Logged predictions, oldest first; `since` filters on the prediction timestamp (UTC).
+
+    `limit` keeps the oldest rows, or with `newest=True` the newest ones (still returned oldest first):
+    the database does the cut, so a monitoring window never reads the whole log.
+    """
     engine = engine_for(url)
     try:
         if not sa.inspect(engine).has_table(PREDICTIONS):
             return pd.DataFrame(columns=list(_META))  # nothing logged yet
         table = sa.Table(PREDICTIONS, sa.MetaData(), autoload_with=engine)
-        query = sa.select(table).order_by(table.c.timestamp)
+        query = sa.select(table).order_by(table.c.timestamp.desc() if newest else table.c.timestamp)
         if since is not None:
             query = query.where(table.c.timestamp >= since)
         if limit is not None:
             query = query.limit(limit)
         with engine.connect() as conn:
-            return pd.read_sql(query, conn)
+            frame = pd.read_sql(query, conn)
+        return frame.iloc[::-1].reset_index(drop=True) if newest else frame
     finally:
         engine.dispose()
 
 
-def read_feedback(url: str) -> pd.DataFrame:
-    """Every label received, the latest per request id last."""
+def read_feedback(url: str, since: datetime | None = None) -> pd.DataFrame:
+    """Every label received (since `since`, on the time it was received), the latest per request id last."""
     engine = engine_for(url)
     try:
         if not sa.inspect(engine).has_table(FEEDBACK):
             return pd.DataFrame(columns=["request_id", "label", "received_at"])
         table = sa.Table(FEEDBACK, sa.MetaData(), autoload_with=engine)
         query = sa.select(table.c.request_id, table.c.label, table.c.received_at).order_by(table.c.received_at)
+        if since is not None:
+            query = query.where(table.c.received_at >= since)
         with engine.connect() as conn:
             return pd.read_sql(query, conn)
     finally:
