@@ -119,6 +119,7 @@ PredictKey = Depends(require_predict_key)
 AdminKey = Depends(require_admin_key)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "A body that cannot be parsed at all (not JSON, not UTF-8)"},
     401: {"model": ErrorOut, "description": "Missing or wrong API key"},
     413: {"model": ErrorOut, "description": "Body or batch larger than the configured limit"},
     422: {"model": ErrorOut, "description": "Input that breaks the dataset contract; the message names the field"},
@@ -222,6 +223,7 @@ def predictions_router(models: ContractModels) -> APIRouter:
         responses={
             200: {"content": {"text/csv": {}, "application/x-ndjson": {}}, "description": "One line per input row"},
             **_ERRORS,
+            415: {"model": ErrorOut, "description": "A content type other than CSV, JSON, Parquet or multipart"},
         },
         summary="Predict a CSV, Parquet or JSON batch; results stream back",
         openapi_extra={
