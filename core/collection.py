@@ -17,6 +17,7 @@ Always checked: loaded + quarantined == pulled.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import uuid
@@ -73,6 +74,8 @@ class PullResult:
     parts: list[PartFile] = field(default_factory=list)
     quarantine_file: str | None = None
     newest: Watermark = field(default_factory=Watermark)
+    # Rows outside every window (no usable timestamp), quarantined once each; not part of `pulled`.
+    unplaceable_ids: list[str] = field(default_factory=list)
 
     @property
     def bad_share(self) -> float:
@@ -175,6 +178,7 @@ def pull_and_stage(settings: Settings, plan: CollectionPlan) -> PullResult:
             result.newest = _newest(result.newest, chunk, settings)
             # Let this chunk go before the reader builds the next one: halves the peak memory.
             del chunk, checked
+        result.unplaceable_ids = _quarantine_unplaceable(settings, source, quarantine)
     finally:
         quarantine.close()
         source.close()
@@ -185,6 +189,40 @@ def pull_and_stage(settings: Settings, plan: CollectionPlan) -> PullResult:
             f"accounting broke: {result.loaded} loaded + {result.quarantined} quarantined != {result.pulled} pulled"
         )
     return result
+
+
+def _unplaceable_path(settings: Settings) -> Path:
+    return settings.data_dir / "state" / "unplaceable_ids.json"
+
+
+def _quarantine_unplaceable(settings: Settings, source: Any, quarantine: QuarantineWriter) -> list[str]:
+    """Quarantine source rows whose timestamp is NULL or not a time, once each (ids kept in state).
+
+    No window can hold them, so without this they would sit in the source unseen by every run.
+    """
+    contract = settings.contract
+    rows = source.unusable_rows()
+    if rows.empty:
+        return []
+    seen = _unplaceable_seen(settings)
+    ids = rows[contract.id_column].astype(str)
+    new = rows[~ids.isin(seen).to_numpy()]
+    if new.empty:
+        return []
+    frame = new.reindex(columns=contract.column_names).astype(object).where(new.notna(), None).astype(str)
+    frame["_reason"] = f"{contract.timestamp_column}: null or not a timestamp; no collection window can hold it"
+    quarantine.write(frame)
+    return new[contract.id_column].astype(str).tolist()
+
+
+def _unplaceable_seen(settings: Settings) -> set[str]:
+    path = _unplaceable_path(settings)
+    return set(json.loads(path.read_text())["ids"]) if path.exists() else set()
+
+
+def _remember_unplaceable(settings: Settings, ids: list[str]) -> None:
+    if ids:
+        write_json_atomic(_unplaceable_path(settings), {"ids": sorted(_unplaceable_seen(settings) | set(ids))})
 
 
 def _newest(current: Watermark, chunk: pd.DataFrame, settings: Settings) -> Watermark:
@@ -216,6 +254,7 @@ def finish(
     }
     if result.pulled == 0:
         shutil.rmtree(paths["staging"], ignore_errors=True)
+        _remember_unplaceable(settings, result.unplaceable_ids)
         window = f"({plan.window.since.timestamp}, {plan.window.until}]"
         print(f"collect {plan.run_id}: no new rows in {window}; watermark unchanged")
         return _write_manifest(settings, plan.run_id, status="empty", **common)
@@ -230,6 +269,7 @@ def finish(
         _write_manifest(settings, plan.run_id, status="failed", error=message, max_bad_share=limit, **common)
         raise CollectionError(message)
     files = publish(paths["staging"], paths["raw"], result.parts)
+    _remember_unplaceable(settings, result.unplaceable_ids)
     manifest = _write_manifest(settings, plan.run_id, status="succeeded", files=files, max_bad_share=limit, **common)
     write_watermark(settings.data_dir, result.newest, window_end=plan.window.until.isoformat(), run_id=plan.run_id)
     print(
@@ -281,6 +321,7 @@ def _write_manifest(
         "unknown_categories": {c: dict(v) for c, v in result.unknown_categories.items()},
         "extra_columns": extra_columns,
         "unusable_timestamps": plan.unusable_timestamps if plan else None,
+        "unplaceable_quarantined": len(result.unplaceable_ids),
         "files": files or [],
         "quarantine_file": result.quarantine_file,
         "watermark_before": since.to_dict(),

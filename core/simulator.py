@@ -562,11 +562,12 @@ def write_warehouse(
     ts_col, id_col, target = contract.timestamp_column, contract.id_column, contract.target.name
     try:
         meta.create_all(engine)
-        with engine.connect() as conn:
-            last = conn.execute(sa.select(sa.func.max(main.c[ts_col]))).scalar()
-        first = (
-            _to_datetime(start) if start else (_to_datetime(last) + timedelta(days=1) if last else datetime(2026, 1, 1))
-        )
+        if start:
+            first = _to_datetime(start)
+        else:  # continue the day after the newest row
+            with engine.connect() as conn:
+                last = conn.execute(sa.select(sa.func.max(main.c[ts_col]))).scalar()
+            first = _to_datetime(last) + timedelta(days=1) if last else datetime(2026, 1, 1)
         first = datetime.combine(first.date(), datetime.min.time())
         end = first + timedelta(days=days)
         as_of_dt = _to_datetime(as_of) if as_of else end

@@ -106,9 +106,18 @@ class SqlSource:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.text(f"SELECT * FROM {self._from} WHERE 1 = 0")).keys())
 
+    @property
+    def _unusable(self) -> str:
+        """SQL predicate: the row's timestamp is NULL, or (SQLite stores what it is given) not a time."""
+        if self.engine.dialect.name == "sqlite":
+            return f"({self._ts} IS NULL OR datetime({self._ts}) IS NULL)"
+        return f"({self._ts} IS NULL)"  # a typed timestamp column holds nothing but times or NULL
+
     def clock(self) -> datetime | None:
         with self.engine.connect() as conn:
-            newest = conn.execute(sa.text(f"SELECT MAX({self._ts}) FROM {self._from}")).scalar()
+            newest = conn.execute(
+                sa.text(f"SELECT MAX({self._ts}) FROM {self._from} WHERE NOT {self._unusable}")
+            ).scalar()
         if newest is None:
             return None
         ts = to_timestamps(pd.Series([newest]))[0]
@@ -120,9 +129,12 @@ class SqlSource:
 
     def unusable_timestamps(self) -> int:
         with self.engine.connect() as conn:
-            return int(
-                conn.execute(sa.text(f"SELECT COUNT(*) FROM {self._from} WHERE {self._ts} IS NULL")).scalar() or 0
-            )
+            return int(conn.execute(sa.text(f"SELECT COUNT(*) FROM {self._from} WHERE {self._unusable}")).scalar() or 0)
+
+    def unusable_rows(self) -> pd.DataFrame:
+        """Rows no window can hold (few, by nature): collection quarantines them instead of losing them."""
+        with self.engine.connect() as conn:
+            return pd.read_sql(sa.text(f"SELECT * FROM {self._from} WHERE {self._unusable}"), conn)
 
     def read(self, window: Window, chunk_rows: int) -> Iterator[pd.DataFrame]:
         bounds = {"until": window.until}
@@ -219,6 +231,12 @@ class FileSource:
             int(to_timestamps(c[self.contract.timestamp_column]).isna().sum())
             for c in self._chunks(1_000_000, [self.contract.timestamp_column])
         )
+
+    def unusable_rows(self) -> pd.DataFrame:
+        """Rows no window can hold: collection quarantines them instead of losing them."""
+        parts = [c[to_timestamps(c[self.contract.timestamp_column]).isna().to_numpy()] for c in self._chunks(250_000)]
+        parts = [p for p in parts if len(p)]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=self.columns())
 
     def read(self, window: Window, chunk_rows: int) -> Iterator[pd.DataFrame]:
         for chunk in self._chunks(chunk_rows):
