@@ -140,11 +140,24 @@ def _sklearn_flavor(mlmodel: dict[str, Any]) -> dict[str, Any]:
     return dict(flavor)
 
 
+# The MLmodel file travels with the artifact, so whoever can write a model version writes its trust
+# list. The service trusts a listed type only inside these packages: a model listing `posix.system` or
+# `builtins.eval` is refused, whatever its MLmodel says.
+TRUSTED_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "core.features.")
+
+
 def load_pipeline(model_dir: Path) -> tuple[Any, dict[str, Any]]:
-    """The skops-loaded Pipeline and the MLmodel metadata, trusting exactly the types the MLmodel lists."""
+    """The skops-loaded Pipeline and the MLmodel metadata, trusting the types the MLmodel lists that the
+    service's own allow-list (TRUSTED_TYPE_PREFIXES) also admits."""
     mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
     flavor = _sklearn_flavor(mlmodel)
     trusted = list(flavor.get("skops_trusted_types") or [])
+    refused = [t for t in trusted if not str(t).startswith(TRUSTED_TYPE_PREFIXES)]
+    if refused:
+        raise ModelFormatError(
+            f"the model's MLmodel asks to trust {refused}, outside the service's allow-list "
+            f"{list(TRUSTED_TYPE_PREFIXES)}: refused"
+        )
     pipeline = sio.load(model_dir / flavor["pickled_model"], trusted=trusted)
     return pipeline, dict(mlmodel.get("metadata") or {})
 
