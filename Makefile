@@ -12,7 +12,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 STAMP := $(VENV)/.installed
 
 .PHONY: help install lint lint-docker serve test test-unit test-model test-integration test-e2e demo stop bench bench-data \
-        bench-training bench-tuning bench-serving bench-drift bench-loop chaos clean
+        bench-training bench-tuning bench-serving bench-drift bench-loop bench-report chaos clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -57,19 +57,22 @@ stop: $(STAMP) ## stop every process `make demo` started
 serve: $(STAMP) ## the prediction API on settings.serving.host:port (the Dockerfile's command)
 	$(PY) -m serving
 
-bench: bench-data bench-training bench-tuning bench-serving bench-drift bench-loop ## every benchmark
+bench: bench-data bench-training bench-tuning bench-serving bench-drift bench-loop bench-report ## every benchmark, then docs/benchmarks.md
 
 bench-data: $(STAMP) ## collection + preprocessing at 10M rows -> benchmarks/results/data.json
 	$(PY) -m benchmarks.bench_data $(BENCH_ARGS)
 
 bench-training: $(STAMP) ## training flow vs plain fits at 1M training rows -> benchmarks/results/training.json
-	flock /tmp/bench.lock $(PY) -m benchmarks.bench_training $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_training $(BENCH_ARGS)
 
 bench-tuning: $(STAMP) ## tuning with 1 vs 2 workers, pruning on vs off -> benchmarks/results/tuning.json
-	flock /tmp/bench.lock $(PY) -m benchmarks.bench_tuning $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_tuning $(BENCH_ARGS)
 
 bench-serving: $(STAMP) ## this API vs `mlflow models serve`, same model and load -> benchmarks/results/serving.json
-	flock /tmp/bench.lock $(PY) -m benchmarks.bench_serving $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_serving $(BENCH_ARGS)
+
+bench-report: $(STAMP) ## docs/benchmarks.md from benchmarks/results/*.json
+	$(PY) -m benchmarks.report
 
 bench-loop: $(STAMP) ## first drifted request -> first response from the new champion -> benchmarks/results/loop.json
 	$(PY) -m benchmarks.bench_loop $(BENCH_ARGS)
@@ -78,7 +81,7 @@ bench-drift: $(STAMP) ## monitoring drift on 1M reference vs 100k window, and pl
 	$(PY) -m benchmarks.bench_drift $(BENCH_ARGS)
 
 chaos: $(STAMP) ## fault scenarios (registry, store, Prefect down; kills; swaps under load) -> benchmarks/results/chaos.json
-	flock /tmp/bench.lock $(PY) -m benchmarks.chaos $(BENCH_ARGS)
+	$(PY) -m benchmarks.chaos $(BENCH_ARGS)
 
 clean: ## remove the state directory (data, databases, runs)
 	rm -rf .state
