@@ -161,6 +161,10 @@ class TuningSettings(Section):
     dask_address: str | None = None
     # After the study, fit the best configuration like the training flow does and send it through the gate.
     register_best: bool = True
+    # The retraining flow's tuning budget: after training with default params it runs a study of this
+    # many trials over training.families, whose best is gated too (0: train only).
+    retrain_trials: int = Field(6, ge=0)
+    retrain_timeout_seconds: float | None = Field(120, gt=0)
 
 
 class GateSettings(Section):

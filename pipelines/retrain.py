@@ -1,7 +1,7 @@
 """Flow `retrain`: what the monitoring policy starts when it decides the model is stale.
 
 collect (new rows past the watermark) -> preprocess (new splits and a new frozen holdout) ->
-train, or tune within a trial budget -> the promotion gate. The champion moves only if the gate
+train (default params) and tune (a trial budget) -> the promotion gate for each. The champion moves only if the gate
 says so; the prediction service picks a new champion up by itself through the registry alias.
 A failure anywhere leaves the champion as it was, and the run is marked failed in Prefect.
 
@@ -25,21 +25,30 @@ from pipelines.train import train
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(reason: str = "manual", tune_trials: int = 0, families: list[str] | None = None) -> dict[str, Any]:
-    """Retrain on the newest data and let the gate decide. `tune_trials` > 0 runs an Optuna search first."""
+def retrain(
+    reason: str = "manual", tune_trials: int | None = None, families: list[str] | None = None
+) -> dict[str, Any]:
+    """Retrain on the newest data and let the gate decide.
+
+    Trains the families with their default params (gated), then tunes them within a budget of
+    `tune_trials` trials (default `tuning.retrain_trials`) and `tuning.retrain_timeout_seconds`; the
+    study's best is gated against whatever is champion by then. 0 trials: train only.
+    """
     settings = get_settings()
     started = time.perf_counter()
     print(f"retraining because: {reason}")
     collected = collect()
     processed = preprocess()
-    if tune_trials > 0:
+    fams = families or list(settings.training.families)
+    result = train(families=fams)
+    version, decision = result.version, result.decision
+    trials = settings.tuning.retrain_trials if tune_trials is None else tune_trials
+    if trials > 0:
         from pipelines.tune import tune
 
-        outcome = tune(n_trials=tune_trials, families=families)
-        version, decision = outcome.get("version"), outcome.get("decision")
-    else:
-        result = train(families=families)
-        version, decision = result.version, result.decision
+        outcome = tune(n_trials=trials, timeout_seconds=settings.tuning.retrain_timeout_seconds, families=fams)
+        if (outcome.get("decision") or {}).get("decision") == "promoted" or not decision:
+            version, decision = outcome.get("version"), outcome.get("decision")
     seconds = time.perf_counter() - started
     verdict = (decision or {}).get("decision", "not registered")
     notify(
@@ -62,7 +71,7 @@ def retrain(reason: str = "manual", tune_trials: int = 0, families: list[str] | 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Collect, preprocess, train and gate, now.")
     parser.add_argument("--reason", default="manual")
-    parser.add_argument("--tune-trials", type=int, default=0)
+    parser.add_argument("--tune-trials", type=int, default=None, help="default: tuning.retrain_trials")
     args = parser.parse_args()
     retrain(reason=args.reason, tune_trials=args.tune_trials)
 
