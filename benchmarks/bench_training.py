@@ -78,26 +78,13 @@ def run_plain(families: list[str]) -> float:
     from threadpoolctl import threadpool_limits
 
     from core.settings import get_settings
-    from core.training import better, fit_candidate, load_training_data, refit_pipeline
+    from core.training import better, fit_configured, load_training_data, refit_pipeline
 
     settings = get_settings()
     t = settings.training
     started = time.perf_counter()
     data = load_training_data(settings)
-    fitted = [
-        fit_candidate(
-            settings.contract,
-            data,
-            family,
-            None,
-            n_folds=t.cv_folds,
-            time_aware=t.time_aware_cv,
-            seed=settings.seed,
-            n_threads=t.n_threads,
-            min_slice_rows=settings.gate.min_slice_rows,
-        )
-        for family in families
-    ]
+    fitted = [fit_configured(settings, data, family) for family in families]
     if t.refit_before_holdout:  # the flow refits the chosen model before registering it: so does plain
         best = fitted[0]
         for cand in fitted[1:]:

@@ -198,6 +198,22 @@ def fit_candidate(
     )
 
 
+def fit_configured(settings: Any, data: TrainingData, family: str, params: Params | None = None) -> Candidate:
+    """`fit_candidate` as configured in settings: what the train flow and its plain-script baseline both run."""
+    t = settings.training
+    return fit_candidate(
+        settings.contract,
+        data,
+        family,
+        params,
+        n_folds=t.cv_folds,
+        time_aware=t.time_aware_cv,
+        seed=settings.seed,
+        n_threads=t.n_threads,
+        min_slice_rows=settings.gate.min_slice_rows,
+    )
+
+
 def refit_pipeline(pipeline: Any, data: TrainingData, contract: DatasetContract) -> Any:
     """A fresh clone of `pipeline` fitted on train + validation + test (everything but the holdout)."""
     frame = pd.concat([data["train"], data["validation"], data["test"]], ignore_index=True)

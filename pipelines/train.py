@@ -30,7 +30,7 @@ from core.metrics import check_primary_metric
 from core.models import TRUSTED_TYPES, families_for
 from core.settings import Settings, get_settings
 from core.tracking import config_snapshot, log_dataset_inputs, log_run_batch, provenance_tags
-from core.training import Candidate, TrainingData, better, fit_candidate, load_training_data, predict_scores, xy
+from core.training import Candidate, TrainingData, better, fit_configured, load_training_data, predict_scores, xy
 
 
 @dataclass
@@ -196,18 +196,7 @@ def load_splits(settings: Settings) -> TrainingData:
 def fit_and_log_family(
     family: str, data: TrainingData, settings: Settings, experiment_id: str, parent_run_id: str
 ) -> LoggedCandidate:
-    t = settings.training
-    candidate = fit_candidate(
-        settings.contract,
-        data,
-        family,
-        None,
-        n_folds=t.cv_folds,
-        time_aware=t.time_aware_cv,
-        seed=settings.seed,
-        n_threads=t.n_threads,
-        min_slice_rows=settings.gate.min_slice_rows,
-    )
+    candidate = fit_configured(settings, data, family)
     return log_candidate(
         candidate, data, settings, experiment_id=experiment_id, parent_run_id=parent_run_id, run_name=family
     )

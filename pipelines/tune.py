@@ -26,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from core.metrics import check_primary_metric
 from core.settings import Settings, get_settings
 from core.tracking import log_run_batch, provenance_tags
-from core.training import TrainingData, fit_candidate, load_training_data
+from core.training import TrainingData, fit_configured, load_training_data
 from core.tuning import StudySpec, StudySummary, create_study, run_worker, summarize
 
 
@@ -88,13 +88,8 @@ def fit_and_gate_best(
     from pipelines.promote import gate_candidate
     from pipelines.train import log_candidate
 
-    t = settings.training
     params = params_from_optuna(summary.best_family, summary.best_params)
-    candidate = fit_candidate(
-        settings.contract, data, summary.best_family, params,
-        n_folds=t.cv_folds, time_aware=t.time_aware_cv, seed=settings.seed, n_threads=t.n_threads,
-        min_slice_rows=settings.gate.min_slice_rows,
-    )  # fmt: skip
+    candidate = fit_configured(settings, data, summary.best_family, params)
     logged = log_candidate(
         candidate, data, settings, experiment_id=experiment_id, parent_run_id=parent_run_id,
         run_name=f"best-{summary.best_family}",
