@@ -40,8 +40,8 @@ from core.snapshots import (
     write_partitions,
     write_watermark,
 )
-from core.sources import Watermark, Window, open_source, to_timestamps
-from core.validation import SchemaMismatchError, check_columns, validate_batch
+from core.sources import Watermark, Window, open_source
+from core.validation import SchemaMismatchError, check_columns, to_timestamps, validate_batch
 
 log = logging.getLogger(__name__)
 

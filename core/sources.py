@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from core.contract import DatasetContract
 from core.settings import Settings
+from core.validation import to_timestamps
 
 
 @dataclass(frozen=True)
@@ -53,17 +54,6 @@ class Window:
 
 class SourceError(RuntimeError):
     """The source cannot be read as configured."""
-
-
-def to_timestamps(values: pd.Series) -> pd.Series:
-    """Naive-UTC datetime64[ns]; anything unparseable becomes NaT."""
-    if pd.api.types.is_datetime64_any_dtype(values):
-        out = values
-    else:
-        out = pd.to_datetime(values, errors="coerce", format="ISO8601", utc=True)
-    if getattr(out.dt, "tz", None) is not None:
-        out = out.dt.tz_convert("UTC").dt.tz_localize(None)
-    return out.astype("datetime64[ns]")
 
 
 def _select_window(frame: pd.DataFrame, window: Window, contract: DatasetContract) -> tuple[pd.DataFrame, int]:

@@ -141,7 +141,8 @@ def _coerce_bool(raw: pd.Series) -> pd.Series:
     return raw.astype(str).str.strip().str.lower().map(_BOOL_WORDS).astype("float64").where(raw.notna())
 
 
-def _coerce_datetime(raw: pd.Series) -> pd.Series:
+def to_timestamps(raw: pd.Series) -> pd.Series:
+    """Naive-UTC datetime64[ns]; anything unparseable becomes NaT."""
     if pd.api.types.is_datetime64_any_dtype(raw):
         out = raw
     else:
@@ -190,7 +191,7 @@ def _check_column(col: Column, raw: pd.Series, faults: _Faults, contract: Datase
         typed = _coerce_bool(raw)
         faults.add(col.name, "wrong type", present & typed.isna().to_numpy(), "wrong type '{}'", raw)
     elif col.type == "datetime":
-        typed = _coerce_datetime(raw)
+        typed = to_timestamps(raw)
         faults.add(col.name, "wrong type", present & typed.isna().to_numpy(), "wrong type '{}'", raw)
     else:
         typed = raw.astype(object).where(raw.notna(), None)  # type: ignore[call-overload]
