@@ -30,9 +30,10 @@ from fastapi.security import APIKeyHeader
 from pydantic import Discriminator, Field, Tag
 from threadpoolctl import threadpool_limits
 
-from core.settings import Settings, get_settings
+from core.contract import DatasetContract
+from core.settings import ServingSettings, Settings, get_settings
 from serving import metrics
-from serving.batch import PARQUET_TYPES, BatchInputError, check_table, chunks, parse_upload
+from serving.batch import ARROW_STREAM, PARQUET_TYPES, BatchInputError, check_table, chunks, parse_upload
 from serving.model_store import LoadedModel, ModelStore
 from serving.prediction_log import PredictionLog
 from serving.predictor import Columns, Prediction, columns_from_records
@@ -47,6 +48,7 @@ from serving.schemas import (
     ReadyOut,
     ReloadOut,
     build_models,
+    unknown_flag,
 )
 
 log = logging.getLogger("serving")
@@ -136,7 +138,7 @@ def _log_block(  # noqa: PLR0917 - one call site per endpoint, all arguments are
     columns: dict[str, Any],
     ids: list[str] | pa.Array,
     result: Prediction,
-    flags: list[str | None],
+    flags: list[str | None] | pa.Array,
     latency_ms: float,
 ) -> None:
     """Hand the prediction log the arrays the prediction was made from: no per-row work here."""
@@ -221,7 +223,10 @@ def predictions_router(models: ContractModels) -> APIRouter:
     @router.post(
         "/predict/batch",
         responses={
-            200: {"content": {"text/csv": {}, "application/x-ndjson": {}}, "description": "One line per input row"},
+            200: {
+                "content": {"text/csv": {}, "application/x-ndjson": {}, ARROW_STREAM: {}},
+                "description": "One line per input row (CSV, NDJSON), or one Arrow record batch per chunk",
+            },
             **_ERRORS,
             415: {"model": ErrorOut, "description": "A content type other than CSV, JSON, Parquet or multipart"},
         },
@@ -252,14 +257,17 @@ def predictions_router(models: ContractModels) -> APIRouter:
         model: ModelDep,
         plog: LogDep,
         settings: SettingsDep,
-        output: Annotated[Literal["csv", "ndjson"], Query(alias="format")] = "csv",
+        output: Annotated[
+            Literal["csv", "ndjson", "arrow"],
+            Query(alias="format", description="csv (default), ndjson, or arrow: an Arrow IPC stream"),
+        ] = "csv",
     ) -> StreamingResponse:
         data, kind = await _read_batch_body(request)
         contract = model.predictor.contract
         limits = settings.serving
         try:
-            table = await asyncio.to_thread(parse_upload, data, kind)
-            columns, unknown = check_table(table, contract, limits.max_batch_rows)
+            # Parsing and checking are CPU work: off the event loop, so other requests keep flowing.
+            table, (columns, unknown) = await asyncio.to_thread(_parse_and_check, data, kind, contract, limits)
         except BatchInputError as exc:
             raise HTTPException(exc.status, exc.detail) from None
         except (ValueError, TypeError) as exc:  # a value the checks let through but pandas cannot convert
@@ -270,10 +278,17 @@ def predictions_router(models: ContractModels) -> APIRouter:
         stream = _batch_lines(
             model, columns, table.num_rows, request_id, limits.batch_chunk_rows, output, plog, unknown
         )
-        media = "text/csv" if output == "csv" else "application/x-ndjson"
+        media = {"csv": "text/csv", "ndjson": "application/x-ndjson", "arrow": ARROW_STREAM}[output]
         return StreamingResponse(stream, media_type=media, headers={"X-Request-ID": request_id})
 
     return router
+
+
+def _parse_and_check(
+    data: bytes, kind: str, contract: DatasetContract, limits: ServingSettings
+) -> tuple[pa.Table, tuple[Columns, dict[str, np.ndarray]]]:
+    table = parse_upload(data, kind)
+    return table, check_table(table, contract, limits.max_batch_rows)
 
 
 async def _read_batch_body(request: Request) -> tuple[bytes, str]:
@@ -309,12 +324,16 @@ def _batch_lines(  # noqa: PLR0917
     plog: PredictionLog,
     unknown: dict[str, np.ndarray],
 ) -> Iterator[bytes]:
-    """Predict chunk by chunk and yield the lines; a sync generator, so Starlette runs it in a thread.
+    """Predict chunk by chunk and yield the encoded results; a sync generator, so Starlette runs it in
+    a thread.
 
-    CSV is written by Arrow's C++ writer from the result arrays: formatting rows in Python would cost
-    more than the prediction itself.
+    CSV is written by Arrow's C++ writer from the result arrays (formatting rows in Python would cost
+    more than the prediction itself); `arrow` sends the same columns as an Arrow IPC stream, one record
+    batch per chunk, with no text formatting at all.
     """
     classes = [str(c) for c in model.predictor.classes]
+    sink = io.BytesIO()
+    arrow_writer: pa.ipc.RecordBatchStreamWriter | None = None
     for offset, chunk in chunks(columns, n_rows, chunk_rows):
         started = time.perf_counter()
         result = model.predictor.predict(chunk)
@@ -322,19 +341,10 @@ def _batch_lines(  # noqa: PLR0917
         ids = pc.binary_join_element_wise(
             request_id, pc.cast(pa.array(np.arange(offset, offset + n)), pa.string()), "-"
         )
-        flags = _chunk_flags(unknown, offset, n)
+        flagged = _chunk_flags(unknown, chunk, offset, n)
+        flags = _flag_column(flagged, n)
         probs = result.probabilities
-        if output == "csv":
-            table: dict[str, Any] = {"request_id": ids, "prediction": pa.array(result.labels)}
-            if probs is not None:
-                # Six decimals: the parity tolerance is 1e-4, and full float text would double the bytes.
-                rounded = np.round(probs, 6)
-                table.update({f"p_{c}": rounded[:, k] for k, c in enumerate(classes)})
-            table["flags"] = pa.array(flags)
-            sink = io.BytesIO()
-            pa_csv.write_csv(pa.table(table), sink, pa_csv.WriteOptions(include_header=offset == 0))
-            yield sink.getvalue()
-        else:
+        if output == "ndjson":
             id_list = ids.to_pylist()
             yield "".join(
                 json.dumps(
@@ -344,24 +354,54 @@ def _batch_lines(  # noqa: PLR0917
                         "probabilities": dict(zip(classes, probs[i].tolist(), strict=True))
                         if probs is not None
                         else None,
-                        "flags": flags[i].split("|") if flags[i] else [],
+                        "flags": flagged.get(i, []),
                     }
                 )
                 + "\n"
                 for i in range(n)
             ).encode()
+        else:
+            table: dict[str, Any] = {"request_id": ids, "prediction": pa.array(result.labels)}
+            if probs is not None:
+                # CSV: six decimals (the parity tolerance is 1e-4; full float text would double the bytes).
+                values = np.round(probs, 6) if output == "csv" else probs
+                table.update({f"p_{c}": values[:, k] for k, c in enumerate(classes)})
+            table["flags"] = flags
+            batch = pa.record_batch(table)
+            if output == "csv":
+                pa_csv.write_csv(batch, sink, pa_csv.WriteOptions(include_header=offset == 0))
+            else:
+                if arrow_writer is None:
+                    arrow_writer = pa.ipc.new_stream(sink, batch.schema)
+                arrow_writer.write_batch(batch)
+            yield sink.getvalue()
+            sink.seek(0)
+            sink.truncate()
         latency_ms = (time.perf_counter() - started) * 1000 / max(n, 1)
-        _log_block(plog, model, chunk, ids, result, [f or None for f in flags], latency_ms)
+        _log_block(plog, model, chunk, ids, result, flags, latency_ms)
         _count(model, result)
+    if arrow_writer is not None:
+        arrow_writer.close()  # the end-of-stream marker
+        yield sink.getvalue()
 
 
-def _chunk_flags(unknown: dict[str, np.ndarray], offset: int, n: int) -> list[str]:
-    """'col|col' for rows with unknown categories (masks from the batch check), '' elsewhere."""
-    flags = [""] * n
+def _chunk_flags(unknown: dict[str, np.ndarray], chunk: Columns, offset: int, n: int) -> dict[int, list[str]]:
+    """The flags of each flagged row in the chunk (masks from the batch check), worded as /predict words them."""
+    flagged: dict[int, list[str]] = {}
     for name, mask in unknown.items():
         for i in np.flatnonzero(mask[offset : offset + n]).tolist():
-            flags[i] = f"{flags[i]}|{name}" if flags[i] else name
-    return flags
+            flagged.setdefault(i, []).append(unknown_flag(name, chunk[name][i]))
+    return flagged
+
+
+def _flag_column(flagged: dict[int, list[str]], n: int) -> pa.Array:
+    """'; '-joined flags per row, null (an empty CSV field) where nothing is flagged."""
+    if not flagged:
+        return pa.nulls(n, pa.string())
+    text = np.full(n, None, dtype=object)
+    for i, row_flags in flagged.items():
+        text[i] = "; ".join(row_flags)
+    return pa.array(text, pa.string())
 
 
 # ---- feedback -----------------------------------------------------------------------------------

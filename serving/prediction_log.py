@@ -371,7 +371,12 @@ def _alive(pid: int) -> bool:
 
 
 def _jsonable_block(block: Block) -> dict[str, Any]:
-    return {k: (v.astype(str).tolist() if isinstance(v, np.ndarray) else v) for k, v in block.items()}
+    def plain(v: Any) -> Any:
+        if isinstance(v, np.ndarray):
+            return v.astype(str).tolist()
+        return v.to_pylist() if hasattr(v, "to_pylist") else v  # Arrow arrays (batch ids and flags)
+
+    return {k: plain(v) for k, v in block.items()}
 
 
 def _read_spool(path: Path) -> list[Row]:

@@ -94,7 +94,10 @@ def _naive_utc(v: Any) -> Any:
 def _compile_step(step: Any) -> Step:
 
     if isinstance(step, Pipeline):
-        steps = [_compile_step(s) for _, s in step.steps if s not in (None, "passthrough")]
+        parts = [s for _, s in step.steps if s not in (None, "passthrough")]
+        if len(parts) == 2 and _is_text_imputer(parts[0]) and isinstance(parts[1], OneHotEncoder):
+            return _compile_onehot(parts[1], fill=list(parts[0].statistics_))
+        steps = [_compile_step(s) for s in parts]
 
         def chain(x: np.ndarray) -> np.ndarray:
             for s in steps:
@@ -120,20 +123,50 @@ def _compile_step(step: Any) -> Step:
 
         return scaler
     if isinstance(step, OneHotEncoder):
-        if step.drop_idx_ is not None or getattr(step, "_infrequent_enabled", False):
-            raise NotCompilableError("OneHotEncoder with drop or infrequent categories")
-        if step.handle_unknown not in ("ignore", "infrequent_if_exist"):
-            raise NotCompilableError(f"OneHotEncoder(handle_unknown={step.handle_unknown!r})")
-        cats = [np.asarray(c, dtype=object) for c in step.categories_]
-
-        def onehot(x: np.ndarray) -> np.ndarray:
-            blocks = [(x[:, j : j + 1] == c[None, :]) for j, c in enumerate(cats)]
-            return np.concatenate(blocks, axis=1).astype(np.float64)
-
-        return onehot
+        return _compile_onehot(step)
     if isinstance(step, TimeFeatures):
         return _compile_time_features(tuple(step.features))
     raise NotCompilableError(f"no numpy form for {type(step).__name__}")
+
+
+def _is_text_imputer(step: Any) -> bool:
+    return isinstance(step, SimpleImputer) and not step.add_indicator and np.asarray(step.statistics_).dtype == object
+
+
+def _compile_onehot(enc: OneHotEncoder, fill: list[Any] | None = None) -> Step:
+    """One-hot by hash lookup (pandas' Index), not by comparing every value with every category.
+
+    With `fill` (a text SimpleImputer's per-column statistics in front of the encoder), a missing
+    value (None or NaN) is looked up as its column's fill value, so the imputer costs no pass of its own.
+    """
+    if enc.drop_idx_ is not None or getattr(enc, "_infrequent_enabled", False):
+        raise NotCompilableError("OneHotEncoder with drop or infrequent categories")
+    if enc.handle_unknown not in ("ignore", "infrequent_if_exist"):
+        raise NotCompilableError(f"OneHotEncoder(handle_unknown={enc.handle_unknown!r})")
+    indexes = []
+    for j, categories in enumerate(enc.categories_):
+        values = list(categories)
+        codes = list(range(len(values)))
+        if fill is not None:
+            # None and NaN hash apart in an Index: both map to the fill value's code (-1: not a category).
+            target = values.index(fill[j]) if fill[j] in values else -1
+            values += [None, np.nan]
+            codes += [target, target]
+        indexes.append((pd.Index(np.asarray(values, dtype=object)), np.asarray([*codes, -1])))
+    offsets = np.cumsum([0, *(len(c) for c in enc.categories_[:-1])])
+    width = sum(len(c) for c in enc.categories_)
+
+    def onehot(x: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(x), width), dtype=np.float64)
+        rows = np.arange(len(x))
+        for j, (index, remap) in enumerate(indexes):
+            # get_indexer's -1 (not found) picks remap[-1] = -1. (The stubs want an Index; arrays work.)
+            codes = remap[index.get_indexer(x[:, j])]  # type: ignore[arg-type]
+            known = codes >= 0  # unknown categories stay all-zero (handle_unknown="ignore")
+            out[rows[known], offsets[j] + codes[known]] = 1.0
+        return out
+
+    return onehot
 
 
 def _compile_imputer(imp: Any) -> Step:

@@ -89,8 +89,13 @@ class ContractModels:
         for name, known in self.unknown_allowed.items():
             value = record.get(name)
             if value is not None and value not in known:
-                out.append(f"{name}: unknown category {value!r}")
+                out.append(unknown_flag(name, value))
         return out
+
+
+def unknown_flag(column: str, value: Any) -> str:
+    """How a prediction flags a category the model never saw (single records and batches alike)."""
+    return f"{column}: unknown category {value!r}"
 
 
 def build_models(contract: DatasetContract) -> ContractModels:

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from core.settings import get_settings
@@ -142,8 +144,9 @@ def test_batch_csv_upload_streams_one_line_per_row(client: Any, service: Service
     assert list(out.columns[:4]) == ["request_id", "prediction", "p_0", "p_1"]
     assert out["request_id"].is_unique
     assert ((out["p_0"] + out["p_1"]).sub(1).abs() < 1e-5).all()
-    # An unknown category where the contract allows it: flagged, not refused.
-    assert "merchant_category" in str(out.loc[3, "flags"])
+    # An unknown category where the contract allows it: flagged as /predict flags it, not refused.
+    assert "merchant_category: unknown category 'space_tourism'" in out.loc[3, "flags"].split("; ")
+    assert out["flags"].isna().any()  # an empty field where nothing is flagged
     last = out["request_id"].iloc[-1]
     wait_for(lambda: bool((read_predictions(log_url(service))["request_id"] == last).any()))
 
@@ -166,6 +169,29 @@ def test_batch_parquet_and_json_give_the_same_predictions(client: Any) -> None:
     assert first["prediction"] == single["prediction"]
     assert math.isclose(first["probabilities"]["1"], single["probabilities"]["1"], rel_tol=1e-6)
     assert len(pd.read_csv(io.StringIO(parquet.text))) == 300
+
+
+def test_batch_arrow_output_carries_the_csv_columns(client: Any) -> None:
+    frame = _batch_frame(2_500)  # several chunks: one record batch each, one stream
+    frame.loc[7, "merchant_category"] = "space_tourism"
+    buf = io.BytesIO()
+    frame.to_parquet(buf)
+    upload = {"content": buf.getvalue(), "headers": {"Content-Type": "application/vnd.apache.parquet"}}
+    r = client.post("/predict/batch?format=arrow", **upload)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/vnd.apache.arrow.stream"
+    reader = pa.ipc.open_stream(r.content)
+    batches = list(reader)
+    assert len(batches) > 1
+    out = pa.Table.from_batches(batches, reader.schema).to_pandas()
+    assert list(out.columns) == ["request_id", "prediction", "p_0", "p_1", "flags"]
+    assert len(out) == 2_500
+    assert out["request_id"].is_unique
+    assert out["request_id"].iloc[0].startswith(r.headers["x-request-id"])
+    assert "merchant_category" in out.loc[7, "flags"]
+    as_csv = pd.read_csv(io.StringIO(client.post("/predict/batch", **upload).text))
+    assert (out["prediction"].to_numpy() == as_csv["prediction"].to_numpy()).all()
+    assert np.allclose(out["p_1"], as_csv["p_1"], atol=1e-6)  # CSV rounds to six decimals
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,20 @@ def test_compiled_features_equal_the_column_transformer(logistic: Pipeline) -> N
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
 
 
+def test_a_nan_in_a_text_column_is_imputed_like_none(logistic: Pipeline) -> None:
+    contract = get_settings().contract
+    frame = synthetic_frame(contract, 50, seed=4)
+    frame["channel"] = frame["channel"].astype(object)
+    frame.loc[[2, 7], "channel"] = None
+    compiled = CompiledFeatures.from_pipeline(logistic, contract)
+    columns = columns_from_frame(frame, contract)
+    with_none = compiled.transform(columns)
+    columns["channel"][[2, 7]] = [np.nan, float("nan")]
+    np.testing.assert_array_equal(compiled.transform(columns), with_none)
+    expected = logistic[0].transform(to_model_input(frame, contract))
+    np.testing.assert_allclose(with_none, expected, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("use_onnx", [True, False])
 @pytest.mark.parametrize("family", ["logistic", "boosting"])
 def test_predictions_match_the_pipeline(family: str, use_onnx: bool, request: pytest.FixtureRequest) -> None:
