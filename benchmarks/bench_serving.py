@@ -31,7 +31,7 @@ import httpx
 import psutil
 import pyarrow as pa
 
-from benchmarks.loadgen import build_request, load
+from benchmarks.loadgen import build_request, load, send_once
 from core.servers import HOST, VENV_BIN, free_port, spawn, start_mlflow, stop_process_group, wait_http
 from core.settings import PROJECT_ROOT, get_settings
 
@@ -83,20 +83,6 @@ def _load_phase(port: int, body: bytes, path: str, concurrency: int, duration: f
     return load(HOST, port, request, concurrency, duration).summary()
 
 
-def _timed_posts(url: str, repeats: int, **kwargs: Any) -> tuple[float, httpx.Response]:
-    times = []
-    response: httpx.Response | None = None
-    with httpx.Client(timeout=300) as client:
-        for _ in range(repeats):
-            started = time.perf_counter()
-            response = client.post(url, **kwargs)
-            _ = response.content
-            times.append(time.perf_counter() - started)
-            response.raise_for_status()
-    assert response is not None
-    return statistics.median(times), response
-
-
 def _log_rows_written(url: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     for line in text.splitlines():
@@ -111,23 +97,24 @@ def _wait_written(url: str, at_least: float, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
-def _batch_phase(url: str, upload: dict[str, Any], rows: int, rounds: int = 15) -> dict[str, list[float]]:
+def _batch_phase(port: int, body: bytes, content_type: str, rows: int, rounds: int = 15) -> dict[str, list[float]]:
     """Seconds per single batch, answered as CSV and as an Arrow stream, the two alternating round by
     round (so machine noise falls on both alike), after a warm-up of each. The prediction log has
     stored the previous batch before each timed request."""
+    url = f"http://{HOST}:{port}"
     times: dict[str, list[float]] = {"csv": [], "arrow": []}
+    requests = {
+        fmt: build_request(HOST, port, f"/predict/batch?format={fmt}", body, content_type=content_type) for fmt in times
+    }
     for i in range(rounds + 1):
         for fmt, taken in times.items():
             written = _log_rows_written(url)
-            elapsed, response = _timed_posts(f"{url}/predict/batch?format={fmt}", 1, **upload)
+            elapsed, status, answer = send_once(HOST, port, requests[fmt])
+            assert status == 200, f"batch ({fmt}) answered {status}: {answer[:300]!r}"
             if i:  # round 0 warms up
                 taken.append(elapsed)
             _wait_written(url, written + rows)
-            answered = (
-                pa.ipc.open_stream(response.content).read_all().num_rows
-                if fmt == "arrow"
-                else response.text.count("\n") - 1
-            )
+            answered = pa.ipc.open_stream(answer).read_all().num_rows if fmt == "arrow" else answer.count(b"\n") - 1
             assert answered == rows, f"batch ({fmt}) answered {answered} rows for {rows}"
     return times
 
@@ -281,21 +268,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         batch = synthetic_frame(contract, args.batch_rows, seed=21)
         parquet = io.BytesIO()
         batch.to_parquet(parquet)
-        upload = {"content": parquet.getvalue(), "headers": {"Content-Type": "application/vnd.apache.parquet"}}
         # One batch at a time on an otherwise idle service: before each timed request the background
         # prediction-log writer has stored the previous batch (it shares the process and its GIL).
         # The headline is the default CSV output; the Arrow stream is measured alongside.
-        batch_times = _batch_phase(url, upload, args.batch_rows)
+        batch_times = _batch_phase(port, parquet.getvalue(), "application/vnd.apache.parquet", args.batch_rows)
         batch_s = statistics.median(batch_times["csv"])
         arrow_batch_s = statistics.median(batch_times["arrow"])
         # Also back to back, the writer storing earlier batches meanwhile: the sustained rate.
+        upload = build_request(
+            HOST, port, "/predict/batch", parquet.getvalue(), content_type="application/vnd.apache.parquet"
+        )
         written = _log_rows_written(url)
         started = time.perf_counter()
-        _timed_posts(f"{url}/predict/batch?format=arrow", 5, **upload)
+        for _ in range(5):
+            send_once(HOST, port, upload)
         _wait_written(url, written + 5 * args.batch_rows)
         sustained_rows_per_s = 5 * args.batch_rows / (time.perf_counter() - started)
-        split = json.loads(batch.to_json(orient="split", index=False, date_format="iso"))
-        mlflow_batch_s, _ = _timed_posts(f"http://{HOST}:{mlflow_port}/invocations", 3, json={"dataframe_split": split})
+        split = {"dataframe_split": json.loads(batch.to_json(orient="split", index=False, date_format="iso"))}
+        mlflow_request = build_request(HOST, mlflow_port, "/invocations", json.dumps(split).encode())
+        mlflow_answers = [send_once(HOST, mlflow_port, mlflow_request) for _ in range(4)][1:]  # after a warm-up
+        assert all(status == 200 for _, status, _ in mlflow_answers), mlflow_answers[0][2][:300]
+        mlflow_batch_s = statistics.median(elapsed for elapsed, _, _ in mlflow_answers)
         _say(f"batch of {args.batch_rows}: {batch_s:.3f}s (Arrow: {arrow_batch_s:.3f}s), mlflow {mlflow_batch_s:.3f}s")
 
         rss_mb = _worker_rss_mb(ours.pid)
@@ -353,7 +346,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "mlflow_rss_mb": mlflow_rss_mb,
         "cold_starts_s": cold,
         "same_label_as_mlflow": same_label,
-        "load_generator": "benchmarks.loadgen (asyncio keep-alive connections, one process)",
+        "load_generator": "benchmarks.loadgen (asyncio keep-alive connections, one process), every phase and "
+        "both servers; batches one request at a time",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg": os.getloadavg()},
         "total_s": time.perf_counter() - started_all,
     }

@@ -38,11 +38,18 @@ class LoadResult:
         }
 
 
-def build_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+def build_request(  # noqa: PLR0917
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    content_type: str = "application/json",
+) -> bytes:
     lines = [
         f"POST {path} HTTP/1.1",
         f"Host: {host}:{port}",
-        "Content-Type: application/json",
+        f"Content-Type: {content_type}",
         f"Content-Length: {len(body)}",
         "Connection: keep-alive",
         *(f"{k}: {v}" for k, v in (headers or {}).items()),
@@ -118,3 +125,22 @@ def load(host: str, port: int, request: bytes, concurrency: int, duration_s: flo
         return uvloop.run(run_load(host, port, request, concurrency, duration_s))
     except ImportError:
         return asyncio.run(run_load(host, port, request, concurrency, duration_s))
+
+
+async def _once(host: str, port: int, request: bytes) -> tuple[float, int, bytes]:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        started = time.perf_counter()
+        writer.write(request)
+        status, body = await _read_response(reader)
+        return time.perf_counter() - started, status, body
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def send_once(host: str, port: int, request: bytes) -> tuple[float, int, bytes]:
+    """One request on a fresh connection: (seconds from the first byte sent to the last byte read, status,
+    body). The connection is opened before the clock starts, as a keep-alive client's would be."""
+    return asyncio.run(_once(host, port, request))

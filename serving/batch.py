@@ -49,7 +49,7 @@ def parse_upload(data: bytes, kind: str) -> pa.Table:
             # An empty CSV field is a null for every column, text included (Arrow's default keeps "").
             return pa_csv.read_csv(io.BytesIO(data), convert_options=pa_csv.ConvertOptions(strings_can_be_null=True))
         if kind == "parquet":
-            return pq.ParquetFile(pa.BufferReader(data)).read()  # no copy, no dataset discovery
+            return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
         records = json.loads(data)
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
             raise BatchInputError(422, "body: a JSON batch must be a list of objects, one per record")
