@@ -47,6 +47,8 @@ class SourceSettings(Section):
     query: str | None = None
     # csv / parquet: a local path, glob or fsspec URL
     path: str | None = None
+    # csv: the files' text encoding (a Python codec name); a file that does not decode fails collection, named
+    encoding: str = "utf-8"
 
 
 class SimulatorSettings(Section):

@@ -12,6 +12,7 @@ differences between databases cannot skip or repeat rows.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -169,9 +170,10 @@ _GLOB = re.compile(r"[*?\[]")
 class FileSource:
     """CSV or Parquet files: one path, a glob or a directory, local or any fsspec URL."""
 
-    def __init__(self, path: str, kind: str, contract: DatasetContract):
+    def __init__(self, path: str, kind: str, contract: DatasetContract, *, encoding: str = "utf-8"):
         self.kind = kind
         self.contract = contract
+        self.encoding = encoding
         self.fs, root = fsspec.core.url_to_fs(path)
         suffixes = (".csv", ".csv.gz") if kind == "csv" else (".parquet", ".pq")
         if _GLOB.search(root):
@@ -190,22 +192,38 @@ class FileSource:
 
     def _chunks(self, chunk_rows: int, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
         for f in self.files:
-            with self.fs.open(f, "rb") as fh:
+            with self.fs.open(f, "rb") as fh, self._decoding(f):
                 if self.kind == "csv":
                     # Everything as text: validation types each value and quarantines what does not fit.
                     compression: Literal["gzip"] | None = "gzip" if f.endswith(".gz") else None
                     yield from pd.read_csv(
-                        fh, dtype=str, chunksize=chunk_rows, usecols=columns, compression=compression
+                        fh,
+                        dtype=str,
+                        chunksize=chunk_rows,
+                        usecols=columns,
+                        compression=compression,
+                        encoding=self.encoding,
                     )
                 else:
                     for batch in pq.ParquetFile(fh).iter_batches(batch_size=chunk_rows, columns=columns):
                         yield batch.to_pandas()
 
+    @contextlib.contextmanager
+    def _decoding(self, path: str) -> Iterator[None]:
+        """A file that is not text in the configured encoding: an error naming the file and the byte."""
+        try:
+            yield
+        except UnicodeDecodeError as exc:
+            raise SourceError(
+                f"{path}: not {self.encoding} text (undecodable bytes {exc.object[exc.start : exc.end + 3]!r}); "
+                "set source.encoding to the files' encoding (for example latin-1)"
+            ) from None
+
     def columns(self) -> list[str]:
-        with self.fs.open(self.files[0], "rb") as fh:
+        with self.fs.open(self.files[0], "rb") as fh, self._decoding(self.files[0]):
             if self.kind == "csv":
                 compression: Literal["gzip"] | None = "gzip" if self.files[0].endswith(".gz") else None
-                return list(pd.read_csv(fh, nrows=0, compression=compression).columns)
+                return list(pd.read_csv(fh, nrows=0, compression=compression, encoding=self.encoding).columns)
             return list(pq.ParquetFile(fh).schema_arrow.names)
 
     def clock(self) -> datetime | None:
@@ -246,4 +264,4 @@ def open_source(settings: Settings) -> Source:
         return SqlSource(url, contract, table=None if src.query else src.table, query=src.query)
     if not src.path:
         raise SourceError(f"source.kind {src.kind} needs source.path (a local path, glob or fsspec URL)")
-    return FileSource(src.path, src.kind, contract)
+    return FileSource(src.path, src.kind, contract, encoding=src.encoding)
