@@ -133,6 +133,9 @@ def _is_text_imputer(step: Any) -> bool:
     return isinstance(step, SimpleImputer) and not step.add_indicator and np.asarray(step.statistics_).dtype == object
 
 
+_FEW_ROWS = 64
+
+
 def _compile_onehot(enc: OneHotEncoder, fill: list[Any] | None = None) -> Step:
     """One-hot by hash lookup (pandas' Index), not by comparing every value with every category.
 
@@ -144,6 +147,7 @@ def _compile_onehot(enc: OneHotEncoder, fill: list[Any] | None = None) -> Step:
     if enc.handle_unknown not in ("ignore", "infrequent_if_exist"):
         raise NotCompilableError(f"OneHotEncoder(handle_unknown={enc.handle_unknown!r})")
     indexes = []
+    lookups: list[tuple[dict[Any, int], int]] = []
     for j, categories in enumerate(enc.categories_):
         values = list(categories)
         codes = list(range(len(values)))
@@ -153,11 +157,21 @@ def _compile_onehot(enc: OneHotEncoder, fill: list[Any] | None = None) -> Step:
             values += [None, np.nan]
             codes += [target, target]
         indexes.append((pd.Index(np.asarray(values, dtype=object)), np.asarray([*codes, -1])))
+        is_nan = [isinstance(v, float) and math.isnan(v) for v in values]
+        nan_code = codes[is_nan.index(True)] if any(is_nan) else -1
+        lookups.append(({v: c for v, c, nan in zip(values, codes, is_nan, strict=True) if not nan}, nan_code))
     offsets = np.cumsum([0, *(len(c) for c in enc.categories_[:-1])])
     width = sum(len(c) for c in enc.categories_)
 
     def onehot(x: np.ndarray) -> np.ndarray:
         out = np.zeros((len(x), width), dtype=np.float64)
+        if len(x) <= _FEW_ROWS:  # a few rows: plain dict lookups beat an Index lookup's fixed cost
+            for j, (lookup, nan_code) in enumerate(lookups):
+                for i, v in enumerate(x[:, j].tolist()):
+                    code = lookup.get(v, -1) if v == v else nan_code  # noqa: PLR0124 - v != v: NaN
+                    if code >= 0:
+                        out[i, offsets[j] + code] = 1.0
+            return out
         rows = np.arange(len(x))
         for j, (index, remap) in enumerate(indexes):
             # get_indexer's -1 (not found) picks remap[-1] = -1. (The stubs want an Index; arrays work.)

@@ -45,9 +45,10 @@ def test_compiled_features_equal_the_column_transformer(logistic: Pipeline) -> N
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
 
 
-def test_a_nan_in_a_text_column_is_imputed_like_none(logistic: Pipeline) -> None:
+@pytest.mark.parametrize("rows", [10, 500])  # the few-rows path and the vectorised one
+def test_a_nan_in_a_text_column_is_imputed_like_none(logistic: Pipeline, rows: int) -> None:
     contract = get_settings().contract
-    frame = synthetic_frame(contract, 50, seed=4)
+    frame = synthetic_frame(contract, rows, seed=4)
     frame["channel"] = frame["channel"].astype(object)
     frame.loc[[2, 7], "channel"] = None
     compiled = CompiledFeatures.from_pipeline(logistic, contract)
