@@ -26,6 +26,9 @@ def main() -> None:
     threads = str(settings.serving.threads_per_worker)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, threads)
+    # Arrow's default pool (mimalloc) keeps what a batch request freed: with the C allocator a worker
+    # held ~20 MB less after ten 10,000-row batches, at the same batch latency.
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     if settings.serving.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker writes its metrics here; /metrics sums them (see serving.metrics).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="serving-metrics-")
