@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 
-from core.servers import HOST, VENV_BIN, free_port, spawn, stop_process_group, wait_http
-from core.settings import PROJECT_ROOT, get_settings
+from core.servers import start_api
+from core.settings import get_settings
 
 ADMIN_KEY = "chaos-admin-key"  # generated per run would be no safer: the API binds 127.0.0.1 only
 
@@ -153,26 +153,21 @@ def serve(
     tracking_uri: str, model_name: str, state: Path, env: Mapping[str, str] | None = None, timeout: float = 120
 ) -> Iterator[Api]:
     """`python -m serving` on a free port, in its own state directory; stopped on exit."""
-    port = free_port()
-    full_env = {
+    env = {
         "MLOPS_ENVIRONMENT": "test",
         "MLOPS_STATE_DIR": str(state),
         "MLOPS_MLFLOW_TRACKING_URI": tracking_uri,
         "MLOPS_MODEL_NAME": model_name,
-        "MLOPS_SERVING__HOST": HOST,
-        "MLOPS_SERVING__PORT": str(port),
         "MLOPS_ADMIN_API_KEY": ADMIN_KEY,
         "MLOPS_SERVING__LOG_FLUSH_S": "0.2",
         "MLOPS_SERVING_LOG_LEVEL": "warning",
         **(env or {}),
     }
-    log = state / "serving.log"
-    proc = spawn("serving", [str(VENV_BIN / "python"), "-m", "serving"], log, full_env, cwd=PROJECT_ROOT)
+    server = start_api(env, state / "serving.log", timeout=timeout)
     try:
-        wait_http(f"http://{HOST}:{port}/ready", timeout, proc, log)
-        yield Api(f"http://{HOST}:{port}", proc.pid, log, state)
+        yield Api(server.url, server.proc.pid, server.log, state)
     finally:
-        stop_process_group(proc.pid)
+        server.stop()
 
 
 # ---- load with bodies -----------------------------------------------------------------------------

@@ -118,6 +118,26 @@ def start_mlflow(
     return Server("mlflow", url, proc, log)
 
 
+def start_api(
+    env: Mapping[str, str], log: Path, port: int | None = None, *, timeout: float = 120, wait_path: str = "/ready"
+) -> Server:
+    """`python -m serving` (the Dockerfile's command) on 127.0.0.1, waited for at `wait_path`.
+
+    `env` carries the service's settings (MLOPS_*); the host and port are set here.
+    """
+    port = port or free_port()
+    full_env = {**env, "MLOPS_SERVING__HOST": HOST, "MLOPS_SERVING__PORT": str(port)}
+    root = Path(__file__).resolve().parents[1]
+    proc = spawn("serving", [str(VENV_BIN / "python"), "-m", "serving"], log, full_env, cwd=root)
+    url = f"http://{HOST}:{port}"
+    try:
+        wait_http(url + wait_path, timeout, proc, log)
+    except BaseException:
+        stop_process_group(proc.pid)
+        raise
+    return Server("serving", url, proc, log)
+
+
 def prefect_env(api_url: str, home: Path) -> dict[str, str]:
     return {
         "PREFECT_API_URL": api_url,

@@ -16,11 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core.servers import (
-    HOST,
     VENV_BIN,
     port_open,
     prefect_env,
-    spawn,
+    start_api,
     start_mlflow,
     start_prefect,
     start_worker,
@@ -185,10 +184,8 @@ def up_api(settings: Settings, stack: Stack, say: Progress = print, timeout: flo
     say("starting the prediction API (uvicorn) ...")
     log = settings.state / "logs" / "api.log"
     env = {k: v for k, v in env_for_flows(settings, stack).items() if not k.startswith("PREFECT_")}
-    proc = spawn("api", [str(VENV_BIN / "python"), "-m", "serving"], log, env, cwd=PROJECT_ROOT)
-    url = f"http://{HOST}:{settings.serving.port}"
-    wait_http(url + "/ready", timeout, proc, log)
-    stack.components["api"] = Component(proc.pid, url, str(log))
+    server = start_api(env, log, settings.serving.port, timeout=timeout)
+    stack.components["api"] = Component(server.proc.pid, server.url, str(log))
     _save(settings, stack)
     return stack
 

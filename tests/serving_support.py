@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from core.servers import HOST, VENV_BIN, free_port, spawn, stop_process_group, wait_http
-from core.settings import PROJECT_ROOT, get_settings
+from core.servers import start_api
+from core.settings import get_settings
 
 ADMIN_KEY = "test-admin-key"
 
@@ -63,24 +63,20 @@ def serve(
     wait_path: str = "/ready",
 ) -> Iterator[Service]:
     """`python -m serving` (the Dockerfile's command) on a free 127.0.0.1 port, stopped afterwards."""
-    port = free_port()
-    full_env = {
+    env = {
         "MLOPS_ENVIRONMENT": "test",
         "MLOPS_STATE_DIR": str(state),
         "MLOPS_MLFLOW_TRACKING_URI": tracking_uri,
         "MLOPS_MODEL_NAME": model_name,
-        "MLOPS_SERVING__PORT": str(port),
         "MLOPS_ADMIN_API_KEY": ADMIN_KEY,
         "MLOPS_SERVING__LOG_FLUSH_S": "0.2",
         **(env or {}),
     }
-    log = state / "serving.log"
-    proc = spawn("serving", [str(VENV_BIN / "python"), "-m", "serving"], log, full_env, cwd=PROJECT_ROOT)
+    server = start_api(env, state / "serving.log", timeout=timeout, wait_path=wait_path)
     try:
-        wait_http(f"http://{HOST}:{port}{wait_path}", timeout, proc, log)
-        yield Service(f"http://{HOST}:{port}", port, proc.pid, log, state)
+        yield Service(server.url, int(server.url.rsplit(":", 1)[1]), server.proc.pid, server.log, state)
     finally:
-        stop_process_group(proc.pid)
+        server.stop()
 
 
 def record(**overrides: Any) -> dict[str, Any]:
