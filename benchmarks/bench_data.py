@@ -27,6 +27,8 @@ from typing import Any
 
 import psutil
 
+from benchmarks.record import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".work" / "data"
 RESULT = ROOT / "benchmarks" / "results" / "data.json"
@@ -153,11 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(simulate(args.rows, args.days, WORK)))
         return
     result = run(args.rows, args.days, args.chunk_rows, args.keep)
-    out: Path = args.out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    print(f"written to {out}")
+    write_result(result, args.out.resolve())
 
 
 if __name__ == "__main__":

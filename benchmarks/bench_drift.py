@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.record import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".work" / "drift"
 RESULT = ROOT / "benchmarks" / "results" / "drift.json"
@@ -227,10 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "machine": {"python": platform.python_version(), "cpus": _cpus()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    keys = ("seconds", "peak_rss_mb", "plain_seconds", "plain_peak_rss_mb", "agreement")
-    print(json.dumps({k: result[k] for k in keys}, indent=2))
+    write_result(result, args.out, shown=("seconds", "peak_rss_mb", "plain_seconds", "plain_peak_rss_mb", "agreement"))
 
 
 def _cpus() -> int:

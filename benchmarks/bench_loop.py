@@ -13,10 +13,11 @@ Writes benchmarks/results/loop.json.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
+
+from benchmarks.record import write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORK = Path(__file__).resolve().parent / ".work" / "loop"
@@ -72,9 +73,7 @@ def main() -> None:
         "simulator": settings.simulator.model_dump(),
         "reload_interval_s": float(args.reload_interval),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "loop.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(json.dumps(result, indent=2, default=str))
+    write_result(result, RESULTS / "loop.json")
     if result["loop_seconds"] is None:
         raise SystemExit("the loop did not reach a new champion: see monitor_reasons / retrain_state above")
 

@@ -34,6 +34,7 @@ import psutil
 import pyarrow as pa
 
 from benchmarks.loadgen import build_request, load, send_once
+from benchmarks.record import write_result
 from core.servers import HOST, VENV_BIN, free_port, spawn, start_mlflow, stop_process_group, wait_http
 from core.settings import PROJECT_ROOT, get_settings
 
@@ -374,10 +375,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg": os.getloadavg()},
         "total_s": time.perf_counter() - started_all,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    _say(f"wrote {args.out}")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("details",)}, indent=2))
+    write_result(result, args.out, shown=[k for k in result if k != "details"])
     return result
 
 

@@ -19,13 +19,14 @@ Run: ``make bench-training`` or ``make bench-training BENCH_ARGS="--rows 100000"
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.record import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "training.json"
@@ -167,10 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
-    print(f"written to {RESULT.relative_to(ROOT)}")
+    write_result(out, RESULT)
 
 
 if __name__ == "__main__":

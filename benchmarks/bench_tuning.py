@@ -21,7 +21,6 @@ Run: ``make bench-tuning`` or ``make bench-tuning BENCH_ARGS="--trials 20 --rows
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_training import prepare_data
+from benchmarks.record import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "tuning.json"
@@ -101,10 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
-    print(f"written to {RESULT.relative_to(ROOT)}")
+    write_result(out, RESULT)
 
 
 if __name__ == "__main__":

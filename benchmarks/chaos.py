@@ -55,6 +55,7 @@ from benchmarks.chaos_support import (
     unique,
     wait_until,
 )
+from benchmarks.record import write_result
 from core.servers import Server, free_port, start_mlflow
 from core.settings import PROJECT_ROOT, get_settings
 
@@ -573,10 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": started_at,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    say(f"wrote {args.out}")
+    write_result(report, args.out)
     return 0 if all(r.passed for r in results) else 1
 
 
