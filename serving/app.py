@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader
+from fastapi_offline import FastAPIOffline
 from pydantic import Discriminator, Field, Tag
 from threadpoolctl import threadpool_limits
 
@@ -626,7 +627,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store.registry.close()
             limits.restore_original_limits()
 
-    app = FastAPI(
+    # /docs and /redoc with their scripts served from this process (FastAPI's default pages fetch them
+    # from a CDN and render blank offline).
+    app = FastAPIOffline(
         title=f"{contract.name} prediction service",
         description=contract.description,
         version="1.0.0",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -351,6 +352,21 @@ def test_openapi_documents_every_field_with_an_example(service: Service) -> None
     assert record_schema["additionalProperties"] is False
     assert schema["components"]["schemas"]["Channel"]["enum"] == ["pos", "online", "atm"]
     assert record_schema["properties"]["amount"]["maximum"] == 100000.0
+
+
+def test_docs_pages_load_their_scripts_from_the_service_itself(service: Service) -> None:
+    """/docs and /redoc work offline: no asset comes from a CDN."""
+    with service.client() as c:
+        for page in ("/docs", "/redoc"):
+            html = c.get(page)
+            assert html.status_code == 200, page
+            assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html.text)
+            assert assets, page
+            for asset in assets:
+                assert asset.startswith("/"), f"{page} loads {asset} from elsewhere"
+                loaded = c.get(asset)
+                assert loaded.status_code == 200, asset
+                assert len(loaded.content) > 10_000, asset
 
 
 def test_service_binds_loopback_only(service: Service) -> None:
