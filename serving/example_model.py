@@ -20,20 +20,13 @@ from sklearn.pipeline import Pipeline
 
 from core.contract import DatasetContract
 from core.features import build_preprocessor, to_model_input
+from core.models import TRUSTED_TYPES
 from serving.sample import synthetic_frame
 
 Family = Literal["logistic_regression", "hist_gradient_boosting"]
 
-# skops refuses to load types it does not know; these are the ones the two families need beyond
-# scikit-learn's defaults (checked against the MLmodel files of logged models).
-TRUSTED_TYPES: dict[str, list[str]] = {
-    "logistic_regression": ["core.features.TimeFeatures", "numpy.dtype"],
-    "hist_gradient_boosting": [
-        "core.features.TimeFeatures",
-        "numpy.dtype",
-        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    ],
-}
+# The families' names in core.models, whose trust lists skops needs to load them again.
+_CORE_FAMILY: dict[str, str] = {"logistic_regression": "logistic", "hist_gradient_boosting": "hist_gradient_boosting"}
 
 
 def labelled_frame(contract: DatasetContract, n_rows: int, seed: int) -> tuple[pd.DataFrame, pd.Series]:
@@ -88,7 +81,7 @@ def register_example_model(
             pipeline,
             name="model",
             serialization_format="skops",
-            skops_trusted_types=TRUSTED_TYPES[family],
+            skops_trusted_types=list(TRUSTED_TYPES[_CORE_FAMILY[family]]),
             pip_requirements=["scikit-learn==1.9.1", "skops", "pandas<3"],
             signature=signature,
             input_example=example,
