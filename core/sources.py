@@ -13,6 +13,7 @@ differences between databases cannot skip or repeat rows.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -195,15 +196,7 @@ class FileSource:
             with self.fs.open(f, "rb") as fh, self._decoding(f):
                 if self.kind == "csv":
                     # Everything as text: validation types each value and quarantines what does not fit.
-                    compression: Literal["gzip"] | None = "gzip" if f.endswith(".gz") else None
-                    yield from pd.read_csv(
-                        fh,
-                        dtype=str,
-                        chunksize=chunk_rows,
-                        usecols=columns,
-                        compression=compression,
-                        encoding=self.encoding,
-                    )
+                    yield from self._read_csv(f, fh, dtype=str, chunksize=chunk_rows, usecols=columns)
                 else:
                     for batch in pq.ParquetFile(fh).iter_batches(batch_size=chunk_rows, columns=columns):
                         yield batch.to_pandas()
@@ -222,26 +215,38 @@ class FileSource:
     def columns(self) -> list[str]:
         with self.fs.open(self.files[0], "rb") as fh, self._decoding(self.files[0]):
             if self.kind == "csv":
-                compression: Literal["gzip"] | None = "gzip" if self.files[0].endswith(".gz") else None
-                return list(pd.read_csv(fh, nrows=0, compression=compression, encoding=self.encoding).columns)
+                return list(self._read_csv(self.files[0], fh, nrows=0).columns)
             return list(pq.ParquetFile(fh).schema_arrow.names)
 
-    def clock(self) -> datetime | None:
+    def _read_csv(self, path: str, fh: Any, **kwargs: Any) -> Any:
+        compression: Literal["gzip"] | None = "gzip" if path.endswith(".gz") else None
+        return pd.read_csv(fh, compression=compression, encoding=self.encoding, **kwargs)
+
+    @functools.cached_property
+    def _timestamp_scan(self) -> tuple[pd.Timestamp | None, int]:
+        """(newest usable timestamp, rows whose timestamp is unusable): one pass over the timestamp column,
+        shared by a run's clock and counts."""
         newest: pd.Timestamp | None = None
+        unusable = 0
         for chunk in self._chunks(1_000_000, [self.contract.timestamp_column]):
-            ts = to_timestamps(chunk[self.contract.timestamp_column]).max()
-            if pd.notna(ts) and (newest is None or ts > newest):
-                newest = ts
+            ts = to_timestamps(chunk[self.contract.timestamp_column])
+            unusable += int(ts.isna().sum())
+            top = ts.max()
+            if pd.notna(top) and (newest is None or top > newest):
+                newest = top
+        return newest, unusable
+
+    def clock(self) -> datetime | None:
+        newest = self._timestamp_scan[0]
         return None if newest is None else pd.Timestamp(newest).to_pydatetime()
 
     def unusable_timestamps(self) -> int:
-        return sum(
-            int(to_timestamps(c[self.contract.timestamp_column]).isna().sum())
-            for c in self._chunks(1_000_000, [self.contract.timestamp_column])
-        )
+        return self._timestamp_scan[1]
 
     def unusable_rows(self) -> pd.DataFrame:
         """Rows no window can hold: collection quarantines them instead of losing them."""
+        if self.unusable_timestamps() == 0:  # the usual case: no second pass over every column
+            return pd.DataFrame(columns=self.columns())
         parts = [c[to_timestamps(c[self.contract.timestamp_column]).isna().to_numpy()] for c in self._chunks(250_000)]
         parts = [p for p in parts if len(p)]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=self.columns())
