@@ -32,7 +32,7 @@ from pydantic import Discriminator, Field, Tag
 from threadpoolctl import threadpool_limits
 
 from core.contract import DatasetContract
-from core.settings import ServingSettings, Settings, get_settings
+from core.settings import Settings, get_settings
 from serving import metrics
 from serving.batch import ARROW_STREAM, PARQUET_TYPES, BatchInputError, check_table, chunks, parse_upload
 from serving.model_store import LoadedModel, ModelStore
@@ -268,7 +268,9 @@ def predictions_router(models: ContractModels) -> APIRouter:
         limits = settings.serving
         try:
             # Parsing and checking are CPU work: off the event loop, so other requests keep flowing.
-            table, (columns, unknown) = await asyncio.to_thread(_parse_and_check, data, kind, contract, limits)
+            table, (columns, unknown) = await asyncio.to_thread(
+                _parse_and_check, data, kind, contract, limits.max_batch_rows
+            )
         except BatchInputError as exc:
             raise HTTPException(exc.status, exc.detail) from None
         except (ValueError, TypeError) as exc:  # a value the checks let through but pandas cannot convert
@@ -286,10 +288,10 @@ def predictions_router(models: ContractModels) -> APIRouter:
 
 
 def _parse_and_check(
-    data: bytes, kind: str, contract: DatasetContract, limits: ServingSettings
+    data: bytes, kind: str, contract: DatasetContract, max_rows: int
 ) -> tuple[pa.Table, tuple[Columns, dict[str, np.ndarray]]]:
     table = parse_upload(data, kind)
-    return table, check_table(table, contract, limits.max_batch_rows)
+    return table, check_table(table, contract, max_rows)
 
 
 async def _read_batch_body(request: Request) -> tuple[bytes, str]:
