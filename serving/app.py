@@ -497,10 +497,13 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = []
     for err in exc.errors():
-        field = _field_name(tuple(err.get("loc", ())))
+        loc = tuple(err.get("loc", ()))
+        field = _field_name(loc)
         message = err.get("msg", "invalid")
-        if err.get("type") == "json_invalid":
-            message = f"malformed JSON: {err.get('ctx', {}).get('error', message)}"
+        if err.get("type") == "json_invalid":  # loc is ("body", character offset): the body is at fault
+            field = "body"
+            at = f" at character {loc[-1]}" if loc and isinstance(loc[-1], int) else ""
+            message = f"malformed JSON{at}: {err.get('ctx', {}).get('error', message)}"
         errors.append({"field": field, "message": message, "type": err.get("type")})
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:20])
     return JSONResponse({"detail": detail, "errors": errors[:100]}, status_code=422)

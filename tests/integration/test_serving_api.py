@@ -271,6 +271,7 @@ def test_malformed_json_is_422(client: Any) -> None:
     r = client.post("/predict", content=b'{"amount": 1,', headers={"Content-Type": "application/json"})
     assert r.status_code == 422
     assert "malformed JSON" in r.json()["detail"]
+    assert r.json()["errors"][0]["field"] == "body"  # not the character offset FastAPI puts in loc
 
 
 # ---- security and limits ------------------------------------------------------------------------
