@@ -25,6 +25,7 @@ COPY core ./core
 COPY serving ./serving
 COPY pipelines ./pipelines
 COPY monitoring ./monitoring
+COPY demo ./demo
 COPY configs ./configs
 COPY deploy ./deploy
 COPY prefect.yaml ./

@@ -49,10 +49,10 @@ test-e2e: $(STAMP) ## end-to-end tests: the whole loop on a real stack, the fork
 	@rc=0; for f in tests/e2e/test_*.py; do $(VENV)/bin/pytest $$f || rc=1; done; exit $$rc
 
 demo: $(STAMP) ## run the loop on embedded defaults and print where everything is
-	$(PY) -m pipelines.demo
+	$(PY) -m demo
 
 stop: $(STAMP) ## stop every process `make demo` started
-	$(PY) -m pipelines.demo --stop
+	$(PY) -m demo --stop
 
 serve: $(STAMP) ## the prediction API on settings.serving.host:port (the Dockerfile's command)
 	$(PY) -m serving

@@ -77,7 +77,7 @@ def _settings(work: Path) -> Any:
 
 
 def simulate(rows: int, days: int, work: Path) -> dict[str, Any]:
-    from core.simulator import write_warehouse
+    from demo.simulator import write_warehouse
 
     settings = _settings(work)
     started = time.perf_counter()
@@ -102,8 +102,8 @@ def run(rows: int, days: int, chunk_rows: int | None, keep: bool) -> dict[str, A
     sim = json.loads(child.stdout.strip().splitlines()[-1])
     sim_peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
-    from core.collection import run_collection
-    from core.splits import build_splits
+    from core.data.collection import run_collection
+    from core.data.splits import build_splits
 
     settings = _settings(WORK)
     if chunk_rows:

@@ -39,7 +39,7 @@ TARGETS = {"seconds": 15.0, "peak_rss_mb": 2000.0, "agreement": 0.95}
 
 
 def build_frames(reference_rows: int, window_rows: int, seed: int) -> tuple[Path, Path]:
-    from core.simulator import simulate
+    from demo.simulator import simulate
 
     WORK.mkdir(parents=True, exist_ok=True)
     ref_path, win_path = WORK / f"reference_{reference_rows}.parquet", WORK / f"window_{window_rows}.parquet"

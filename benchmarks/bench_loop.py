@@ -30,15 +30,15 @@ def main() -> None:
     parser.add_argument("--reload-interval", default="2", help="the API's alias poll interval (s)")
     args = parser.parse_args()
 
-    from pipelines import stack  # imports no Prefect: its settings are read once, at import
+    from demo import stack  # imports no Prefect: its settings are read once, at import
 
     shutil.rmtree(WORK, ignore_errors=True)
     env = {"MLOPS_SERVING__RELOAD_INTERVAL_S": args.reload_interval}
     started = time.perf_counter()
     with stack.temporary(WORK, env) as (settings, servers):
         # Imported only now, so that Prefect reads the stack's PREFECT_API_URL, not a temporary server's.
+        from demo.loop import _champion_version, turn
         from pipelines.collect import collect
-        from pipelines.loop import _champion_version, turn
         from pipelines.preprocess import preprocess
         from pipelines.train import train
 

@@ -5,7 +5,7 @@
 2. Warm-up, not timed, so neither side pays a one-time cost: imports, Prefect's local API server
    (started by a no-op flow, as a deployment's worker would already have it) and the MLflow database
    schema (created once per installation).
-3. Plain: for each configured family, ``core.training.fit_candidate`` (time-aware CV on train, final
+3. Plain: for each configured family, ``core.modeling.training.fit_candidate`` (time-aware CV on train, final
    fit, threshold on validation, scores on test): no Prefect, no MLflow.
 4. Pipeline: the ``train`` flow: the same ``fit_candidate`` calls plus everything around them (Prefect
    tasks, one MLflow run per family with params, metrics, inputs, plots, permutation importance, the
@@ -47,7 +47,7 @@ def use_state(work: Path) -> None:
 
 def prepare_data(work: Path, train_rows: int, days: int = 60) -> dict[str, Any]:
     """Processed datasets with `train_rows` rows in the train split, built once and reused."""
-    from core.datasets import DatasetsNotFoundError, latest_processed
+    from core.data.datasets import DatasetsNotFoundError, latest_processed
     from core.settings import get_settings
 
     use_state(work)
@@ -60,9 +60,9 @@ def prepare_data(work: Path, train_rows: int, days: int = 60) -> dict[str, Any]:
         pass
     import shutil
 
-    from core.collection import run_collection
-    from core.simulator import write_warehouse
-    from core.splits import build_splits
+    from core.data.collection import run_collection
+    from core.data.splits import build_splits
+    from demo.simulator import write_warehouse
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -78,8 +78,8 @@ def prepare_data(work: Path, train_rows: int, days: int = 60) -> dict[str, Any]:
 def run_plain(families: list[str]) -> float:
     from threadpoolctl import threadpool_limits
 
+    from core.modeling.training import better, fit_configured, load_training_data, refit_pipeline
     from core.settings import get_settings
-    from core.training import better, fit_configured, load_training_data, refit_pipeline
 
     settings = get_settings()
     t = settings.training

@@ -242,8 +242,8 @@ def _newest_valid_time(url: str, table: str, ts_col: str) -> str:
 
 
 def corrupt_batch(ctx: Context, *, rows_per_day: int = 300) -> ScenarioResult:
-    from core.collection import CollectionError, run_collection
-    from core.simulator import simulate, write_warehouse
+    from core.data.collection import CollectionError, run_collection
+    from demo.simulator import simulate, write_warehouse
 
     res = ScenarioResult("corrupt_batch")
     root = ctx.work / "corrupt_batch"

@@ -1,8 +1,8 @@
 """The chaos scenarios that need the orchestrator: a retraining run killed half-way, a Prefect restart.
 
-Both start the local stack of `make demo` (pipelines.stack.up_servers: MLflow server, Prefect server,
+Both start the local stack of `make demo` (demo.stack.up_servers: MLflow server, Prefect server,
 the deployments of prefect.yaml, a process worker) in their own state directory on free ports, with
-small simulated data, and stop it afterwards (pipelines.stack.down).
+small simulated data, and stop it afterwards (demo.stack.down).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ FAST_LOOPS = {
 @contextlib.contextmanager
 def local_stack(root: Path) -> Iterator[tuple[Settings, Any]]:
     """`make demo`'s servers, deployments and worker, in `root`; everything stopped on exit."""
-    from pipelines import stack as st
+    from demo import stack as st
 
     env = {
         **SMALL_DATA,
@@ -245,7 +245,7 @@ def prefect_restart(
         home = settings.state / "prefect-home"
         server = start_prefect(home, Path(prefect.log), port)
         stack.components["prefect"].pid = server.proc.pid
-        from pipelines.stack import _save  # the stack file must name the new server, or `down` misses it
+        from demo.stack import _save  # the stack file must name the new server, or `down` misses it
 
         _save(settings, stack)
         restarted = datetime.now(UTC)

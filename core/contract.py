@@ -1,7 +1,7 @@
 """The dataset contract: one YAML file that names every column and what it may hold.
 
-Everything else derives from it: validation (core.validation), the feature preprocessor
-(core.features), the API request model (serving), the model signature and the drift column
+Everything else derives from it: validation (core.data.validation), the feature preprocessor
+(core.modeling.features), the API request model (serving), the model signature and the drift column
 mapping (monitoring). A contract that is itself wrong is refused at load with a message that
 names the fault.
 """

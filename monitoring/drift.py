@@ -38,7 +38,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from core.contract import DatasetContract
-from core.features import to_model_input
+from core.modeling.features import to_model_input
 
 if TYPE_CHECKING:
     from evidently import DataDefinition

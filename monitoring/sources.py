@@ -63,7 +63,7 @@ def read_window(
 # ---- the reference -----------------------------------------------------------------------------------
 def load_reference(settings: Settings) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The reference split of the latest processed dataset, and that dataset's manifest (with its version)."""
-    from core.datasets import latest_processed  # keeps this module light to import
+    from core.data.datasets import latest_processed  # keeps this module light to import
 
     try:
         processed = latest_processed(settings)
@@ -118,7 +118,7 @@ def reference_predictions(model: Any, reference: pd.DataFrame, settings: Setting
     decision threshold chosen at training, which a plain ``predict`` here would not reproduce, so only the
     score is compared. Multiclass and regression: ``prediction``.
     """
-    from core.features import to_model_input  # keeps this module light to import
+    from core.modeling.features import to_model_input  # keeps this module light to import
 
     contract = settings.contract
     X = to_model_input(reference, contract)

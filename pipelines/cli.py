@@ -61,7 +61,7 @@ def run(
 @app.command()
 def status() -> None:
     """Champion, challenger, the last drift decision and recent flow runs."""
-    from core import registry
+    from core.registry import aliases as registry
     from monitoring.decisions import decisions_path, read_decisions
     from pipelines.train import ensure_experiment
 
@@ -141,7 +141,7 @@ def rollback(
 
 @stack_app.command("up")
 def stack_up(api: Annotated[bool, typer.Option(help="also start the API (needs a champion)")] = False) -> None:
-    from pipelines import stack
+    from demo import stack
 
     settings = get_settings()
     s = stack.up_servers(settings, say=console.print)
@@ -152,7 +152,7 @@ def stack_up(api: Annotated[bool, typer.Option(help="also start the API (needs a
 
 @stack_app.command("down")
 def stack_down() -> None:
-    from pipelines import stack
+    from demo import stack
 
     stopped = stack.down(get_settings(), say=console.print)
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
@@ -160,7 +160,7 @@ def stack_down() -> None:
 
 @stack_app.command("status")
 def stack_status() -> None:
-    from pipelines import stack
+    from demo import stack
 
     _print_stack(stack.load(get_settings()))
 
@@ -177,7 +177,7 @@ def _print_stack(s: Any) -> None:
 @app.command()
 def demo(stop: Annotated[bool, typer.Option(help="stop everything the demo started")] = False) -> None:
     """The whole loop on embedded defaults (what `make demo` runs)."""
-    from pipelines import demo as demo_mod
+    from demo import __main__ as demo_mod
 
     demo_mod.main(["--stop"] if stop else [])
 

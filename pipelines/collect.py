@@ -1,6 +1,6 @@
 """Prefect flow ``collect``: pull new rows from the configured source, validate, snapshot.
 
-Thin on purpose: each task calls one function of core.collection (which holds the logic and is
+Thin on purpose: each task calls one function of core.data.collection (which holds the logic and is
 Prefect-free). Run it as ``python -m pipelines.collect [--as-of ISO] [--max-bad-share X]``, as a
 plain Python call (``collect()``) or as a deployment under a Prefect server.
 """
@@ -16,11 +16,11 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from prefect.tasks import Task
 
-from core import collection
-from core.collection import CollectionError, CollectionPlan, PullResult
+from core.data import collection
+from core.data.collection import CollectionError, CollectionPlan, PullResult
+from core.data.validation import SchemaMismatchError
 from core.settings import get_settings
-from core.simulator import seed_warehouse
-from core.validation import SchemaMismatchError
+from demo.simulator import seed_warehouse
 
 RETRY_DELAYS: list[float] = [1, 2, 5]
 

@@ -1,7 +1,7 @@
 """Prefect flow ``preprocess``: time-ordered train / validation / test / holdout splits + reference.
 
 Run it as ``python -m pipelines.preprocess``, as a plain Python call (``preprocess()``) or as a
-deployment. The logic lives in core.splits; readers use core.datasets.latest_processed().
+deployment. The logic lives in core.data.splits; readers use core.data.datasets.latest_processed().
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from prefect.tasks import Task
 
+from core.data.splits import PreprocessError, build_splits
 from core.settings import get_settings
-from core.splits import PreprocessError, build_splits
 
 RETRY_DELAYS: list[float] = [1, 2, 5]
 

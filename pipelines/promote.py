@@ -1,6 +1,6 @@
 """Flow `promote`: register a candidate (or take a registered version) and run the promotion gate.
 
-The gate's rule lives in core.gate (pure and unit-tested); this module feeds it: holdout scores of
+The gate's rule lives in core.modeling.gate (pure and unit-tested); this module feeds it: holdout scores of
 the candidate and of the current champion (or a trivial baseline when there is none), slice masks,
 single-row latency, and then records the decision on the model version (tags, aliases, model card).
 
@@ -17,13 +17,9 @@ import mlflow
 from prefect import flow
 from threadpoolctl import threadpool_limits
 
-from core import registry
-from core.gate import Decision, GateConfig, baseline_scores, decide
-from core.metrics import compute_metrics, slice_masks, slice_metrics
-from core.notify import notify
-from core.settings import Settings, get_settings
-from core.tracking import log_run_batch, provenance_tags
-from core.training import (
+from core.modeling.gate import Decision, GateConfig, baseline_scores, decide
+from core.modeling.metrics import compute_metrics, slice_masks, slice_metrics
+from core.modeling.training import (
     TrainingData,
     load_training_data,
     predict_scores,
@@ -31,6 +27,10 @@ from core.training import (
     single_row_latency_ms,
     xy,
 )
+from core.notify import notify
+from core.registry import aliases as registry
+from core.registry.tracking import log_run_batch, provenance_tags
+from core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from pipelines.train import LoggedCandidate

@@ -13,7 +13,7 @@ import argparse
 
 from prefect import flow
 
-from core import registry
+from core.registry import aliases as registry
 from core.settings import get_settings
 
 

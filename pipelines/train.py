@@ -25,12 +25,20 @@ from prefect.cache_policies import NO_CACHE
 from threadpoolctl import threadpool_limits
 
 from core.contract import DatasetContract
-from core.diagnostics import write_plots
-from core.metrics import check_primary_metric
-from core.models import TRUSTED_TYPES, families_for
+from core.modeling.diagnostics import write_plots
+from core.modeling.families import TRUSTED_TYPES, families_for
+from core.modeling.metrics import check_primary_metric
+from core.modeling.training import (
+    Candidate,
+    TrainingData,
+    better,
+    fit_configured,
+    load_training_data,
+    predict_scores,
+    xy,
+)
+from core.registry.tracking import config_snapshot, log_dataset_inputs, log_run_batch, provenance_tags
 from core.settings import Settings, get_settings
-from core.tracking import config_snapshot, log_dataset_inputs, log_run_batch, provenance_tags
-from core.training import Candidate, TrainingData, better, fit_configured, load_training_data, predict_scores, xy
 
 
 @dataclass

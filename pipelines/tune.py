@@ -23,11 +23,11 @@ import pandas as pd
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from core.metrics import check_primary_metric
+from core.modeling.metrics import check_primary_metric
+from core.modeling.training import TrainingData, fit_configured, load_training_data
+from core.modeling.tuning import StudySpec, StudySummary, create_study, run_worker, summarize
+from core.registry.tracking import log_run_batch, provenance_tags
 from core.settings import Settings, get_settings
-from core.tracking import log_run_batch, provenance_tags
-from core.training import TrainingData, fit_configured, load_training_data
-from core.tuning import StudySpec, StudySummary, create_study, run_worker, summarize
 
 
 def storage_url(settings: Settings, study_name: str, n_workers: int, distributed: bool) -> str:
@@ -84,7 +84,7 @@ def run_study(spec: StudySpec, frame: pd.DataFrame, n_workers: int, dask_address
 def fit_and_gate_best(
     summary: StudySummary, data: TrainingData, settings: Settings, experiment_id: str, parent_run_id: str
 ) -> dict[str, Any]:
-    from core.models import params_from_optuna
+    from core.modeling.families import params_from_optuna
     from pipelines.promote import gate_candidate
     from pipelines.train import log_candidate
 

@@ -54,7 +54,7 @@ from serving.schemas import (
 
 log = logging.getLogger("serving")
 
-# core.features.TimeFeatures is fitted on a bare array but called with a DataFrame; scikit-learn
+# core.modeling.features.TimeFeatures is fitted on a bare array but called with a DataFrame; scikit-learn
 # warns on every call of the Pipeline fallback path. The values are right; the warning is noise here.
 warnings.filterwarnings("ignore", message="X has feature names, but TimeFeatures")
 

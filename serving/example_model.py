@@ -19,13 +19,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from core.contract import DatasetContract
-from core.features import build_preprocessor, to_model_input
-from core.models import TRUSTED_TYPES
+from core.modeling.families import TRUSTED_TYPES
+from core.modeling.features import build_preprocessor, to_model_input
 from serving.sample import synthetic_frame
 
 Family = Literal["logistic_regression", "hist_gradient_boosting"]
 
-# The families' names in core.models, whose trust lists skops needs to load them again.
+# The families' names in core.modeling.families, whose trust lists skops needs to load them again.
 _CORE_FAMILY: dict[str, str] = {"logistic_regression": "logistic", "hist_gradient_boosting": "hist_gradient_boosting"}
 
 

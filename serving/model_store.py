@@ -143,7 +143,7 @@ def _sklearn_flavor(mlmodel: dict[str, Any]) -> dict[str, Any]:
 # The MLmodel file travels with the artifact, so whoever can write a model version writes its trust
 # list. The service trusts a listed type only inside these packages: a model listing `posix.system` or
 # `builtins.eval` is refused, whatever its MLmodel says.
-TRUSTED_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "core.features.")
+TRUSTED_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "core.modeling.features.")
 
 
 def load_pipeline(model_dir: Path) -> tuple[Any, dict[str, Any]]:

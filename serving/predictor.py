@@ -26,7 +26,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from core.contract import DatasetContract
-from core.features import TimeFeatures, to_model_input
+from core.modeling.features import TimeFeatures, to_model_input
 from serving.sample import synthetic_frame
 
 log = logging.getLogger(__name__)

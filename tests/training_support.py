@@ -1,7 +1,7 @@
 """Build real processed datasets for training tests: simulator -> warehouse -> collection -> splits.
 
 The data layer's own functions, called without Prefect (the flows wrap exactly these), so a test
-trains on what the training flow reads in production: ``core.datasets.latest_processed()``.
+trains on what the training flow reads in production: ``core.data.datasets.latest_processed()``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from core.settings import get_settings
 
 def build_processed_data() -> str:
     """Seed the simulator warehouse, collect it and build the splits; returns the processed version."""
-    from core import collection
-    from core.simulator import seed_warehouse
-    from core.splits import build_splits
+    from core.data import collection
+    from core.data.splits import build_splits
+    from demo.simulator import seed_warehouse
 
     settings = get_settings()
     settings.state.mkdir(parents=True, exist_ok=True)

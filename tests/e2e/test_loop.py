@@ -40,7 +40,7 @@ ENV = {
 
 class Live:
     def __init__(self, settings: Settings, stack: object, env: dict[str, str], webhook: Receiver) -> None:
-        from pipelines.stack import Stack
+        from demo.stack import Stack
 
         assert isinstance(stack, Stack)
         self.settings = settings
@@ -67,14 +67,14 @@ class Live:
         return text
 
     def champion(self) -> str | None:
-        from pipelines.loop import _champion_version
+        from demo.loop import _champion_version
 
         return _champion_version(self.settings)
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    from pipelines import stack
+    from demo import stack
 
     state = tmp_path_factory.mktemp("e2e-state")
     with webhook_receiver() as receiver:
@@ -114,7 +114,7 @@ def test_collect_preprocess_train_deployments(live: Live) -> None:
 
 
 def test_api_serves_the_champion(live: Live) -> None:
-    from pipelines import stack
+    from demo import stack
 
     live.stack = stack.up_api(live.settings, live.stack)
     body = httpx.get(f"{live.api}/model", timeout=10).json()
@@ -123,7 +123,7 @@ def test_api_serves_the_champion(live: Live) -> None:
 
 
 def test_traffic_without_drift_does_not_retrain(live: Live) -> None:
-    from pipelines.loop import turn
+    from demo.loop import turn
 
     t = turn(live.settings, live.api, live.stack.prefect_api_url, scenario="none", days=5, seed=101)
     assert t.traffic.failures == 0
@@ -134,13 +134,13 @@ def test_traffic_without_drift_does_not_retrain(live: Live) -> None:
 
 
 def test_concept_drift_retrains_and_the_gate_decides(live: Live) -> None:
-    from pipelines.loop import turn
+    from demo.loop import turn
 
     t = turn(live.settings, live.api, live.stack.prefect_api_url, scenario="concept_drift", days=21, seed=202)
     assert t.traffic.failures == 0
     assert t.monitor["retrain"] and t.monitor["triggered"], t.monitor
     assert t.retrain_state == "COMPLETED"
-    from core import registry
+    from core.registry import aliases as registry
 
     latest = max(int(v.version) for v in registry.client().search_model_versions(f"name='{live.settings.model_name}'"))
     mv = registry.client().get_model_version(live.settings.model_name, str(latest))
@@ -162,7 +162,7 @@ def test_tune_monitor_and_rollback_deployments(live: Live) -> None:
     live.deployment_run("rollback/rollback", "version=1", "reason=e2e rollback check")
     assert live.champion() == "1"
     # Every worker follows the alias: the API is back on v1 within its poll interval.
-    from pipelines.loop import wait_for_version
+    from demo.loop import wait_for_version
 
     record = json.loads((PROJECT_ROOT / "examples" / "record.json").read_text())
     wait_for_version(live.api, record, "1", timeout_s=30)

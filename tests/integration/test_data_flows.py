@@ -1,7 +1,7 @@
 """The collect and preprocess flows against real stores: SQLite, PostgreSQL, CSV and Parquet files.
 
 The flows run for real under a temporary Prefect server (one per module); the bad-input cases call
-core.collection.run_collection, the very function chain the flow's tasks call, to stay fast.
+core.data.collection.run_collection, the very function chain the flow's tasks call, to stay fast.
 Every run checks the accounting: loaded + quarantined == pulled.
 """
 
@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from core.collection import CollectionError, run_collection
-from core.datasets import latest_processed
+from core.data.collection import CollectionError, run_collection
+from core.data.datasets import latest_processed
+from core.data.splits import SPLITS
 from core.settings import Settings, get_settings
-from core.simulator import simulate, write_warehouse
-from core.splits import SPLITS
+from demo.simulator import simulate, write_warehouse
 
 pytestmark = pytest.mark.slow
 

@@ -22,13 +22,13 @@ import sqlalchemy as sa
 
 from core.servers import free_port
 from core.settings import Settings, get_settings
-from core.simulator import simulate
+from demo.simulator import simulate
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 def write_reference(settings: Settings, n: int = 4_000) -> None:
-    """A processed dataset with a reference split, in the layout core.datasets reads."""
+    """A processed dataset with a reference split, in the layout core.data.datasets reads."""
     version = "v-test"
     folder = settings.data_dir / "processed" / version
     folder.mkdir(parents=True, exist_ok=True)

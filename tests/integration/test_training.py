@@ -1,7 +1,7 @@
 """The training, promotion and rollback flows against a real MLflow tracking server.
 
 Real data path: simulator -> warehouse -> collection -> processed splits (small), read by the flows
-through core.datasets. Each test uses its own experiment and registered model name on the shared
+through core.data.datasets. Each test uses its own experiment and registered model name on the shared
 session server.
 """
 

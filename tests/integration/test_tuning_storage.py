@@ -6,9 +6,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from core.modeling.tuning import StudySpec, create_study, run_worker, summarize
 from core.settings import get_settings
-from core.simulator import simulate
-from core.tuning import StudySpec, create_study, run_worker, summarize
+from demo.simulator import simulate
 from tests.postgres import fresh_database, sqlalchemy_url
 
 

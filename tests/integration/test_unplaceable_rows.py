@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
-from core.collection import run_collection
+from core.data.collection import run_collection
 from core.settings import get_settings
-from core.simulator import write_warehouse
+from demo.simulator import write_warehouse
 
 
 def _add_rows_without_time(url: str, n: int = 6) -> list[str]:

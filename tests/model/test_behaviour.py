@@ -27,7 +27,7 @@ class TrainedModel:
     contract: Any
 
     def proba(self, frame: pd.DataFrame) -> np.ndarray:
-        from core.features import to_model_input
+        from core.modeling.features import to_model_input
 
         return np.asarray(self.model.predict_proba(to_model_input(frame, self.contract))[:, 1])
 
@@ -37,7 +37,7 @@ def trained(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """The default families on ~27k simulated rows, through the real flow, loaded back from the registry."""
     import mlflow
 
-    from core.datasets import latest_processed
+    from core.data.datasets import latest_processed
     from core.settings import get_settings
     from pipelines.train import train
 

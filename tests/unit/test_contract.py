@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from core.contract import ContractError, load_contract, parse_contract
+from core.data.validation import build_schema
 from core.settings import PROJECT_ROOT
-from core.validation import build_schema
 
 CONTRACT = PROJECT_ROOT / "configs" / "dataset.yaml"
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from core.features import MISSING, TimeFeatures, build_preprocessor, to_model_input
+from core.modeling.features import MISSING, TimeFeatures, build_preprocessor, to_model_input
 from core.settings import get_settings
 
 

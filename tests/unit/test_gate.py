@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.gate import GateConfig, baseline_scores, decide, paired_bootstrap
+from core.modeling.gate import GateConfig, baseline_scores, decide, paired_bootstrap
 
 N = 4000
 
@@ -146,7 +146,7 @@ def test_bootstrap_is_seeded_and_brackets_the_point_estimate() -> None:
 
 
 def _decision(kind: str) -> object:
-    from core.gate import Decision
+    from core.modeling.gate import Decision
 
     return Decision(
         decision=kind,  # type: ignore[arg-type]
@@ -169,7 +169,7 @@ def test_aliases_follow_decisions_and_rollback_restores_an_earlier_version(tmp_p
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from core import registry
+    from core.registry import aliases as registry
 
     root = Path(str(tmp_path))
     uri = f"sqlite:///{root / 'mlflow.db'}"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from core.metrics import (
+from core.modeling.metrics import (
     RankedScores,
     check_primary_metric,
     choose_threshold,

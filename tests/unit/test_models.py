@@ -11,10 +11,10 @@ import yaml
 from sklearn.pipeline import Pipeline
 
 from core.contract import DatasetContract, parse_contract
-from core.features import to_model_input
-from core.models import FAMILIES, TRUSTED_TYPES, build_pipeline, families_for, params_from_optuna, suggest
+from core.modeling.families import FAMILIES, TRUSTED_TYPES, build_pipeline, families_for, params_from_optuna, suggest
+from core.modeling.features import to_model_input
 from core.settings import PROJECT_ROOT, get_settings
-from core.simulator import simulate
+from demo.simulator import simulate
 
 # Small versions of the expensive families: these tests check structure and serialisation, not quality.
 FAST = {"random_forest": {"n_estimators": 10}, "hist_gradient_boosting": {"max_iter": 20}, "mlp": {"max_iter": 5}}

@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from core.features import build_preprocessor, to_model_input
+from core.modeling.features import build_preprocessor, to_model_input
 from core.settings import get_settings
 from serving.example_model import labelled_frame
 from serving.predictor import CompiledFeatures, Predictor, columns_from_frame, columns_from_records

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from core.contract import DatasetContract, load_contract
 from core.settings import PROJECT_ROOT
-from core.simulator import SimulatorError, fraud_probability, iter_simulate, seed_warehouse, simulate, write_warehouse
+from demo.simulator import SimulatorError, fraud_probability, iter_simulate, seed_warehouse, simulate, write_warehouse
 
 CONTRACT = load_contract(PROJECT_ROOT / "configs" / "dataset.yaml")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from core.data.sources import FileSource, SourceError, Watermark, Window
 from core.settings import get_settings
-from core.sources import FileSource, SourceError, Watermark, Window
 from serving.sample import synthetic_frame
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.datasets import DatasetsNotFoundError, latest_processed
+from core.data.datasets import DatasetsNotFoundError, latest_processed
+from core.data.snapshots import write_partitions
+from core.data.splits import SPLITS, PreprocessError, build_splits, split_bounds
 from core.settings import Settings, get_settings
-from core.simulator import simulate
-from core.snapshots import write_partitions
-from core.splits import SPLITS, PreprocessError, build_splits, split_bounds
+from demo.simulator import simulate
 
 
 @pytest.fixture
@@ -127,7 +127,7 @@ def test_load_projects_columns_and_refuses_unknown_splits(settings: Settings) ->
 
 
 def test_window_days_keeps_the_newest_calendar_days(tmp_path: Path) -> None:
-    from core.splits import newest_days
+    from core.data.splits import newest_days
 
     files = []
     for day in ("2026-01-01", "2026-01-05", "2026-01-06", "2026-01-09"):

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from core.contract import load_contract
+from core.data.validation import REASON, SchemaMismatchError, build_schema, validate_batch
 from core.settings import PROJECT_ROOT
-from core.simulator import simulate
-from core.validation import REASON, SchemaMismatchError, build_schema, validate_batch
+from demo.simulator import simulate
 
 CONTRACT = load_contract(PROJECT_ROOT / "configs" / "dataset.yaml")
 

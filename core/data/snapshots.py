@@ -31,7 +31,7 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from core.contract import DatasetContract
-from core.sources import Watermark
+from core.data.sources import Watermark
 
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd"}
 

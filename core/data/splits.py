@@ -31,8 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.contract import DatasetContract
-from core.settings import Settings
-from core.snapshots import (
+from core.data.snapshots import (
     PARQUET_OPTIONS,
     StreamingFingerprint,
     arrow_schema,
@@ -41,6 +40,7 @@ from core.snapshots import (
     utc_now,
     write_json_atomic,
 )
+from core.settings import Settings
 
 SPLITS = ("train", "validation", "test", "holdout")
 REFERENCE = "reference"

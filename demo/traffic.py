@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from core.contract import DatasetContract
 from core.settings import Settings
-from core.simulator import WarehouseWrite, write_warehouse
+from demo.simulator import WarehouseWrite, write_warehouse
 
 
 @dataclass

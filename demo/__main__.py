@@ -22,7 +22,7 @@ import time
 from rich.console import Console
 
 from core.settings import Settings, get_settings
-from pipelines import stack
+from demo import stack
 
 console = Console()
 
@@ -56,7 +56,7 @@ def run_demo(scenario: str, drift_days: int, tune_trials: int) -> int:
     say(f"processed datasets version {processed['version']}")
 
     step(3, "model: training and the promotion gate")
-    from pipelines.loop import _champion_version
+    from demo.loop import _champion_version
 
     champion = _champion_version(settings)
     if champion:
@@ -88,7 +88,7 @@ def run_demo(scenario: str, drift_days: int, tune_trials: int) -> int:
 
     step(5, f"traffic: {drift_days} days with '{scenario}' switched on")
     step(6, "monitoring -> retraining -> gate -> hot swap")
-    from pipelines.loop import turn
+    from demo.loop import turn
 
     t = turn(settings, s.api_url, s.prefect_api_url, scenario=scenario, days=drift_days, say=say)
     decision = "retraining triggered" if t.monitor.get("triggered") else "no retraining"

@@ -32,14 +32,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC, LinearSVR
 
 from core.contract import DatasetContract
-from core.features import build_preprocessor
+from core.modeling.features import build_preprocessor
 
 FamilyName = Literal["logistic", "random_forest", "hist_gradient_boosting", "svm", "mlp"]
 Params = dict[str, Any]
 
 # Types every family's pipeline holds beyond what skops trusts by default: the project's own time
 # transformer and numpy dtypes (the imputers and encoders store them).
-_COMMON_TRUSTED = ["core.features.TimeFeatures", "numpy.dtype"]
+_COMMON_TRUSTED = ["core.modeling.features.TimeFeatures", "numpy.dtype"]
 
 
 @dataclass(frozen=True)

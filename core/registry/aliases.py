@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from core.contract import DatasetContract
-from core.gate import Decision
+from core.modeling.gate import Decision
 
 CHAMPION = "champion"
 PREVIOUS = "previous-champion"

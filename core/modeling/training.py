@@ -19,9 +19,9 @@ from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from core.contract import DatasetContract
-from core.features import to_model_input
-from core.metrics import choose_threshold, compute_metrics, higher_is_better, slice_masks, slice_metrics
-from core.models import Params, build_pipeline, get_family
+from core.modeling.families import Params, build_pipeline, get_family
+from core.modeling.features import to_model_input
+from core.modeling.metrics import choose_threshold, compute_metrics, higher_is_better, slice_masks, slice_metrics
 
 SPLITS = ("train", "validation", "test", "holdout")
 FoldCallback = Callable[[int, dict[str, float]], None]
@@ -59,8 +59,8 @@ def _split_info(manifest: Mapping[str, Any], split: str) -> dict[str, Any]:
 
 
 def load_training_data(settings: Any, splits: tuple[str, ...] = SPLITS) -> TrainingData:
-    """The latest processed splits, read through core.datasets (the data layer's only read path)."""
-    from core.datasets import latest_processed
+    """The latest processed splits, read through core.data.datasets (the data layer's only read path)."""
+    from core.data.datasets import latest_processed
 
     processed = latest_processed(settings)
     frames = {s: processed.load(s) for s in splits}

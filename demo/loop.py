@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from core.settings import Settings
-from pipelines.traffic import (
+from demo.traffic import (
     TrafficResult,
     append_days,
     rows_between,
@@ -135,7 +135,7 @@ def _served_version(api_url: str) -> str | None:
 
 
 def _champion_version(settings: Settings) -> str | None:
-    from core import registry
+    from core.registry import aliases as registry
     from pipelines.train import ensure_experiment
 
     ensure_experiment(settings)

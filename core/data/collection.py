@@ -29,8 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from core.settings import Settings
-from core.snapshots import (
+from core.data.snapshots import (
     PartFile,
     QuarantineWriter,
     publish,
@@ -40,8 +39,9 @@ from core.snapshots import (
     write_partitions,
     write_watermark,
 )
-from core.sources import Watermark, Window, open_source
-from core.validation import SchemaMismatchError, check_columns, to_timestamps, validate_batch
+from core.data.sources import Watermark, Window, open_source
+from core.data.validation import SchemaMismatchError, check_columns, to_timestamps, validate_batch
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def _write_manifest(
             "label_delay_days": settings.contract.target.label_delay_days,
         },
         "rows": {"pulled": result.pulled, "loaded": result.loaded, "quarantined": result.quarantined},
-        # Flat copies for callers that print a one-line summary (pipelines.demo).
+        # Flat copies for callers that print a one-line summary (demo).
         "rows_pulled": result.pulled,
         "rows_loaded": result.loaded,
         "rows_quarantined": result.quarantined,

@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from core.contract import DatasetContract
+from core.data.validation import to_timestamps
 from core.settings import Settings
-from core.validation import to_timestamps
 
 
 @dataclass(frozen=True)

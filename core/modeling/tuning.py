@@ -26,9 +26,9 @@ from mlflow.tracking import MlflowClient
 from threadpoolctl import threadpool_limits
 
 from core.contract import DatasetContract
-from core.metrics import higher_is_better
-from core.models import build_pipeline, suggest
-from core.training import cross_validate, xy
+from core.modeling.families import build_pipeline, suggest
+from core.modeling.metrics import higher_is_better
+from core.modeling.training import cross_validate, xy
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +124,14 @@ class _TrialRun:
         )
         self.run_id = run.info.run_id
         trial.set_user_attr("mlflow_run_id", self.run_id)
-        from core.tracking import log_run_batch
+        from core.registry.tracking import log_run_batch
 
         _retry(lambda: log_run_batch(self.run_id, params={"family": family, **params}, client=self.client))
 
     def finish(self, state: str, folds: dict[str, list[float]], value: float | None, seconds: float) -> None:
         if self.client is None:
             return
-        from core.tracking import log_run_batch
+        from core.registry.tracking import log_run_batch
 
         metrics = {f"cv_{k}": float(np.nanmean(v)) for k, v in folds.items() if np.isfinite(v).any()}
         metrics["trial_seconds"] = seconds
