@@ -132,7 +132,8 @@ def _batch_phase(  # noqa: PLR0917
 
 def _predictor(tracking_uri: str) -> Any:
     """The champion, loaded and compiled the way the service loads it."""
-    from serving.model_store import Registry, load_pipeline
+    from core.registry.artefact import load_pipeline
+    from serving.model_store import Registry
     from serving.predictor import Predictor
 
     settings = get_settings()
@@ -181,9 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load phase")
     parser.add_argument("--batch-rows", type=int, default=10_000)
-    parser.add_argument(
-        "--family", default="logistic_regression", choices=["logistic_regression", "hist_gradient_boosting"]
-    )
+    parser.add_argument("--family", default="logistic", choices=["logistic", "hist_gradient_boosting"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 

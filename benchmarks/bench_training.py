@@ -99,15 +99,15 @@ def run_plain(families: list[str]) -> float:
 def warm_up() -> None:
     from prefect import flow
 
+    from core.registry.tracking import use_experiment
     from core.settings import get_settings
-    from pipelines.train import ensure_experiment
 
     @flow(name="bench-warm-up")
     def noop() -> None:
         return None
 
     noop()
-    ensure_experiment(get_settings())
+    use_experiment(get_settings())
 
 
 def main(argv: list[str] | None = None) -> None:

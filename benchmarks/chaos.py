@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import sqlalchemy as sa
 
 from benchmarks.chaos_support import (
     Api,
@@ -56,6 +55,7 @@ from benchmarks.chaos_support import (
     wait_until,
 )
 from benchmarks.record import write_result
+from core.databases import engine_for
 from core.servers import Server, free_port, start_mlflow
 from core.settings import PROJECT_ROOT, get_settings
 
@@ -221,7 +221,7 @@ def _watermark(data_dir: Path) -> dict[str, Any] | None:
 
 def _add_rows_without_a_usable_time(url: str, table: str, id_col: str, ts_col: str, n: int = 6) -> list[str]:
     """Copies of existing rows with a NULL or unparseable timestamp (SQLite stores what it is given)."""
-    engine = sa.create_engine(url)
+    engine = engine_for(url)
     try:
         rows = pd.read_sql(f"SELECT * FROM {table} LIMIT {n}", engine)
         rows[id_col] = [f"no-time-{i}" for i in range(len(rows))]
@@ -233,7 +233,7 @@ def _add_rows_without_a_usable_time(url: str, table: str, id_col: str, ts_col: s
 
 
 def _newest_valid_time(url: str, table: str, ts_col: str) -> str:
-    engine = sa.create_engine(url)
+    engine = engine_for(url)
     try:
         times = pd.read_sql(f"SELECT {ts_col} FROM {table}", engine)[ts_col]
     finally:
@@ -322,7 +322,7 @@ def corrupt_batch(ctx: Context, *, rows_per_day: int = 300) -> ScenarioResult:
         }
 
         # Nothing silently lost: every source row up to the watermark is loaded or quarantined, once.
-        engine = sa.create_engine(url)
+        engine = engine_for(url)
         try:
             source = pd.read_sql(f"SELECT {id_col}, {ts_col} FROM {settings.source.table}", engine)
         finally:

@@ -270,7 +270,7 @@ def load_summary(replies: list[Reply]) -> dict[str, Any]:
 def lost_rows(log_url: str, replies: list[Reply], timeout: float) -> tuple[int, dict[str, Any]]:
     """How many predictions answered 200 never reached the prediction log (waiting up to `timeout` s
     for the writer and any spool replay), and whether any row names another version than its reply."""
-    from serving.prediction_log import read_predictions
+    from core.predictions import read_predictions
 
     expected = {rid: r.version for r in replies if r.ok for rid in r.ids}
 

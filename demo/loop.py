@@ -136,9 +136,9 @@ def _served_version(api_url: str) -> str | None:
 
 def _champion_version(settings: Settings) -> str | None:
     from core.registry import aliases as registry
-    from pipelines.train import ensure_experiment
+    from core.registry.tracking import use_experiment
 
-    ensure_experiment(settings)
+    use_experiment(settings)
     mv = registry.version_by_alias(settings.model_name, registry.CHAMPION)
     return str(mv.version) if mv else None
 

@@ -42,6 +42,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from core.contract import DatasetContract
+from core.databases import engine_for
 from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -547,7 +548,7 @@ def write_warehouse(
     """
     contract = _contract(contract)
     _check(contract, scenario)
-    engine = sa.create_engine(url)
+    engine = engine_for(url)
     meta = sa.MetaData()
     main = warehouse_table(contract, table, meta)
     pending = _pending_table(contract, table, meta)
@@ -634,7 +635,7 @@ def _backfill_labels(
 def seed_warehouse(settings: Settings) -> WarehouseWrite | None:
     """Fill the default warehouse from ``settings.simulator`` if its table is empty; None if it had rows."""
     url, table = settings.source_url, settings.source.table
-    engine = sa.create_engine(url)
+    engine = engine_for(url)
     try:
         if sa.inspect(engine).has_table(table):
             with engine.connect() as conn:

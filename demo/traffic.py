@@ -19,6 +19,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from core.contract import DatasetContract
+from core.databases import engine_for
 from core.settings import Settings
 from demo.simulator import WarehouseWrite, write_warehouse
 
@@ -55,7 +56,7 @@ def rows_between(settings: Settings, start: str, end: str) -> pd.DataFrame:
     """The warehouse rows of [start, end), with their true labels (matured or still in the label feed)."""
     c = settings.contract
     table = settings.source.table
-    engine = sa.create_engine(settings.source_url)
+    engine = engine_for(settings.source_url)
     try:
         meta = sa.MetaData()
         main = sa.Table(table, meta, autoload_with=engine)

@@ -3,7 +3,7 @@
 Each reader raises a typed error with a message that says what is missing, so the flow can report
 "too little data" or "no reference" instead of a traceback.
 
-The prediction log belongs to serving: it is read through ``serving.prediction_log.read_predictions`` and
+The prediction log is read through ``core.predictions.read_predictions`` and
 ``read_feedback`` (pandas + SQLAlchemy only, no model code).
 """
 
@@ -42,7 +42,7 @@ def read_window(
     the window's first prediction on (a label arrives after its prediction), so a run never reads the
     whole log.
     """
-    from serving.prediction_log import read_feedback, read_predictions  # SQLAlchemy only
+    from core.predictions import read_feedback, read_predictions
 
     since = None if window_hours is None else (now or datetime.now(UTC)) - timedelta(hours=window_hours)
     try:
@@ -106,8 +106,9 @@ def load_champion(settings: Settings, *, load_model: bool = True) -> Champion | 
         holdout = float(mv.tags[key])
     model = None
     if load_model:
-        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-        model = mlflow.sklearn.load_model(f"models:/{settings.model_name}@{alias}")
+        from core.registry.artefact import load_version
+
+        model, _ = load_version(f"models:/{settings.model_name}/{mv.version}", settings.mlflow_tracking_uri)
     return Champion(version=str(mv.version), run_id=mv.run_id, holdout_metric=holdout, model=model)
 
 

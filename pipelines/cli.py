@@ -62,11 +62,11 @@ def run(
 def status() -> None:
     """Champion, challenger, the last drift decision and recent flow runs."""
     from core.registry import aliases as registry
+    from core.registry.tracking import use_experiment
     from monitoring.decisions import decisions_path, read_decisions
-    from pipelines.train import ensure_experiment
 
     settings = get_settings()
-    ensure_experiment(settings)
+    use_experiment(settings)
     table = Table(title=f"registry: {settings.model_name} at {settings.mlflow_tracking_uri}")
     for col in ("alias", "version", "family", "decision", "reason"):
         table.add_column(col, overflow="fold")

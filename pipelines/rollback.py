@@ -22,10 +22,10 @@ def rollback(version: int, reason: str) -> dict[str, str]:
     """Make registered `version` the champion again; `reason` is recorded on both versions."""
     if not reason.strip():
         raise ValueError("a rollback needs a reason")
-    from pipelines.train import ensure_experiment
+    from core.registry.tracking import use_experiment
 
     settings = get_settings()
-    ensure_experiment(settings)
+    use_experiment(settings)
     result = registry.rollback(settings.model_name, str(version), reason)
     print(f"{settings.model_name}: champion -> v{result['champion']} (was v{result['previous_champion']}): {reason}")
     return result

@@ -11,41 +11,20 @@ Run: ``python -m pipelines.train [--families logistic,hist_gradient_boosting] [-
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from threadpoolctl import threadpool_limits
 
-from core.contract import DatasetContract
-from core.modeling.diagnostics import write_plots
-from core.modeling.families import TRUSTED_TYPES, families_for
+from core.modeling.families import families_for
 from core.modeling.metrics import check_primary_metric
-from core.modeling.training import (
-    Candidate,
-    TrainingData,
-    better,
-    fit_configured,
-    load_training_data,
-    predict_scores,
-    xy,
-)
-from core.registry.tracking import config_snapshot, log_dataset_inputs, log_run_batch, provenance_tags
+from core.modeling.training import TrainingData, better, fit_configured, load_training_data
+from core.registry.promotion import gate_candidate
+from core.registry.tracking import LoggedCandidate, log_candidate, log_run_batch, provenance_tags, use_experiment
 from core.settings import Settings, get_settings
-
-
-@dataclass
-class LoggedCandidate:
-    candidate: Candidate
-    run_id: str
-    model_uri: str
 
 
 @dataclass
@@ -58,141 +37,6 @@ class TrainResult:
     skipped: dict[str, str] = field(default_factory=dict)
     version: str | None = None
     decision: dict[str, Any] | None = None
-
-
-def ensure_experiment(settings: Settings) -> str:
-    """Point mlflow at the configured tracking URI and return the experiment id (created when missing)."""
-    uri = settings.mlflow_tracking_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    experiment = mlflow.get_experiment_by_name(settings.experiment_name)
-    if experiment is not None:
-        return str(experiment.experiment_id)
-    # A local backend would otherwise put artifacts in ./mlruns of whatever directory the flow runs in.
-    location = None if uri.startswith("http") else settings.mlflow_artifacts_dir.as_uri()
-    return str(mlflow.create_experiment(settings.experiment_name, artifact_location=location))
-
-
-def pip_requirements() -> list[str]:
-    """Explicit, pinned: inferring them costs seconds per model and can guess wrong."""
-    from importlib.metadata import version
-
-    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")]
-
-
-def model_metadata(contract: DatasetContract, family: str, threshold: float, primary_metric: str) -> dict[str, Any]:
-    """What serving needs beside the pipeline: read from the MLmodel file's `metadata`."""
-    return {
-        "threshold": float(threshold),
-        "family": family,
-        "task": contract.task,
-        "positive_class": contract.target.positive_class,
-        "primary_metric": primary_metric,
-        "contract": contract.name,
-        "input_columns": contract.input_columns,
-    }
-
-
-def log_model(candidate: Candidate, contract: DatasetContract, example: Any, primary_metric: str) -> str:
-    """Log the fitted pipeline with skops and the family's explicit trusted types; return its model URI."""
-    from mlflow.models import infer_signature
-
-    # The pip requirements are explicit; uv auto-detection would add seconds per model exporting the
-    # project's lock (its hash is already a run tag).
-    os.environ.setdefault("MLFLOW_UV_AUTO_DETECT", "false")
-    output = candidate.pipeline.predict_proba(example) if contract.is_classification else None
-    if output is None:
-        output = candidate.pipeline.predict(example)
-    info = mlflow.sklearn.log_model(
-        candidate.pipeline,
-        name="model",
-        serialization_format="skops",
-        skops_trusted_types=list(TRUSTED_TYPES[candidate.family]),
-        pip_requirements=pip_requirements(),
-        signature=infer_signature(example, output),
-        input_example=example,
-        # Scoring servers built from the pyfunc flavour return probabilities, not hard labels.
-        pyfunc_predict_fn="predict_proba" if contract.is_classification else "predict",
-        metadata=model_metadata(contract, candidate.family, candidate.threshold, primary_metric),
-    )
-    return str(info.model_uri)
-
-
-def log_candidate(
-    candidate: Candidate,
-    data: TrainingData,
-    settings: Settings,
-    *,
-    experiment_id: str,
-    parent_run_id: str | None,
-    run_name: str,
-    extra_tags: dict[str, Any] | None = None,
-) -> LoggedCandidate:
-    """One MLflow run for one fitted candidate: params, metrics, tags, inputs, plots, the model."""
-    contract = settings.contract
-    primary = settings.training.primary_metric
-    tags = {
-        **provenance_tags(settings, data.version, data.window),
-        "family": candidate.family,
-        "threshold": f"{candidate.threshold:.6f}",
-        "primary_metric": primary,
-        "task": contract.task,
-        **(extra_tags or {}),
-    }
-    metrics: dict[str, float] = {f"cv_{k}": v for k, v in candidate.cv_mean().items()}
-    metrics |= {f"cv_{k}_std": float(np.nanstd(v)) for k, v in candidate.cv.items()}
-    metrics |= {f"validation_{k}": v for k, v in candidate.validation.items()}
-    metrics |= {f"test_{k}": v for k, v in candidate.test.items()}
-    for slice_name, values in candidate.test_slices.items():
-        key = slice_name.replace("=", "_")
-        metrics |= {f"test_slice_{key}_{m}": v for m, v in values.items() if m != "rows"}
-    metrics["threshold"] = candidate.threshold
-    metrics["fit_seconds"] = candidate.fit_seconds
-    # The fit's thread limit holds for scoring and plots too: oversubscribed OpenMP threads made
-    # permutation importance on a busy 2-core machine ~10x slower.
-    with (
-        threadpool_limits(limits=settings.training.n_threads),
-        mlflow.start_run(
-            experiment_id=experiment_id,
-            run_name=run_name,
-            parent_run_id=parent_run_id,
-            nested=parent_run_id is not None,
-        ) as run,
-    ):
-        run_id = run.info.run_id
-        log_run_batch(
-            run_id,
-            params=candidate.params,
-            metrics=metrics,
-            tags=tags,
-            step_metrics={f"cv_fold_{k}": v for k, v in candidate.cv.items()},
-        )
-        log_dataset_inputs(data.info, data.location)
-        mlflow.log_dict(config_snapshot(settings), "config/settings.json")
-        Xt, yt = xy(data["test"], contract)
-        score = (
-            candidate.test_scores
-            if candidate.test_scores is not None
-            else predict_scores(candidate.pipeline, Xt, contract)
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            write_plots(
-                candidate.pipeline,
-                Xt,
-                yt,
-                score,
-                contract=contract,
-                threshold=candidate.threshold,
-                out_dir=Path(tmp),
-                primary_metric=primary,
-                max_rows=settings.training.diagnostics_rows,
-                seed=settings.seed,
-            )
-            mlflow.log_artifacts(tmp, artifact_path="plots")
-        model_uri = log_model(candidate, contract, Xt.head(5), primary)
-    return LoggedCandidate(candidate, run_id, model_uri)
 
 
 @task(name="load-splits", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
@@ -213,11 +57,9 @@ def fit_and_log_family(
 @flow(name="train", log_prints=True)
 def train(families: list[str] | None = None, register_best: bool | None = None) -> TrainResult:
     """Fit each family with its default params, register the best and run the promotion gate."""
-    from pipelines.promote import gate_candidate
-
     settings = get_settings()
     check_primary_metric(settings.contract.task, settings.training.primary_metric)
-    experiment_id = ensure_experiment(settings)
+    experiment_id = use_experiment(settings)
     data = load_splits(settings)
     names, skipped = families_for(
         families or list(settings.training.families), len(data["train"]), settings.training.svm_max_rows

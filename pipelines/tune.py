@@ -85,8 +85,8 @@ def fit_and_gate_best(
     summary: StudySummary, data: TrainingData, settings: Settings, experiment_id: str, parent_run_id: str
 ) -> dict[str, Any]:
     from core.modeling.families import params_from_optuna
-    from pipelines.promote import gate_candidate
-    from pipelines.train import log_candidate
+    from core.registry.promotion import gate_candidate
+    from core.registry.tracking import log_candidate
 
     params = params_from_optuna(summary.best_family, summary.best_params)
     candidate = fit_configured(settings, data, summary.best_family, params)
@@ -109,12 +109,12 @@ def tune(  # noqa: PLR0917 (a flow: typed keyword parameters, as deployments pas
     study_name: str | None = None,
 ) -> dict[str, Any]:
     """Search the families' params under one budget; optionally fit, register and gate the best."""
-    from pipelines.train import ensure_experiment
+    from core.registry.tracking import use_experiment
 
     settings = get_settings()
     check_primary_metric(settings.contract.task, settings.training.primary_metric)
     cfg = settings.tuning
-    experiment_id = ensure_experiment(settings)
+    experiment_id = use_experiment(settings)
     workers = n_workers or cfg.n_workers
     name = study_name or f"{settings.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     data = load_training_data(settings)

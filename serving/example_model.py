@@ -2,7 +2,8 @@
 
 Used by the serving tests, the serving benchmark and a fresh clone that has no trained model yet. The
 model is a plain scikit-learn Pipeline (the contract's preprocessor + an estimator) logged with skops,
-a signature, an input example and the metadata the service reads (threshold, family, positive class).
+a signature, an input example and the metadata the service reads, through core.registry.artefact as
+the training flow logs its models.
 This module imports mlflow; the service itself never imports it.
 """
 
@@ -13,20 +14,17 @@ from typing import Any, Literal
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from core.contract import DatasetContract
-from core.modeling.families import TRUSTED_TYPES
 from core.modeling.features import build_preprocessor, to_model_input
+from core.registry.artefact import log_model, metadata_for
 from serving.sample import synthetic_frame
 
-Family = Literal["logistic_regression", "hist_gradient_boosting"]
-
-# The families' names in core.modeling.families, whose trust lists skops needs to load them again.
-_CORE_FAMILY: dict[str, str] = {"logistic_regression": "logistic", "hist_gradient_boosting": "hist_gradient_boosting"}
+# Two of core.modeling.families' families, with their names there.
+Family = Literal["logistic", "hist_gradient_boosting"]
 
 
 def labelled_frame(contract: DatasetContract, n_rows: int, seed: int) -> tuple[pd.DataFrame, pd.Series]:
@@ -51,7 +49,7 @@ def register_example_model(
     contract: DatasetContract,
     model_name: str,
     *,
-    family: Family = "logistic_regression",
+    family: Family = "logistic",
     alias: str | None = "champion",
     n_rows: int = 2_000,
     seed: int = 0,
@@ -65,31 +63,19 @@ def register_example_model(
     X, y = labelled_frame(contract, n_rows, seed)
     estimator: Any = (
         LogisticRegression(max_iter=500)
-        if family == "logistic_regression"
+        if family == "logistic"
         else HistGradientBoostingClassifier(max_iter=50, random_state=seed)
     )
     pipeline = Pipeline([("features", build_preprocessor(contract)), ("model", estimator)]).fit(X, y)
-    positive = contract.target.positive_class
-    example = X.head(3)
-    signature = infer_signature(example, pipeline.predict(example))
+    metadata = metadata_for(pipeline, contract, family=family, threshold=threshold, primary_metric=None)
     mlflow.set_experiment(experiment_name)
     start = str(pd.Timestamp("2026-01-01").date())
     end = str(pd.Timestamp("2026-03-01").date())
     with mlflow.start_run() as run:
         mlflow.log_metrics({"train_accuracy": float(pipeline.score(X, y))})
-        info = mlflow.sklearn.log_model(
-            pipeline,
-            name="model",
-            serialization_format="skops",
-            skops_trusted_types=list(TRUSTED_TYPES[_CORE_FAMILY[family]]),
-            pip_requirements=["scikit-learn==1.9.1", "skops", "pandas<3"],
-            signature=signature,
-            input_example=example,
-            metadata={"threshold": threshold, "family": family, "positive_class": positive},
-            registered_model_name=model_name,
-        )
+        model_uri = log_model(pipeline, metadata, X.head(3))
+    version = str(mlflow.register_model(model_uri, model_name).version)
     client = mlflow.MlflowClient()
-    version = str(info.registered_model_version)
     tags = {
         "threshold": str(threshold),
         "family": family,

@@ -3,8 +3,8 @@
 The registry is read over MLflow's REST API with httpx rather than through `import mlflow`: the
 service needs four calls (alias, download URI, two files), and leaving mlflow out keeps start-up and
 memory small. A tracking URI that is not HTTP (the embedded SQLite default) falls back to the mlflow
-client, imported only then. Models are loaded with skops and the trusted-type list the MLmodel file
-records; a model saved with pickle or cloudpickle is refused.
+client, imported only then. Models are loaded by core.registry.artefact (skops, with the MLmodel's
+trust list inside the loader's allow-list); a model saved with pickle or cloudpickle is refused.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import skops.io as sio
 import yaml
 
 from core.contract import DatasetContract
+from core.registry.artefact import load_pipeline, sklearn_flavor
 from core.settings import Settings
 from serving import metrics
 from serving.predictor import Predictor
@@ -38,10 +38,6 @@ class RegistryError(RuntimeError):
 
 class RegistryUnreachableError(RegistryError):
     """No answer at all (connection refused, timeout)."""
-
-
-class ModelFormatError(RuntimeError):
-    """The registered model is not in a format this service loads safely."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +103,7 @@ class Registry:
         ]
         mlmodel = self._fetch(uri, "MLmodel")
         (dest / "MLmodel").write_bytes(mlmodel)
-        flavor = _sklearn_flavor(yaml.safe_load(mlmodel))
+        flavor = sklearn_flavor(yaml.safe_load(mlmodel))
         (dest / flavor["pickled_model"]).write_bytes(self._fetch(uri, flavor["pickled_model"]))
         return dest
 
@@ -126,40 +122,6 @@ class Registry:
         import mlflow
 
         return mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-
-
-def _sklearn_flavor(mlmodel: dict[str, Any]) -> dict[str, Any]:
-    flavor = (mlmodel.get("flavors") or {}).get("sklearn")
-    if not flavor:
-        raise ModelFormatError("the model has no sklearn flavor")
-    if flavor.get("serialization_format") != "skops":
-        raise ModelFormatError(
-            f"refusing serialization_format {flavor.get('serialization_format')!r}: "
-            "only skops loads without running code"
-        )
-    return dict(flavor)
-
-
-# The MLmodel file travels with the artifact, so whoever can write a model version writes its trust
-# list. The service trusts a listed type only inside these packages: a model listing `posix.system` or
-# `builtins.eval` is refused, whatever its MLmodel says.
-TRUSTED_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "core.modeling.features.")
-
-
-def load_pipeline(model_dir: Path) -> tuple[Any, dict[str, Any]]:
-    """The skops-loaded Pipeline and the MLmodel metadata, trusting the types the MLmodel lists that the
-    service's own allow-list (TRUSTED_TYPE_PREFIXES) also admits."""
-    mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
-    flavor = _sklearn_flavor(mlmodel)
-    trusted = list(flavor.get("skops_trusted_types") or [])
-    refused = [t for t in trusted if not str(t).startswith(TRUSTED_TYPE_PREFIXES)]
-    if refused:
-        raise ModelFormatError(
-            f"the model's MLmodel asks to trust {refused}, outside the service's allow-list "
-            f"{list(TRUSTED_TYPE_PREFIXES)}: refused"
-        )
-    pipeline = sio.load(model_dir / flavor["pickled_model"], trusted=trusted)
-    return pipeline, dict(mlmodel.get("metadata") or {})
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,7 @@ appended to a spool file (JSON lines, one file per process) and replayed once th
 again; the insert ignores request ids already present, so a replay never duplicates a row. Spool
 files left by an earlier process are replayed at start. Nothing is dropped.
 
-Tables: `predictions` (request_id, model_name, model_version, timestamp, latency_ms, one column per
-contract input column, prediction, probability, flags) and `feedback` (request_id, label,
-received_at). Monitoring reads them with `read_predictions` and `read_feedback`.
+The tables' schema and the readers monitoring uses live in core/predictions.py.
 """
 
 from __future__ import annotations
@@ -25,73 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import sqlalchemy as sa
 
 from core.contract import DatasetContract
+from core.databases import engine_for
+from core.predictions import FEEDBACK, PREDICTIONS, tables
 from serving import metrics
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS = "predictions"
-FEEDBACK = "feedback"
 Row = tuple[str, Any]  # (table, row): a tuple of values in column order for predictions, a dict for feedback
-_META = ("request_id", "model_name", "model_version", "timestamp", "latency_ms", "prediction", "probability", "flags")
-
-
-def engine_for(url: str) -> sa.Engine:
-    """An engine for a SQLAlchemy URL; plain postgresql:// means psycopg 3 (installed), not psycopg2."""
-    if url.startswith(("postgresql://", "postgres://")):
-        url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return sa.create_engine(url, connect_args={"timeout": 5})
-    if url.startswith("postgresql+psycopg://"):
-        return sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 3})
-    return sa.create_engine(url, pool_pre_ping=True)
-
-
-def _label_type(contract: DatasetContract) -> sa.types.TypeEngine[Any]:
-    if not contract.is_classification:
-        return sa.Float()
-    classes = contract.target.classes or ()
-    return sa.Integer() if all(isinstance(c, int) for c in classes) else sa.String(200)
-
-
-def tables(contract: DatasetContract, metadata: sa.MetaData | None = None) -> tuple[sa.Table, sa.Table]:
-    metadata = metadata or sa.MetaData()
-    clash = sorted(set(_META) & set(contract.input_columns))
-    if clash:
-        raise ValueError(f"contract columns {clash} clash with the prediction log's own columns")
-    feature_cols = []
-    for name in contract.input_columns:
-        kind = contract.column(name).type
-        col_type: sa.types.TypeEngine[Any] = (
-            sa.Float() if kind in ("float", "int", "bool") else sa.DateTime() if kind == "datetime" else sa.String(200)
-        )
-        feature_cols.append(sa.Column(name, col_type, nullable=True))
-    predictions = sa.Table(
-        PREDICTIONS,
-        metadata,
-        sa.Column("request_id", sa.String(120), primary_key=True),
-        sa.Column("model_name", sa.String(200), nullable=False),
-        sa.Column("model_version", sa.String(40), nullable=False),
-        sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False, index=True),
-        sa.Column("latency_ms", sa.Float(), nullable=False),
-        *feature_cols,
-        sa.Column("prediction", _label_type(contract) if contract.is_classification else sa.Float()),
-        sa.Column("probability", sa.Float(), nullable=True),
-        sa.Column("flags", sa.String(1000), nullable=True),
-    )
-    feedback = sa.Table(
-        FEEDBACK,
-        metadata,
-        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
-        sa.Column("request_id", sa.String(120), nullable=False, index=True),
-        sa.Column("label", _label_type(contract), nullable=False),
-        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
-    )
-    return predictions, feedback
 
 
 def _encode(value: Any) -> Any:
@@ -392,47 +333,3 @@ def _read_spool(path: Path) -> list[Row]:
 def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
-
-
-# ---- readers for monitoring: pandas + SQLAlchemy only ---------------------------------------------
-
-
-def read_predictions(
-    url: str, since: datetime | None = None, limit: int | None = None, *, newest: bool = False
-) -> pd.DataFrame:
-    """Logged predictions, oldest first; `since` filters on the prediction timestamp (UTC).
-
-    `limit` keeps the oldest rows, or with `newest=True` the newest ones (still returned oldest first):
-    the database does the cut, so a monitoring window never reads the whole log.
-    """
-    engine = engine_for(url)
-    try:
-        if not sa.inspect(engine).has_table(PREDICTIONS):
-            return pd.DataFrame(columns=list(_META))  # nothing logged yet
-        table = sa.Table(PREDICTIONS, sa.MetaData(), autoload_with=engine)
-        query = sa.select(table).order_by(table.c.timestamp.desc() if newest else table.c.timestamp)
-        if since is not None:
-            query = query.where(table.c.timestamp >= since)
-        if limit is not None:
-            query = query.limit(limit)
-        with engine.connect() as conn:
-            frame = pd.read_sql(query, conn)
-        return frame.iloc[::-1].reset_index(drop=True) if newest else frame
-    finally:
-        engine.dispose()
-
-
-def read_feedback(url: str, since: datetime | None = None) -> pd.DataFrame:
-    """Every label received (since `since`, on the time it was received), the latest per request id last."""
-    engine = engine_for(url)
-    try:
-        if not sa.inspect(engine).has_table(FEEDBACK):
-            return pd.DataFrame(columns=["request_id", "label", "received_at"])
-        table = sa.Table(FEEDBACK, sa.MetaData(), autoload_with=engine)
-        query = sa.select(table.c.request_id, table.c.label, table.c.received_at).order_by(table.c.received_at)
-        if since is not None:
-            query = query.where(table.c.received_at >= since)
-        with engine.connect() as conn:
-            return pd.read_sql(query, conn)
-    finally:
-        engine.dispose()

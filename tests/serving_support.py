@@ -26,7 +26,7 @@ def unique_model_name(prefix: str = "serving-test") -> str:
 def register(
     tracking_uri: str,
     model_name: str,
-    family: str = "logistic_regression",
+    family: str = "logistic",
     seed: int = 0,
     alias: str | None = "champion",
 ) -> str:

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 
 from core.contract import DatasetContract
 from core.data.validation import to_timestamps
+from core.databases import engine_for
 from core.settings import Settings
 
 
@@ -82,7 +83,7 @@ class SqlSource:
             raise SourceError("a sql source needs source.table or source.query")
         self.url = url
         self.contract = contract
-        self.engine = sa.create_engine(url)
+        self.engine = engine_for(url)
         prep = self.engine.dialect.identifier_preparer
         self._from = f"({query.strip().rstrip(';')}) AS src" if query else prep.quote(table or "")
         self._ts = prep.quote(contract.timestamp_column)

@@ -37,10 +37,6 @@ from core.modeling.features import build_preprocessor
 FamilyName = Literal["logistic", "random_forest", "hist_gradient_boosting", "svm", "mlp"]
 Params = dict[str, Any]
 
-# Types every family's pipeline holds beyond what skops trusts by default: the project's own time
-# transformer and numpy dtypes (the imputers and encoders store them).
-_COMMON_TRUSTED = ["core.modeling.features.TimeFeatures", "numpy.dtype"]
-
 
 @dataclass(frozen=True)
 class Family:
@@ -48,6 +44,8 @@ class Family:
     build: Callable[[Params, bool, int], BaseEstimator]  # (params, is_classifier, seed) -> estimator
     defaults: Params
     suggest: Callable[[optuna.Trial], Params]
+    # The estimator's own types skops must trust beyond its defaults (core.registry.artefact adds the
+    # ones every Pipeline holds).
     trusted_types: tuple[str, ...]
 
 
@@ -157,24 +155,21 @@ FAMILIES: dict[str, Family] = {
         _logistic,
         {"C": 1.0, "class_weight": None},
         _suggest_logistic,
-        (*_COMMON_TRUSTED,),
+        (),
     ),
     "random_forest": Family(
         "random_forest",
         _random_forest,
         {"n_estimators": 100, "max_depth": 12, "min_samples_leaf": 5, "max_features": 0.5},
         _suggest_random_forest,
-        (*_COMMON_TRUSTED, "sklearn.tree._tree.Tree"),
+        ("sklearn.tree._tree.Tree",),
     ),
     "hist_gradient_boosting": Family(
         "hist_gradient_boosting",
         _hist_gradient_boosting,
         {"learning_rate": 0.1, "max_iter": 200, "max_leaf_nodes": 31, "min_samples_leaf": 20, "l2_regularization": 0.0},
         _suggest_hist_gradient_boosting,
-        (
-            *_COMMON_TRUSTED,
-            "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-        ),
+        ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",),
     ),
     "svm": Family(
         "svm",
@@ -182,7 +177,6 @@ FAMILIES: dict[str, Family] = {
         {"C": 0.1, "gamma": 0.05, "n_components": 100},
         _suggest_svm,
         (
-            *_COMMON_TRUSTED,
             "sklearn.calibration._CalibratedClassifier",
             "sklearn.calibration._SigmoidCalibration",
         ),
@@ -192,7 +186,7 @@ FAMILIES: dict[str, Family] = {
         _mlp,
         {"width": 64, "depth": 2, "alpha": 1e-4, "learning_rate_init": 1e-3, "max_iter": 50},
         _suggest_mlp,
-        (*_COMMON_TRUSTED, "sklearn.neural_network._stochastic_optimizers.AdamOptimizer"),
+        ("sklearn.neural_network._stochastic_optimizers.AdamOptimizer",),
     ),
 }
 
@@ -236,8 +230,3 @@ def params_from_optuna(family: str, optuna_params: dict[str, Any]) -> Params:
     prefix = f"{family}."
     params = {k.removeprefix(prefix): v for k, v in optuna_params.items() if k.startswith(prefix)}
     return {**get_family(family).defaults, **params}
-
-
-# The exact types skops must trust to load each family's pipeline (never cloudpickle): checked by
-# tests/unit/test_models.py against what skops reports for a fitted pipeline.
-TRUSTED_TYPES: dict[str, tuple[str, ...]] = {name: fam.trusted_types for name, fam in FAMILIES.items()}

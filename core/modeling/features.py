@@ -6,7 +6,7 @@ serving hands the model the raw contract columns and never re-implements a featu
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -17,7 +17,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted, validate_data
 
-from core.contract import DatasetContract
+if TYPE_CHECKING:  # a type only: this module travels with every model and imports no project code
+    from core.contract import DatasetContract
 
 MISSING = "__missing__"
 

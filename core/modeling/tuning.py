@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from threadpoolctl import threadpool_limits
 
 from core.contract import DatasetContract
+from core.databases import normalise_url
 from core.modeling.families import build_pipeline, suggest
 from core.modeling.metrics import higher_is_better
 from core.modeling.training import cross_validate, xy
@@ -72,7 +73,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
 
         return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
     # PostgreSQL (or any SQLAlchemy URL); heartbeats let a crashed worker's trial be marked failed.
-    return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    return optuna.storages.RDBStorage(normalise_url(url), heartbeat_interval=60, grace_period=180)
 
 
 def make_sampler(spec: StudySpec, worker: int) -> optuna.samplers.BaseSampler:

@@ -1,6 +1,10 @@
-"""What every training run records beside its metrics: code, config, environment and data provenance.
+"""MLflow tracking: the experiment, and what every training run records.
 
-Tags: git commit (and whether the tree was dirty), a hash of uv.lock, a hash of the settings
+:func:`use_experiment` points MLflow at the configured tracking URI once per process and returns the
+experiment id. :func:`log_candidate` writes one run per fitted candidate: params, metrics, provenance
+tags, dataset inputs, plots and the model artefact (core.registry.artefact).
+
+Provenance tags: git commit (and whether the tree was dirty), a hash of uv.lock, a hash of the settings
 snapshot (the snapshot itself is an artifact), the data version and its time window. Inputs: one
 ``mlflow.log_input`` per split, with the split's fingerprint as its digest. Kept cheap on purpose:
 tags go in one ``log_batch``, nothing here reads the data again.
@@ -12,18 +16,26 @@ import hashlib
 import json
 import math
 import subprocess
+import tempfile
 import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from threadpoolctl import threadpool_limits
 
+from core.modeling.diagnostics import write_plots
+from core.modeling.training import Candidate, TrainingData, predict_scores, xy
+from core.registry.artefact import log_model, metadata_for
 from core.settings import PROJECT_ROOT, Settings
 
 # mlflow rejects a param value longer than this; longer values are cut, never dropped silently.
@@ -122,3 +134,116 @@ def log_dataset_inputs(splits: Mapping[str, Mapping[str, Any]], location: str) -
             if key in info:
                 tags[f"window_{key}"] = str(info[key])
         mlflow.log_input(dataset, context=split, tags=tags)
+
+
+def use_experiment(settings: Settings) -> str:
+    """Point MLflow at the configured tracking URI and return the experiment id (created when missing)."""
+    uri = settings.mlflow_tracking_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    experiment = mlflow.get_experiment_by_name(settings.experiment_name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    # A local backend would otherwise put artifacts in ./mlruns of whatever directory the flow runs in.
+    location = None if uri.startswith("http") else settings.mlflow_artifacts_dir.as_uri()
+    return str(mlflow.create_experiment(settings.experiment_name, artifact_location=location))
+
+
+@dataclass
+class LoggedCandidate:
+    """A fitted candidate and where MLflow keeps it."""
+
+    candidate: Candidate
+    run_id: str
+    model_uri: str
+
+
+def log_candidate_model(candidate: Candidate, data: TrainingData, settings: Settings) -> str:
+    """Log the candidate's Pipeline as the active run's model artefact; returns its model URI."""
+    contract = settings.contract
+    example = xy(data["test"], contract)[0].head(5)
+    metadata = metadata_for(
+        candidate.pipeline,
+        contract,
+        family=candidate.family,
+        threshold=candidate.threshold if contract.task == "binary" else None,
+        primary_metric=settings.training.primary_metric,
+    )
+    return log_model(candidate.pipeline, metadata, example)
+
+
+def log_candidate(
+    candidate: Candidate,
+    data: TrainingData,
+    settings: Settings,
+    *,
+    experiment_id: str,
+    parent_run_id: str | None,
+    run_name: str,
+    extra_tags: dict[str, Any] | None = None,
+) -> LoggedCandidate:
+    """One MLflow run for one fitted candidate: params, metrics, tags, inputs, plots, the model."""
+    contract = settings.contract
+    primary = settings.training.primary_metric
+    tags = {
+        **provenance_tags(settings, data.version, data.window),
+        "family": candidate.family,
+        "threshold": f"{candidate.threshold:.6f}",
+        "primary_metric": primary,
+        "task": contract.task,
+        **(extra_tags or {}),
+    }
+    metrics: dict[str, float] = {f"cv_{k}": v for k, v in candidate.cv_mean().items()}
+    metrics |= {f"cv_{k}_std": float(np.nanstd(v)) for k, v in candidate.cv.items()}
+    metrics |= {f"validation_{k}": v for k, v in candidate.validation.items()}
+    metrics |= {f"test_{k}": v for k, v in candidate.test.items()}
+    for slice_name, values in candidate.test_slices.items():
+        key = slice_name.replace("=", "_")
+        metrics |= {f"test_slice_{key}_{m}": v for m, v in values.items() if m != "rows"}
+    metrics["threshold"] = candidate.threshold
+    metrics["fit_seconds"] = candidate.fit_seconds
+    # The fit's thread limit holds for scoring and plots too: oversubscribed OpenMP threads made
+    # permutation importance on a busy 2-core machine ~10x slower.
+    with (
+        threadpool_limits(limits=settings.training.n_threads),
+        mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=run_name,
+            parent_run_id=parent_run_id,
+            nested=parent_run_id is not None,
+        ) as run,
+    ):
+        run_id = run.info.run_id
+        log_run_batch(
+            run_id,
+            params=candidate.params,
+            metrics=metrics,
+            tags=tags,
+            step_metrics={f"cv_fold_{k}": v for k, v in candidate.cv.items()},
+        )
+        log_dataset_inputs(data.info, data.location)
+        mlflow.log_dict(config_snapshot(settings), "config/settings.json")
+        Xt, yt = xy(data["test"], contract)
+        score = (
+            candidate.test_scores
+            if candidate.test_scores is not None
+            else predict_scores(candidate.pipeline, Xt, contract)
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            write_plots(
+                candidate.pipeline,
+                Xt,
+                yt,
+                score,
+                contract=contract,
+                threshold=candidate.threshold,
+                out_dir=Path(tmp),
+                primary_metric=primary,
+                max_rows=settings.training.diagnostics_rows,
+                seed=settings.seed,
+            )
+            mlflow.log_artifacts(tmp, artifact_path="plots")
+        model_uri = log_candidate_model(candidate, data, settings)
+    return LoggedCandidate(candidate, run_id, model_uri)

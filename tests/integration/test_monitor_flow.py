@@ -39,7 +39,7 @@ def write_reference(settings: Settings, n: int = 4_000) -> None:
 
 def write_log(settings: Settings, n: int, *, drifted: bool, labelled: int = 0, age: timedelta = timedelta()) -> None:
     """``n`` served rows (and ``labelled`` feedback labels) in the prediction log, serving's tables."""
-    from serving.prediction_log import tables
+    from core.predictions import tables
 
     contract = settings.contract
     scenario = {"scenario": "covariate_shift", "scenario_start": "2026-03-01"} if drifted else {}

@@ -18,8 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from core.predictions import read_feedback, read_predictions
 from core.settings import get_settings
-from serving.prediction_log import read_feedback, read_predictions
 from serving.sample import synthetic_frame
 from tests.serving_support import ADMIN_KEY, Service, record, register, serve, unique_model_name, wait_for
 
@@ -319,7 +319,7 @@ def test_health_ready_model(service: Service) -> None:
         assert ready["ready"] is True and ready["registry_reachable"] is True and ready["model_version"] == "1"
         model = c.get("/model").json()
     assert model["version"] == "1" and model["alias"] == "champion"
-    assert model["family"] == "logistic_regression"
+    assert model["family"] == "logistic"
     assert model["data_window_start"] == "2026-01-01" and model["data_window_end"] == "2026-03-01"
     assert "train_accuracy" in model["metrics"]
     assert model["card"].startswith("# serving-test-")

@@ -10,7 +10,7 @@ import httpx
 import psycopg
 import pytest
 
-from serving.prediction_log import read_predictions
+from core.predictions import read_predictions
 from tests.serving_support import record, register, serve, unique_model_name, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]

@@ -32,7 +32,7 @@ def small_data(mlflow_env: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def _alias(client: MlflowClient, name: str, alias: str) -> str | None:
-    from core.registry import version_by_alias
+    from core.registry.aliases import version_by_alias
 
     mv = version_by_alias(name, alias, client)
     return None if mv is None else str(mv.version)

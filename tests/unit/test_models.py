@@ -11,8 +11,9 @@ import yaml
 from sklearn.pipeline import Pipeline
 
 from core.contract import DatasetContract, parse_contract
-from core.modeling.families import FAMILIES, TRUSTED_TYPES, build_pipeline, families_for, params_from_optuna, suggest
+from core.modeling.families import FAMILIES, build_pipeline, families_for, params_from_optuna, suggest
 from core.modeling.features import to_model_input
+from core.registry.artefact import trusted_types
 from core.settings import PROJECT_ROOT, get_settings
 from demo.simulator import simulate
 
@@ -45,10 +46,10 @@ def test_family_fits_and_round_trips_through_skops_with_its_trusted_types(family
 
     blob = sio.dumps(pipe)
     untrusted = set(sio.get_untrusted_types(data=blob))
-    assert untrusted <= set(TRUSTED_TYPES[family]), (
-        f"{family}: trust list misses {untrusted - set(TRUSTED_TYPES[family])}"
+    assert untrusted <= set(trusted_types(family)), (
+        f"{family}: trust list misses {untrusted - set(trusted_types(family))}"
     )
-    loaded = sio.loads(blob, trusted=list(TRUSTED_TYPES[family]))
+    loaded = sio.loads(blob, trusted=list(trusted_types(family)))
     method = "predict_proba" if task == "binary" else "predict"
     np.testing.assert_array_equal(getattr(loaded, method)(X.head(50)), getattr(pipe, method)(X.head(50)))
 
@@ -59,7 +60,7 @@ def test_an_unlisted_type_is_refused(frame) -> None:  # type: ignore[no-untyped-
         to_model_input(frame, contract), frame["is_fraud"].astype(int)
     )
     with pytest.raises(sio.exceptions.UntrustedTypesFoundException):
-        sio.loads(sio.dumps(pipe), trusted=list(TRUSTED_TYPES["logistic"]))
+        sio.loads(sio.dumps(pipe), trusted=list(trusted_types("logistic")))
 
 
 def test_svm_is_skipped_above_its_row_limit() -> None:

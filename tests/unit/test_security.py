@@ -22,6 +22,8 @@ import yaml
 from core.settings import PROJECT_ROOT, Settings, get_settings
 
 SERVING = PROJECT_ROOT / "serving"
+# The model loader serving runs: the artefact module owns loading for every consumer.
+LOADER = PROJECT_ROOT / "core" / "registry" / "artefact.py"
 
 
 # ---- binding --------------------------------------------------------------------------------------
@@ -134,16 +136,17 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("path", sorted(SERVING.glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [*sorted(SERVING.rglob("*.py")), LOADER], ids=lambda p: p.name)
 def test_serving_imports_no_pickle_family_module(path: Path) -> None:
     assert not (_imports(path) & PICKLE_FAMILY), f"{path.name} imports {_imports(path) & PICKLE_FAMILY}"
 
 
 def test_serving_loads_models_only_with_skops_and_an_explicit_trust_list() -> None:
-    """Every skops load in serving/ passes `trusted=` a list (never True), and no mlflow loader is used:
-    `mlflow.sklearn.load_model` / `mlflow.pyfunc.load_model` would unpickle a cloudpickle flavor."""
+    """Every skops load in serving/ and its loader passes `trusted=` a list (never True), and no mlflow
+    loader is used: `mlflow.sklearn.load_model` / `mlflow.pyfunc.load_model` would unpickle a cloudpickle
+    flavor."""
     loads = []
-    for path in SERVING.glob("*.py"):
+    for path in [*SERVING.rglob("*.py"), LOADER]:
         text = path.read_text()
         assert not re.search(r"\b(mlflow|sklearn|pyfunc)\.load_model\(", text), f"{path.name} calls an mlflow loader"
         for node in ast.walk(ast.parse(text)):
@@ -179,7 +182,7 @@ def test_a_model_file_with_an_untrusted_type_is_refused(tmp_path: Path) -> None:
     from sklearn.preprocessing import FunctionTransformer
     from skops.io.exceptions import UntrustedTypesFoundException
 
-    from serving.model_store import load_pipeline
+    from core.registry.artefact import load_pipeline
 
     marker = tmp_path / "pwned"
     hostile = Pipeline([("step", FunctionTransformer(os.system, kw_args={"command": f"touch {marker}"}))])
@@ -193,7 +196,7 @@ def test_a_model_file_with_an_untrusted_type_is_refused(tmp_path: Path) -> None:
 def test_a_pickle_flavor_is_refused_before_reading_the_file(tmp_path: Path, fmt: str | None) -> None:
     from sklearn.linear_model import LogisticRegression
 
-    from serving.model_store import ModelFormatError, load_pipeline
+    from core.registry.artefact import ModelFormatError, load_pipeline
 
     d = _model_dir(tmp_path, LogisticRegression(), {"serialization_format": fmt} if fmt else {})
     # The file is not even opened: replace it with bytes that would fail any loader.

@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from core.predictions import read_feedback, read_predictions
 from core.settings import get_settings
-from serving.prediction_log import PredictionLog, read_feedback, read_predictions
+from serving.prediction_log import PredictionLog
 from tests.serving_support import wait_for
 
 

@@ -11,7 +11,7 @@ import skops.io as sio
 import yaml
 from sklearn.linear_model import LogisticRegression
 
-from serving.model_store import ModelFormatError, load_pipeline
+from core.registry.artefact import ModelFormatError, load_pipeline
 
 
 def _model_dir(tmp_path: Path, trusted: list[str]) -> Path:

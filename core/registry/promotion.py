@@ -1,0 +1,230 @@
+"""Promotion: score a candidate and the champion on the frozen holdout, apply the gate, record the verdict.
+
+The gate's rule lives in core.modeling.gate (pure and unit-tested); this module feeds it: holdout scores
+of the candidate and of the current champion (or a trivial baseline when there is none), slice masks,
+single-row latency, and then records the decision on the model version (tags, aliases, model card) and
+sends the notification. The train, tune and promote flows all promote through :func:`gate_candidate` or
+:func:`gate_version`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import mlflow
+from threadpoolctl import threadpool_limits
+
+from core.modeling.gate import Decision, GateConfig, baseline_scores, decide
+from core.modeling.metrics import compute_metrics, slice_masks, slice_metrics
+from core.modeling.training import (
+    TrainingData,
+    load_training_data,
+    predict_scores,
+    refit_pipeline,
+    single_row_latency_ms,
+    xy,
+)
+from core.notify import notify
+from core.registry import aliases as registry
+from core.registry.artefact import load_version
+from core.registry.cards import model_card
+from core.registry.tracking import LoggedCandidate, log_candidate_model, log_run_batch, provenance_tags
+from core.settings import Settings
+
+
+def gate_config(settings: Settings) -> GateConfig:
+    g = settings.gate
+    return GateConfig(
+        primary_metric=settings.training.primary_metric,
+        min_improvement=g.min_improvement,
+        confidence=g.confidence,
+        n_bootstrap=g.n_bootstrap,
+        slice_tolerance=g.slice_tolerance,
+        min_slice_rows=g.min_slice_rows,
+        min_slice_positives=g.min_slice_positives,
+        latency_budget_ms=g.latency_budget_ms,
+        seed=settings.seed,
+    )
+
+
+def _holdout_window(data: TrainingData) -> tuple[str, str]:
+    info = data.info.get("holdout", {})
+    return str(info.get("start", "")), str(info.get("end", ""))
+
+
+def evaluate_and_decide(
+    model: Any,
+    threshold: float,
+    version: str,
+    data: TrainingData,
+    settings: Settings,
+) -> tuple[Decision, dict[str, float], dict[str, dict[str, float]]]:
+    """Score candidate and reference on the holdout and apply the gate."""
+    contract = settings.contract
+    holdout = data["holdout"]
+    holdout = holdout[holdout[contract.target.name].notna()].sort_values(contract.timestamp_column, kind="stable")
+    X, y = xy(holdout, contract)
+    masks = slice_masks(holdout, contract)
+    candidate = predict_scores(model, X, contract)
+    champion = registry.version_by_alias(settings.model_name, registry.CHAMPION)
+    if champion is not None and str(champion.version) != str(version):
+        champ_model, _ = load_version(f"models:/{settings.model_name}/{champion.version}")
+        reference = predict_scores(champ_model, X, contract)
+        ref_threshold = float(champion.tags.get("threshold", 0.5))
+        against = "champion"
+    else:
+        _, y_train = xy(data["train"], contract)
+        n_classes = len(contract.target.classes or ()) or 2
+        reference = baseline_scores(contract.task, y_train, len(y), n_classes, seed=settings.seed)
+        ref_threshold = 0.5
+        against = "baseline"
+    latency = single_row_latency_ms(model, X.head(1))
+    decision = decide(
+        contract.task,
+        y,
+        candidate,
+        reference,
+        against=against,  # type: ignore[arg-type]
+        latency_ms=latency,
+        masks=masks,
+        config=gate_config(settings),
+        threshold_candidate=threshold,
+        threshold_reference=ref_threshold,
+    )
+    holdout_metrics = compute_metrics(contract.task, y, candidate, threshold)
+    slices = slice_metrics(
+        contract.task, y, candidate, masks, threshold=threshold, min_rows=settings.gate.min_slice_rows
+    )
+    return decision, holdout_metrics, slices
+
+
+def record_decision(
+    version: str,
+    decision: Decision,
+    holdout_metrics: dict[str, float],
+    slices: dict[str, dict[str, float]],
+    *,
+    family: str,
+    params: dict[str, Any],
+    threshold: float,
+    cv_metrics: dict[str, float],
+    test_metrics: dict[str, float],
+    run_id: str,
+    data: TrainingData,
+    settings: Settings,
+) -> None:
+    card = model_card(
+        contract=settings.contract,
+        model_name=settings.model_name,
+        family=family,
+        params=params,
+        threshold=threshold,
+        data_version=data.version,
+        window=data.window,
+        holdout_window=_holdout_window(data),
+        cv_metrics=cv_metrics,
+        test_metrics=test_metrics,
+        holdout_metrics=holdout_metrics,
+        slices=slices,
+        decision=decision,
+        run_id=run_id,
+    )
+    registry.apply_decision(settings.model_name, version, decision, card)
+    metrics = {f"holdout_{k}": v for k, v in holdout_metrics.items()}
+    metrics |= {"gate_delta": decision.delta, "gate_ci_low": decision.ci_low, "gate_ci_high": decision.ci_high}
+    log_run_batch(run_id, metrics=metrics, tags={"gate_decision": decision.decision, "registered_version": version})
+    notify(
+        "promotion_decision",
+        f"{settings.model_name} v{version}: {decision.decision}",
+        {
+            "reason": decision.reason,
+            decision.primary_metric: f"{decision.candidate_score:.4f} vs {decision.reference_score:.4f}",
+            "difference (CI)": f"{decision.delta:+.4f} [{decision.ci_low:+.4f}, {decision.ci_high:+.4f}]",
+            "against": decision.against,
+            "family": family,
+        },
+        settings,
+    )
+
+
+def refit_before_holdout(logged: LoggedCandidate, data: TrainingData, settings: Settings) -> LoggedCandidate:
+    """Refit the chosen candidate on train + validation + test and log it as the run's model.
+
+    Selection, the threshold and the test metrics come from the train-only fit; the model that is
+    registered has also seen the newest labelled rows before the holdout. After drift those rows are
+    the only ones with the new behaviour, so a retrained model that skipped them would learn little.
+    The holdout stays untouched: the gate still judges on rows no fit has seen.
+    """
+    contract = settings.contract
+    with threadpool_limits(limits=settings.training.n_threads):
+        pipeline = refit_pipeline(logged.candidate.pipeline, data, contract)
+    cand = replace(logged.candidate, pipeline=pipeline)
+    # The tune flow gates inside its study's parent run: the candidate's run then resumes nested.
+    with mlflow.start_run(run_id=logged.run_id, nested=mlflow.active_run() is not None):
+        mlflow.set_tag("refit", "train+validation+test")
+        uri = log_candidate_model(cand, data, settings)
+    return LoggedCandidate(cand, logged.run_id, uri)
+
+
+def gate_candidate(logged: LoggedCandidate, data: TrainingData, settings: Settings) -> dict[str, Any]:
+    """Register a freshly trained candidate and gate it, using the in-memory pipeline (no reload)."""
+    if settings.training.refit_before_holdout:
+        logged = refit_before_holdout(logged, data, settings)
+    cand = logged.candidate
+    tags = {
+        **provenance_tags(settings, data.version, data.window),
+        "family": cand.family,
+        "threshold": f"{cand.threshold:.6f}",
+        "run_id": logged.run_id,
+        "primary_metric": settings.training.primary_metric,
+        "refit": "train+validation+test" if settings.training.refit_before_holdout else "train",
+    }
+    mv = registry.register(logged.model_uri, settings.model_name, tags)
+    version = str(mv.version)
+    with threadpool_limits(limits=settings.training.n_threads):
+        decision, holdout_metrics, slices = evaluate_and_decide(cand.pipeline, cand.threshold, version, data, settings)
+    record_decision(
+        version,
+        decision,
+        holdout_metrics,
+        slices,
+        family=cand.family,
+        params=cand.params,
+        threshold=cand.threshold,
+        cv_metrics=cand.cv_mean(),
+        test_metrics=cand.test,
+        run_id=logged.run_id,
+        data=data,
+        settings=settings,
+    )
+    return {"version": version, "decision": decision.as_dict(), "holdout": holdout_metrics}
+
+
+def gate_version(version: str, settings: Settings) -> dict[str, Any]:
+    """Gate an already registered version against the current champion on the current holdout."""
+    client = registry.client()
+    mv = client.get_model_version(settings.model_name, version)
+    model, _ = load_version(f"models:/{settings.model_name}/{version}")
+    threshold = float(mv.tags.get("threshold", 0.5))
+    data = load_training_data(settings)
+    with threadpool_limits(limits=settings.training.n_threads):
+        decision, holdout_metrics, slices = evaluate_and_decide(model, threshold, version, data, settings)
+    run_id = mv.run_id or mv.tags.get("run_id", "")
+    run = client.get_run(run_id) if run_id else None
+    metrics = run.data.metrics if run else {}
+    record_decision(
+        version,
+        decision,
+        holdout_metrics,
+        slices,
+        family=mv.tags.get("family", "?"),
+        params=dict(run.data.params) if run else {},
+        threshold=threshold,
+        cv_metrics={k.removeprefix("cv_"): value for k, value in metrics.items() if k.startswith("cv_")},
+        test_metrics={k.removeprefix("test_"): value for k, value in metrics.items() if k.startswith("test_")},
+        run_id=run_id,
+        data=data,
+        settings=settings,
+    )
+    return {"version": version, "decision": decision.as_dict(), "holdout": holdout_metrics}
