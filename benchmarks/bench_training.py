@@ -40,9 +40,6 @@ def use_state(work: Path) -> None:
     os.environ["MLOPS_SPLITS__WINDOW_DAYS"] = "null"
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MPLBACKEND", "Agg")
-    from core.settings import get_settings
-
-    get_settings.cache_clear()
 
 
 def prepare_data(work: Path, train_rows: int, days: int = 60) -> dict[str, Any]:

@@ -74,7 +74,6 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["MLOPS_TUNING__MAX_ROWS"] = str(args.rows)
     from core.settings import get_settings
 
-    get_settings.cache_clear()
     settings = get_settings()
     runs = {
         "one_worker_no_pruning": run_study("1w", args.trials, 1, False),

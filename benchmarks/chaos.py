@@ -74,7 +74,10 @@ class Context:
 def example_records(n: int = 3) -> list[dict[str, Any]]:
     contract = get_settings().contract
     base = {name: contract.column(name).example for name in contract.input_columns}
-    return [{**base, contract.id_column: f"chaos-{i}"} for i in range(n)]
+    from demo.simulator import roles
+
+    _, id_col = roles(contract)
+    return [{**base, id_col: f"chaos-{i}"} for i in range(n)]
 
 
 def _sqlite_log(state: Path) -> str:
@@ -243,7 +246,7 @@ def _newest_valid_time(url: str, table: str, ts_col: str) -> str:
 
 def corrupt_batch(ctx: Context, *, rows_per_day: int = 300) -> ScenarioResult:
     from core.data.collection import CollectionError, run_collection
-    from demo.simulator import simulate, write_warehouse
+    from demo.simulator import roles, simulate, write_warehouse
 
     res = ScenarioResult("corrupt_batch")
     root = ctx.work / "corrupt_batch"
@@ -252,7 +255,7 @@ def corrupt_batch(ctx: Context, *, rows_per_day: int = 300) -> ScenarioResult:
     with env_vars({"MLOPS_STATE_DIR": str(root / "state"), "MLOPS_WAREHOUSE_URL": url, "MLOPS_ENVIRONMENT": "test"}):
         settings = get_settings()
         contract, data = settings.contract, settings.data_dir
-        id_col, ts_col = contract.id_column, contract.timestamp_column
+        ts_col, id_col = roles(contract)
         write_warehouse(url, days=6, rows_per_day=rows_per_day, contract=contract)
         first = run_collection(settings)
         res.expect(first["status"] == "succeeded", f"clean batch not collected: {first['status']}")

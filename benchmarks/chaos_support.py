@@ -71,10 +71,9 @@ def say(msg: str) -> None:
 
 @contextlib.contextmanager
 def env_vars(values: Mapping[str, str]) -> Iterator[None]:
-    """Settings come from the environment, as for a user; restored (and the cache cleared) afterwards."""
+    """Settings come from the environment, as for a user; restored afterwards."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
-    get_settings.cache_clear()
     try:
         yield
     finally:
@@ -83,7 +82,6 @@ def env_vars(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        get_settings.cache_clear()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Literal
 
-from core.settings import Settings, get_settings
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ def slack_payload(event: Event, title: str, fields: dict[str, Any]) -> dict[str,
     }
 
 
-def notify(event: Event, title: str, fields: dict[str, Any], settings: Settings | None = None) -> bool:
+def notify(event: Event, title: str, fields: dict[str, Any], settings: Settings) -> bool:
     """Post the event to the configured webhook. Returns True when a receiver accepted it."""
-    s = (settings or get_settings()).notifications
+    s = settings.notifications
     if not s.webhook_url or event not in s.events:
         return False
     body = json.dumps(slack_payload(event, title, fields)).encode()

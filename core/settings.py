@@ -2,9 +2,15 @@
 
 Sources, highest priority first: keyword arguments, environment variables (prefix ``MLOPS_``,
 nested with ``__``, e.g. ``MLOPS_COLLECTION__MAX_BAD_SHARE=0.1``), the YAML files named by
-``MLOPS_CONFIG`` (comma-separated, later files override earlier; default ``configs/settings.yaml``),
-then the defaults below. Every location has an embedded default under one git-ignored state
-directory, so a fresh clone runs with SQLite files and local folders and no server at all.
+``MLOPS_CONFIG`` (comma-separated; default: the generic ``configs/settings.yaml`` and the fraud demo's
+overlay ``configs/fraud/settings.yaml``), then the defaults below. Files merge deeply: a later file
+changes only the keys it names, inside a section too. Every location has an embedded default under one
+git-ignored state directory, so a fresh clone runs with SQLite files and local folders and no server.
+
+Settings are checked against the dataset contract at load: a metric the task does not have, a column
+weight, slice or group column the contract does not name. :func:`load_settings` turns any fault into one
+:class:`SettingsError` line naming the key, the value and what is allowed; entry points (the CLI, the
+flows, the service) call it once and pass the object down; nothing below them reads the environment.
 """
 
 from __future__ import annotations
@@ -14,21 +20,24 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    YamlConfigSettingsSource,
-)
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from core.contract import DatasetContract, load_contract
+from core.contract import ContractError, DatasetContract, load_contract
+from core.modeling.catalogue import CATALOGUE, DEFAULT_METRIC, metric_names
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# What runs when MLOPS_CONFIG is unset: every generic default, then the fraud demo (`make demo`).
+DEFAULT_CONFIG = "configs/settings.yaml,configs/fraud/settings.yaml"
+
+
+class SettingsError(ValueError):
+    """A settings or contract mistake, said in one line per fault."""
 
 
 def _config_files() -> list[Path]:
-    raw = os.environ.get("MLOPS_CONFIG", "configs/settings.yaml")
+    raw = os.environ.get("MLOPS_CONFIG") or DEFAULT_CONFIG
     files = [Path(p.strip()) for p in raw.split(",") if p.strip()]
     return [p if p.is_absolute() else PROJECT_ROOT / p for p in files]
 
@@ -40,7 +49,7 @@ class Section(BaseModel):
 class SourceSettings(Section):
     """Where collection reads raw rows from."""
 
-    kind: Literal["simulator", "sql", "csv", "parquet"] = "simulator"
+    kind: Literal["simulator", "sql", "csv", "parquet"] = "csv"
     # sql: any SQLAlchemy URL and a table or query. simulator: writes to and reads from `warehouse_url`.
     url: str | None = None
     table: str = "transactions"
@@ -69,15 +78,19 @@ class CollectionSettings(Section):
 
 
 class SplitSettings(Section):
-    # Time-ordered shares of the collected, labelled rows (oldest first). The holdout is the newest
-    # slice and is frozen: only the promotion gate reads it.
-    train: float = 0.6
-    validation: float = 0.15
-    test: float = 0.1
-    holdout: float = 0.15
-    reference_rows: int = 50_000  # monitoring reference: a sample of the train split
+    # Shares of the collected, labelled rows. The holdout is frozen: only the promotion gate reads it.
+    train: float = Field(0.6, ge=0.0, le=1.0)
+    validation: float = Field(0.15, ge=0.0, le=1.0)
+    test: float = Field(0.1, ge=0.0, le=1.0)
+    holdout: float = Field(0.15, ge=0.0, le=1.0)
+    # time: oldest rows train, newest are held out (needs the contract's timestamp column); random;
+    # stratified: each class cut by the shares; group: rows sharing `group_column` stay in one split.
+    # auto: time with a timestamp, else stratified for classification and random for regression.
+    strategy: Literal["auto", "time", "random", "stratified", "group"] = "auto"
+    group_column: str | None = None
+    reference_rows: int = Field(50_000, gt=0)  # monitoring reference: a sample of the train split
     # Only the newest N calendar days of collected data are split (None: all of it). Retraining after
-    # drift learns from recent behaviour instead of being outvoted by months of the old pattern.
+    # drift then learns from recent behaviour instead of being outvoted by months of the old pattern.
     window_days: int | None = Field(None, gt=0)
 
     @model_validator(mode="after")
@@ -85,6 +98,8 @@ class SplitSettings(Section):
         total = self.train + self.validation + self.test + self.holdout
         if abs(total - 1.0) > 1e-9:
             raise ValueError(f"split shares must sum to 1, got {total}")
+        if self.strategy == "group" and not self.group_column:
+            raise ValueError("strategy group needs splits.group_column")
         return self
 
 
@@ -117,7 +132,6 @@ class ServingSettings(Section):
 
 
 Family = Literal["logistic", "random_forest", "hist_gradient_boosting", "svm", "mlp"]
-Metric = Literal["roc_auc", "pr_auc", "f1", "log_loss", "brier", "rmse", "mae", "r2"]
 
 
 class TrainingSettings(Section):
@@ -125,7 +139,9 @@ class TrainingSettings(Section):
 
     # "logistic" means LogisticRegression for classification and Ridge for regression.
     families: list[Family] = ["logistic", "hist_gradient_boosting"]
-    primary_metric: Metric = "pr_auc"
+    # What "better" means: one of the task's metrics (core/modeling/catalogue.py); unset: the task's
+    # default (binary roc_auc, multiclass f1_macro, regression rmse). Also the tuning objective and the gate's.
+    primary_metric: str = ""
     cv_folds: int = Field(3, ge=2)
     # Time-aware CV (TimeSeriesSplit on rows ordered by the timestamp) unless set to false.
     time_aware_cv: bool = True
@@ -201,8 +217,9 @@ class MonitoringSettings(Section):
     # Retraining policy: weighted share of drifted feature columns (weight 1 unless listed, 0 ignores one).
     drift_share_threshold: float = Field(0.3, gt=0.0, le=1.0)
     column_weights: dict[str, float] = Field(default_factory=dict)
-    # Largest allowed fall of `performance_metric` below the champion's holdout value, in metric units.
-    performance_metric: Metric = "pr_auc"
+    # Largest allowed fall of `performance_metric` (unset: training.primary_metric) below the champion's
+    # holdout value, as a fraction of that value: 0.05 = 5% worse (direction-aware: for rmse, 5% higher).
+    performance_metric: str = ""
     max_performance_drop: float = Field(0.05, ge=0.0)
     min_labelled_rows: int = Field(200, gt=0)
     # The champion's holdout value is read from its training run's metric `<prefix><performance_metric>`.
@@ -229,6 +246,40 @@ class NotificationSettings(Section):
     timeout_s: float = 5.0
 
 
+class _YamlFiles(PydanticBaseSettingsSource):
+    """The YAML files of MLOPS_CONFIG, merged deeply: a later file changes only the keys it names, inside a
+    section too (``splits: {holdout: 0.2}`` keeps the other split settings). A value that is itself a
+    mapping (``monitoring.column_weights``) is replaced whole, so a file can also remove entries."""
+
+    def __init__(self, settings_cls: type[BaseSettings], files: list[Path]) -> None:
+        super().__init__(settings_cls)
+        self.files = files
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads everything at once
+
+    def __call__(self) -> dict[str, Any]:
+        sections = {
+            name
+            for name, f in self.settings_cls.model_fields.items()
+            if isinstance(f.annotation, type) and issubclass(f.annotation, Section)
+        }
+        merged: dict[str, Any] = {}
+        for path in self.files:
+            try:
+                data = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise SettingsError(f"settings file {path} is not valid YAML: {exc}") from None
+            if not isinstance(data, dict):
+                raise SettingsError(f"settings file {path} must be a mapping of settings, got {type(data).__name__}")
+            for key, value in data.items():
+                if key in sections and isinstance(value, dict) and isinstance(merged.get(key), dict):
+                    merged[key] = {**merged[key], **value}
+                else:
+                    merged[key] = value
+        return merged
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MLOPS_",
@@ -239,7 +290,7 @@ class Settings(BaseSettings):
     )
 
     environment: Literal["development", "test", "production"] = "development"
-    contract_path: Path = Path("configs/dataset.yaml")
+    contract_path: Path = Path("configs/fraud/dataset.yaml")
     state_dir: Path = Path(".state")
 
     # Locations. Left unset, each gets its embedded default under state_dir (see _default_locations).
@@ -247,26 +298,27 @@ class Settings(BaseSettings):
     warehouse_url: str = ""
     mlflow_tracking_uri: str = ""
     prediction_log_url: str = ""
-    stack: StackSettings = StackSettings()
+    stack: StackSettings = Field(default_factory=StackSettings)
 
-    model_name: str = "card-fraud"
-    experiment_name: str = "card-fraud"
+    # Registry and experiment names; unset: the contract's name (underscores as dashes).
+    model_name: str = ""
+    experiment_name: str = ""
     seed: int = 42
 
     admin_api_key: SecretStr | None = None
 
-    source: SourceSettings = SourceSettings()
-    simulator: SimulatorSettings = SimulatorSettings()
-    collection: CollectionSettings = CollectionSettings()
-    splits: SplitSettings = SplitSettings()
-    serving: ServingSettings = ServingSettings()
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
+    collection: CollectionSettings = Field(default_factory=CollectionSettings)
+    splits: SplitSettings = Field(default_factory=SplitSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
-    training: TrainingSettings = TrainingSettings()
-    tuning: TuningSettings = TuningSettings()
-    gate: GateSettings = GateSettings()
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    tuning: TuningSettings = Field(default_factory=TuningSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
 
-    monitoring: MonitoringSettings = MonitoringSettings()
-    notifications: NotificationSettings = NotificationSettings()
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -277,11 +329,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        files = [p for p in _config_files() if p.exists()]
         missing = [p for p in _config_files() if not p.exists()]
         if missing:
             raise FileNotFoundError(f"MLOPS_CONFIG names files that do not exist: {[str(p) for p in missing]}")
-        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=files))
+        return (init_settings, env_settings, _YamlFiles(settings_cls, _config_files()))
 
     @model_validator(mode="before")
     @classmethod
@@ -304,6 +355,53 @@ class Settings(BaseSettings):
             raise ValueError("MLOPS_ADMIN_API_KEY must be set in production")
         return self
 
+    @model_validator(mode="after")
+    def _fits_the_contract(self) -> Settings:
+        """Settings that name metrics or columns are checked against the contract they will run on."""
+        contract = self.contract
+        task = contract.task
+        faults = []
+        name = contract.name.replace("_", "-")
+        self.model_name = self.model_name or name
+        self.experiment_name = self.experiment_name or self.model_name
+        metrics = metric_names(task)
+        if not self.training.primary_metric:
+            self.training.primary_metric = DEFAULT_METRIC[task]
+        elif self.training.primary_metric not in CATALOGUE[task]:
+            faults.append(
+                f"training.primary_metric = {self.training.primary_metric!r}: does not apply to task {task}; "
+                f"choose one of {metrics}"
+            )
+        if not self.monitoring.performance_metric:
+            self.monitoring.performance_metric = self.training.primary_metric
+        elif self.monitoring.performance_metric not in CATALOGUE[task]:
+            faults.append(
+                f"monitoring.performance_metric = {self.monitoring.performance_metric!r}: does not apply to task {task}; "
+                f"choose one of {metrics}"
+            )
+        features = contract.feature_columns
+        stray = sorted(set(self.monitoring.column_weights) - set(features))
+        if stray:
+            faults.append(
+                f"monitoring.column_weights names {stray}, not feature columns of contract '{contract.name}'; "
+                f"its feature columns are {features}"
+            )
+        if self.splits.group_column is not None and self.splits.group_column not in contract.column_names:
+            faults.append(
+                f"splits.group_column = {self.splits.group_column!r}: not a column of contract '{contract.name}'"
+            )
+        if not contract.is_ordered:
+            if self.splits.strategy == "time":
+                faults.append("splits.strategy = 'time': the contract has no timestamp_column to order rows by")
+            if self.splits.window_days is not None:
+                faults.append(
+                    f"splits.window_days = {self.splits.window_days}: the contract has no timestamp_column; "
+                    "set it to null"
+                )
+        if faults:
+            raise ValueError("; ".join(faults))
+        return self
+
     # ---- resolved locations --------------------------------------------------------------------
     def path(self, p: Path) -> Path:
         return p if p.is_absolute() else PROJECT_ROOT / p
@@ -322,15 +420,80 @@ class Settings(BaseSettings):
 
     @property
     def contract(self) -> DatasetContract:
-        return _load_contract_cached(self.path(self.contract_path))
+        path = self.path(self.contract_path)
+        try:
+            stamp = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            stamp = 0
+        return _load_contract_cached(path, stamp)
 
 
 @lru_cache(maxsize=8)
-def _load_contract_cached(path: Path) -> DatasetContract:
+def _load_contract_cached(path: Path, stamp: int) -> DatasetContract:
+    """Contracts by (path, modification time): an edited contract is read again."""
     return load_contract(path)
 
 
-@lru_cache(maxsize=1)
+def load_settings(**overrides: Any) -> Settings:
+    """The settings from files and environment (and `overrides`), or one SettingsError naming each fault:
+    the key, the value given and what is allowed. No traceback for a configuration mistake."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+    except (ContractError, FileNotFoundError) as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    faults = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown setting {where!r}" + _known_keys(err["loc"])
+            faults.append(msg)
+            continue
+        if where:
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) else f" = {value!r}"
+            faults.append(f"{where}{shown}: {msg} ({_origin(err['loc'])})")
+        else:
+            faults.append(msg)
+    files = ", ".join(str(p.relative_to(PROJECT_ROOT)) if p.is_relative_to(PROJECT_ROOT) else str(p)
+                      for p in _config_files())  # fmt: skip
+    return f"settings are invalid (MLOPS_CONFIG={files}):\n  - " + "\n  - ".join(faults)
+
+
+def _known_keys(loc: tuple[Any, ...]) -> str:
+    fields: Any = Settings.model_fields
+    for part in loc[:-1]:
+        field = fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return ""
+        fields = field.annotation.model_fields
+    return f"; known keys here: {sorted(fields)}"
+
+
+def _origin(loc: tuple[Any, ...]) -> str:
+    """Where a value came from: an environment variable or the last settings file that names it."""
+    env = "MLOPS_" + "__".join(str(p).upper() for p in loc)
+    if env in os.environ:
+        return f"from {env}"
+    for path in reversed(_config_files()):
+        try:
+            node: Any = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        for part in loc:
+            node = node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                break
+        else:
+            return f"from {path.name}"
+    return "default"
+
+
 def get_settings() -> Settings:
-    """The process-wide settings. Tests call ``get_settings.cache_clear()`` after changing the env."""
-    return Settings()
+    """The settings, read now from the files and environment: for entry points (flows, CLI, the service)."""
+    return load_settings()

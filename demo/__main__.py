@@ -43,7 +43,6 @@ def run_demo(scenario: str, drift_days: int, tune_trials: int) -> int:
     # From here on this process, the worker and the API share one tracking server and one Prefect API.
     os.environ.update(stack.env_for_flows(settings, s))
     os.environ.setdefault("MLOPS_SERVING__RELOAD_INTERVAL_S", "3")
-    get_settings.cache_clear()
     settings = get_settings()
 
     step(2, "data: collection and preprocessing")

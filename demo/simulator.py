@@ -461,8 +461,18 @@ class WarehouseWrite:
     wrong_types_injected: bool
 
 
+def roles(contract: DatasetContract) -> tuple[str, str]:
+    """(timestamp column, id column): the simulator writes transactions, which have both."""
+    if contract.timestamp_column is None or contract.id_column is None:
+        raise ValueError(
+            f"the simulator needs a contract with an id and a timestamp column; '{contract.name}' lacks one"
+        )
+    return contract.timestamp_column, contract.id_column
+
+
 def warehouse_table(contract: DatasetContract, table: str, metadata: sa.MetaData) -> sa.Table:
     """The warehouse table typed from the contract, keyed by the id column, indexed by (time, id)."""
+    ts_col, id_col = roles(contract)
     cols = [
         sa.Column(
             c.name,
@@ -477,7 +487,7 @@ def warehouse_table(contract: DatasetContract, table: str, metadata: sa.MetaData
         table,
         metadata,
         *cols,
-        sa.Index(f"ix_{table}_time_id", contract.timestamp_column, contract.id_column),
+        sa.Index(f"ix_{table}_time_id", ts_col, id_col),
     )
 
 
@@ -485,7 +495,7 @@ def _pending_table(contract: DatasetContract, table: str, metadata: sa.MetaData)
     return sa.Table(
         f"{table}_pending_labels",
         metadata,
-        sa.Column(contract.id_column, sa.Text, primary_key=True),
+        sa.Column(roles(contract)[1], sa.Text, primary_key=True),
         sa.Column("label", sa.BigInteger, nullable=False),
         sa.Column("known_at", sa.DateTime, nullable=False, index=True),
     )
@@ -560,7 +570,7 @@ def write_warehouse(
             engine.dialect.name,
             engine.dialect.name,
         )
-    ts_col, id_col, target = contract.timestamp_column, contract.id_column, contract.target.name
+    (ts_col, id_col), target = roles(contract), contract.target.name
     try:
         meta.create_all(engine)
         if start:
@@ -622,7 +632,7 @@ def _backfill_labels(
     conn: sa.Connection, main: sa.Table, pending: sa.Table, contract: DatasetContract, as_of: datetime
 ) -> int:
     """Copy matured labels from the chargeback feed into the warehouse rows, then drop them from the feed."""
-    id_col, target = contract.id_column, contract.target.name
+    id_col, target = roles(contract)[1], contract.target.name
     matured = sa.select(pending.c[id_col]).where(pending.c.known_at <= as_of)
     label = sa.select(pending.c.label).where(pending.c[id_col] == main.c[id_col]).scalar_subquery()
     result = conn.execute(

@@ -228,15 +228,12 @@ def temporary(
     }
     saved = dict(os.environ)
     os.environ.update(overrides)
-    get_settings.cache_clear()
     settings = get_settings()
     try:
         stack = up_servers(settings, say=say)
         os.environ.update(env_for_flows(settings, stack))
-        get_settings.cache_clear()
         yield get_settings(), stack
     finally:
         down(settings, say=say)
         os.environ.clear()
         os.environ.update(saved)
-        get_settings.cache_clear()

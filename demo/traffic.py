@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from core.contract import DatasetContract
 from core.databases import engine_for
 from core.settings import Settings
-from demo.simulator import WarehouseWrite, write_warehouse
+from demo.simulator import WarehouseWrite, roles, write_warehouse
 
 
 @dataclass
@@ -55,18 +55,19 @@ def append_days(settings: Settings, days: int, scenario: str = "none", seed: int
 def rows_between(settings: Settings, start: str, end: str) -> pd.DataFrame:
     """The warehouse rows of [start, end), with their true labels (matured or still in the label feed)."""
     c = settings.contract
+    ts_col, id_col = roles(c)
     table = settings.source.table
     engine = engine_for(settings.source_url)
     try:
         meta = sa.MetaData()
         main = sa.Table(table, meta, autoload_with=engine)
-        query = sa.select(main).where(main.c[c.timestamp_column] >= start, main.c[c.timestamp_column] < end)
-        frame = pd.read_sql(query.order_by(main.c[c.timestamp_column]), engine)
+        query = sa.select(main).where(main.c[ts_col] >= start, main.c[ts_col] < end)
+        frame = pd.read_sql(query.order_by(main.c[ts_col]), engine)
         pending_name = f"{table}_pending_labels"
         if sa.inspect(engine).has_table(pending_name):
             pending = pd.read_sql(sa.select(sa.Table(pending_name, meta, autoload_with=engine)), engine)
-            late = pending.set_index(c.id_column)["label"]
-            frame[c.target.name] = frame[c.target.name].fillna(frame[c.id_column].map(late))
+            late = pending.set_index(id_col)["label"]
+            frame[c.target.name] = frame[c.target.name].fillna(frame[id_col].map(late))
     finally:
         engine.dispose()
     return frame

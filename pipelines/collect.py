@@ -19,8 +19,7 @@ from prefect.tasks import Task
 from core.data import collection
 from core.data.collection import CollectionError, CollectionPlan, PullResult
 from core.data.validation import SchemaMismatchError
-from core.settings import get_settings
-from demo.simulator import seed_warehouse
+from core.settings import Settings, get_settings
 
 RETRY_DELAYS: list[float] = [1, 2, 5]
 
@@ -31,10 +30,15 @@ def _retry_unless_refused(task: Task[Any, Any], task_run: TaskRun, state: State[
 
 
 @task(retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=_retry_unless_refused, cache_policy=NO_CACHE)
-def seed_empty_warehouse() -> str | None:
-    settings = get_settings()
+def seed_empty_warehouse(settings: Settings) -> str | None:
     if settings.source.kind != "simulator":
         return None
+    try:
+        from demo.simulator import seed_warehouse
+    except ImportError:
+        raise CollectionError(
+            "source.kind is 'simulator' but the demo package is not installed: point source at your data"
+        ) from None
     written = seed_warehouse(settings)
     if written is not None:
         print(
@@ -44,18 +48,20 @@ def seed_empty_warehouse() -> str | None:
 
 
 @task(retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=_retry_unless_refused, cache_policy=NO_CACHE)
-def plan_window(as_of: str | None) -> CollectionPlan:
-    return collection.plan_window(get_settings(), as_of)
+def plan_window(settings: Settings, as_of: str | None) -> CollectionPlan:
+    return collection.plan_window(settings, as_of)
 
 
 @task(retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=_retry_unless_refused, cache_policy=NO_CACHE)
-def pull_and_stage(plan: CollectionPlan) -> PullResult:
-    return collection.pull_and_stage(get_settings(), plan)
+def pull_and_stage(settings: Settings, plan: CollectionPlan) -> PullResult:
+    return collection.pull_and_stage(settings, plan)
 
 
 @task(retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=_retry_unless_refused, cache_policy=NO_CACHE)
-def publish_or_refuse(plan: CollectionPlan, result: PullResult, max_bad_share: float | None) -> dict[str, Any]:
-    return collection.finish(get_settings(), plan, result, max_bad_share)
+def publish_or_refuse(
+    settings: Settings, plan: CollectionPlan, result: PullResult, max_bad_share: float | None
+) -> dict[str, Any]:
+    return collection.finish(settings, plan, result, max_bad_share)
 
 
 @flow(name="collect", log_prints=True)
@@ -65,12 +71,12 @@ def collect(as_of: str | None = None, max_bad_share: float | None = None, seed_i
     ``as_of`` (ISO timestamp) defaults to the source's newest timestamp; ``max_bad_share`` overrides
     ``collection.max_bad_share``; ``seed_if_empty`` fills an empty simulator warehouse first.
     """
-    if seed_if_empty:
-        seed_empty_warehouse()
-    plan = plan_window(as_of)
-    result = pull_and_stage(plan)
-    manifest = publish_or_refuse(plan, result, max_bad_share)
     settings = get_settings()
+    if seed_if_empty:
+        seed_empty_warehouse(settings)
+    plan = plan_window(settings, as_of)
+    result = pull_and_stage(settings, plan)
+    manifest = publish_or_refuse(settings, plan, result, max_bad_share)
     print(f"manifest: {settings.data_dir / 'manifests' / ('collect-' + manifest['run_id'] + '.json')}")
     return manifest
 

@@ -65,11 +65,10 @@ def run_monitoring(
     window_hours: float | None = None,
     trigger: bool = True,
     *,
-    settings: Settings | None = None,
+    settings: Settings,
     now: datetime | None = None,
 ) -> MonitorOutcome:
     """The flow's body as plain Python. ``window_rows``/``window_hours`` default to configs when both None."""
-    settings = settings or get_settings()
     cfg = settings.monitoring
     now = now or datetime.now(UTC)
     if window_rows is None and window_hours is None:
@@ -276,7 +275,7 @@ def _finish(
 @flow(name="monitor", log_prints=True)
 def monitor(window_rows: int | None = None, window_hours: float | None = None, trigger: bool = True) -> dict[str, Any]:
     """Prefect flow: one monitoring run; returns the decision record."""
-    return run_monitoring(window_rows, window_hours, trigger).record
+    return run_monitoring(window_rows, window_hours, trigger, settings=get_settings()).record
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,7 +15,7 @@ from prefect.states import State
 from prefect.tasks import Task
 
 from core.data.splits import PreprocessError, build_splits
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 
 RETRY_DELAYS: list[float] = [1, 2, 5]
 
@@ -26,14 +26,14 @@ def _retry_io_only(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -
 
 
 @task(retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=_retry_io_only, cache_policy=NO_CACHE)
-def build_processed_datasets() -> dict[str, Any]:
-    return build_splits(get_settings())
+def build_processed_datasets(settings: Settings) -> dict[str, Any]:
+    return build_splits(settings)
 
 
 @flow(name="preprocess", log_prints=True)
 def preprocess() -> dict[str, Any]:
     """Build (or reuse) the processed datasets version for the current raw snapshots; returns its manifest."""
-    manifest = build_processed_datasets()
+    manifest = build_processed_datasets(get_settings())
     for name, split in manifest["splits"].items():
         print(f"  {name:<10} {split['rows']:>10} rows  {split['time_min']} .. {split['time_max']}")
     return manifest

@@ -44,10 +44,16 @@ def storage_url(settings: Settings, study_name: str, n_workers: int, distributed
 
 
 def tuning_frame(data: TrainingData, settings: Settings) -> pd.DataFrame:
-    """The newest `tuning.max_rows` training rows: the search ranks configurations, it need not see all."""
-    frame = data["train"].sort_values(settings.contract.timestamp_column, kind="stable")
+    """The newest `tuning.max_rows` training rows (a seeded sample of them when rows have no time order):
+    the search ranks configurations, it need not see all."""
+    frame = data["train"]
     limit = settings.tuning.max_rows
-    return frame.tail(limit) if limit is not None and len(frame) > limit else frame
+    if limit is None or len(frame) <= limit:
+        return frame
+    ts = settings.contract.timestamp_column
+    if ts is None:
+        return frame.sample(limit, random_state=settings.seed).sort_index()
+    return frame.sort_values(ts, kind="stable").tail(limit)
 
 
 def run_workers(spec: StudySpec, frame: pd.DataFrame, n_workers: int, dask_address: str | None) -> list[int]:

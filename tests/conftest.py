@@ -19,14 +19,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 @pytest.fixture
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point every default location at a fresh state directory for one test."""
-    from core.settings import get_settings
 
     state = tmp_path / "state"
     monkeypatch.setenv("MLOPS_STATE_DIR", str(state))
     monkeypatch.setenv("MLOPS_ENVIRONMENT", "test")
-    get_settings.cache_clear()
     yield state
-    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")
@@ -47,10 +44,8 @@ def mlflow_env(mlflow_server: str, state_dir: Path, monkeypatch: pytest.MonkeyPa
     """Settings and the mlflow client both pointed at the session's tracking server."""
     import mlflow
 
-    from core.settings import get_settings
 
     monkeypatch.setenv("MLOPS_MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     mlflow.set_tracking_uri(mlflow_server)
-    get_settings.cache_clear()
     return mlflow_server

@@ -12,6 +12,11 @@ Outcomes, all recorded in ``manifests/collect-<run_id>.json``:
   naming the columns and counts; quarantine kept, staged rows discarded (the next run pulls them
   again), watermark unchanged.
 
+A contract without a timestamp has no window and no watermark: each run reads the whole source (a full
+snapshot); part files are named by their content, so rows already collected write no new file, and
+preprocessing drops the copies by key. A contract without an id gets a row key derived from each row's
+content (core.data.rules.row_keys).
+
 Always checked: loaded + quarantined == pulled.
 """
 
@@ -29,6 +34,8 @@ from typing import Any
 
 import pandas as pd
 
+from core.contract import ROW_KEY
+from core.data.rules import row_keys, to_timestamps
 from core.data.snapshots import (
     PartFile,
     QuarantineWriter,
@@ -40,7 +47,7 @@ from core.data.snapshots import (
     write_watermark,
 )
 from core.data.sources import Watermark, Window, open_source
-from core.data.validation import SchemaMismatchError, check_columns, to_timestamps, validate_batch
+from core.data.validation import SchemaMismatchError, check_columns, validate_batch
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +62,7 @@ class CollectionPlan:
     run_id: str
     started_at: str
     source: str
-    window: Window
+    window: Window | None  # None: a full snapshot (the contract has no timestamp)
     as_of: str
     extra_columns: list[str]
     unusable_timestamps: int
@@ -128,6 +135,8 @@ def plan_window(settings: Settings, as_of: str | None = None, run_id: str | None
             raise CollectionError(message)
         if extra:
             log.warning("source has columns the contract does not name (ignored): %s", extra)
+        if contract.timestamp_column is None:
+            return CollectionPlan(run_id, started, source.description, None, started, extra, 0)
         clock = pd.Timestamp(as_of).to_pydatetime() if as_of else source.clock()
         unusable = source.unusable_timestamps()
         if unusable:
@@ -161,9 +170,16 @@ def pull_and_stage(settings: Settings, plan: CollectionPlan) -> PullResult:
     result = PullResult()
     quarantine = QuarantineWriter(paths["quarantine"], contract.column_names, plan.run_id, plan.started_at)
     source = open_source(settings)
+    seen_keys: dict[int, int] = {}  # row-key occurrence counts across this run's chunks
     try:
         for chunk in source.read(plan.window, settings.collection.chunk_rows):
             checked = validate_batch(chunk, contract)
+            if contract.id_column is None and len(checked.valid):
+                table = checked.valid_table
+                assert table is not None
+                checked.valid[ROW_KEY] = row_keys(table, contract.column_names, seen_keys).to_numpy(
+                    zero_copy_only=False
+                )
             if checked.rows != len(chunk):
                 raise RuntimeError(f"accounting broke: {len(chunk)} rows pulled, {checked.rows} validated")
             result.pulled += len(chunk)
@@ -175,7 +191,8 @@ def pull_and_stage(settings: Settings, plan: CollectionPlan) -> PullResult:
                 result.unknown_categories.setdefault(col, Counter()).update(counts)
             result.parts.extend(write_partitions(checked.valid, paths["staging"], contract))
             quarantine.write(checked.quarantined)
-            result.newest = _newest(result.newest, chunk, settings)
+            if contract.timestamp_column is not None:
+                result.newest = _newest(result.newest, chunk, settings)
             # Let this chunk go before the reader builds the next one: halves the peak memory.
             del chunk, checked
         result.unplaceable_ids = _quarantine_unplaceable(settings, source, quarantine)
@@ -201,18 +218,28 @@ def _quarantine_unplaceable(settings: Settings, source: Any, quarantine: Quarant
     No window can hold them, so without this they would sit in the source unseen by every run.
     """
     contract = settings.contract
+    if contract.timestamp_column is None:
+        return []
     rows = source.unusable_rows()
     if rows.empty:
         return []
     seen = _unplaceable_seen(settings)
-    ids = rows[contract.id_column].astype(str)
+    ids = _row_ids(rows, contract)
     new = rows[~ids.isin(seen).to_numpy()]
     if new.empty:
         return []
     frame = new.reindex(columns=contract.column_names).astype(object).where(new.notna(), None).astype(str)
     frame["_reason"] = f"{contract.timestamp_column}: null or not a timestamp; no collection window can hold it"
     quarantine.write(frame)
-    return new[contract.id_column].astype(str).tolist()
+    return _row_ids(new, contract).tolist()
+
+
+def _row_ids(rows: pd.DataFrame, contract: Any) -> pd.Series:
+    """How an unplaceable row is remembered: its id, or (no id column) a hash of its raw values as text."""
+    if contract.id_column is not None:
+        return rows[contract.id_column].astype(str)
+    text = rows.reindex(columns=contract.column_names).astype(str)
+    return pd.Series([f"{h:016x}" for h in pd.util.hash_pandas_object(text, index=False).tolist()], index=rows.index)
 
 
 def _unplaceable_seen(settings: Settings) -> set[str]:
@@ -231,8 +258,10 @@ def _newest(current: Watermark, chunk: pd.DataFrame, settings: Settings) -> Wate
     if ts.isna().all():
         return current
     top = ts.max()
-    ids = chunk.loc[(ts == top).to_numpy(), contract.id_column].astype(str)
-    candidate = Watermark(timestamp=pd.Timestamp(top).to_pydatetime(), id=str(ids.max()))
+    newest_id = None
+    if contract.id_column is not None:
+        newest_id = str(chunk.loc[(ts == top).to_numpy(), contract.id_column].astype(str).max())
+    candidate = Watermark(timestamp=pd.Timestamp(top).to_pydatetime(), id=newest_id)
     if current.timestamp is None or (candidate.timestamp, candidate.id or "") > (current.timestamp, current.id or ""):
         return candidate
     return current
@@ -249,13 +278,13 @@ def finish(
         "started_at": plan.started_at,
         "plan": plan,
         "result": result,
-        "since": plan.window.since,
+        "since": plan.window.since if plan.window is not None else Watermark(),
         "extra_columns": plan.extra_columns,
     }
     if result.pulled == 0:
         shutil.rmtree(paths["staging"], ignore_errors=True)
         _remember_unplaceable(settings, result.unplaceable_ids)
-        window = f"({plan.window.since.timestamp}, {plan.window.until}]"
+        window = "the source" if plan.window is None else f"({plan.window.since.timestamp}, {plan.window.until}]"
         print(f"collect {plan.run_id}: no new rows in {window}; watermark unchanged")
         return _write_manifest(settings, plan.run_id, status="empty", **common)
     if result.bad_share > limit:
@@ -271,7 +300,8 @@ def finish(
     files = publish(paths["staging"], paths["raw"], result.parts)
     _remember_unplaceable(settings, result.unplaceable_ids)
     manifest = _write_manifest(settings, plan.run_id, status="succeeded", files=files, max_bad_share=limit, **common)
-    write_watermark(settings.data_dir, result.newest, window_end=plan.window.until.isoformat(), run_id=plan.run_id)
+    if plan.window is not None:
+        write_watermark(settings.data_dir, result.newest, window_end=plan.window.until.isoformat(), run_id=plan.run_id)
     print(
         f"collect {plan.run_id}: pulled {result.pulled}, loaded {result.loaded}, quarantined {result.quarantined} "
         f"({result.bad_share:.2%}); {sum(f['new'] for f in files)} new file(s) under {paths['raw']}"
@@ -302,7 +332,7 @@ def _write_manifest(
         "started_at": started_at,
         "finished_at": utc_now(),
         "window": None
-        if plan is None
+        if plan is None or plan.window is None
         else {
             "after": since.to_dict(),
             "until": plan.window.until.isoformat(),

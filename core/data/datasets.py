@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from core.contract import DatasetContract
-from core.settings import Settings, get_settings
+from core.settings import Settings
 
 SPLIT_NAMES = ("train", "validation", "test", "holdout", "reference")
 
@@ -46,8 +46,7 @@ class ProcessedDatasets:
         return frame
 
 
-def processed_version(version: str, settings: Settings | None = None) -> ProcessedDatasets:
-    settings = settings or get_settings()
+def processed_version(version: str, settings: Settings) -> ProcessedDatasets:
     directory = settings.data_dir / "processed" / version
     manifest_path = directory / "manifest.json"
     if not manifest_path.exists():
@@ -57,9 +56,8 @@ def processed_version(version: str, settings: Settings | None = None) -> Process
     )
 
 
-def latest_processed(settings: Settings | None = None) -> ProcessedDatasets:
+def latest_processed(settings: Settings) -> ProcessedDatasets:
     """The version ``processed/latest.json`` points at."""
-    settings = settings or get_settings()
     pointer = settings.data_dir / "processed" / "latest.json"
     if not pointer.exists():
         raise DatasetsNotFoundError(

@@ -2,7 +2,8 @@
 
 Layout under ``data_dir``::
 
-    raw/date=YYYY-MM-DD/part-<fingerprint>.parquet   validated rows, never overwritten
+    raw/date=YYYY-MM-DD/part-<fingerprint>.parquet   validated rows, never overwritten (by event date)
+    raw/all/part-<fingerprint>.parquet               the same, for a contract without a timestamp
     staging/<run_id>/...                             a run's rows until the run succeeds
     quarantine/<run_id>.parquet                      rejected rows (values as text) + _reason
     manifests/collect-<run_id>.json                  what each collection run did
@@ -31,6 +32,7 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from core.contract import DatasetContract
+from core.data.rules import arrow_schema
 from core.data.sources import Watermark
 
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd"}
@@ -81,22 +83,6 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     tmp.replace(path)
 
 
-_ARROW_TYPES = {
-    "float": pa.float64(),
-    "int": pa.int64(),
-    "bool": pa.bool_(),
-    "category": pa.string(),
-    "string": pa.string(),
-    "datetime": pa.timestamp("ns"),
-}
-
-
-def arrow_schema(contract: DatasetContract) -> pa.Schema:
-    """The Parquet schema of validated rows: fixed by the contract, so every part file agrees
-    (a day whose optional column is all null is still a string column, not Arrow's null type)."""
-    return pa.schema([pa.field(c.name, _ARROW_TYPES[c.type], nullable=c.nullable) for c in contract.columns])
-
-
 def to_arrow(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
 
@@ -115,21 +101,30 @@ class PartFile:
         return {"path": self.path, "date": self.date, "rows": self.rows, "fingerprint": self.fingerprint}
 
 
+UNORDERED_PARTITION = "all"
+
+
 def write_partitions(frame: pd.DataFrame, root: Path, contract: DatasetContract) -> list[PartFile]:
-    """Write ``frame`` as one file per event date under ``root``; existing identical files are kept."""
+    """Write ``frame`` as one file per event date under ``root`` (one ``all`` partition for a contract
+    without a timestamp); existing identical files are kept."""
     if frame.empty:
         return []
     schema = arrow_schema(contract)
-    dates = frame[contract.timestamp_column].dt.strftime("%Y-%m-%d")
+    if contract.timestamp_column is None:
+        groups: list[tuple[str, pd.DataFrame]] = [(UNORDERED_PARTITION, frame)]
+    else:
+        dates = frame[contract.timestamp_column].dt.strftime("%Y-%m-%d")
+        groups = [(str(day), group) for day, group in frame.groupby(dates.to_numpy(), sort=True)]
     parts: list[PartFile] = []
-    for day, group in frame.groupby(dates.to_numpy(), sort=True):
+    for day, group in groups:
         table = to_arrow(group, schema)
         fp = fingerprint(table)
-        rel = f"date={day}/part-{fp[:24]}.parquet"
+        folder = UNORDERED_PARTITION if day == UNORDERED_PARTITION else f"date={day}"
+        rel = f"{folder}/part-{fp[:24]}.parquet"
         target = root / rel
         if not target.exists():
             write_parquet_atomic(table, target)
-        parts.append(PartFile(path=rel, date=str(day), rows=table.num_rows, fingerprint=fp))
+        parts.append(PartFile(path=rel, date=day, rows=table.num_rows, fingerprint=fp))
     return parts
 
 
@@ -148,8 +143,12 @@ def publish(staging: Path, raw: Path, parts: Iterable[PartFile]) -> list[dict[st
 
 
 def raw_part_files(raw: Path) -> list[Path]:
-    """Every published part file, oldest date first (within a date: by write time)."""
-    files = [p for p in raw.glob("date=*/part-*.parquet") if p.is_file()]
+    """Every published part file, oldest date first (within a date, and in ``all``: by write time)."""
+    files = [
+        p
+        for p in [*raw.glob("date=*/part-*.parquet"), *raw.glob(f"{UNORDERED_PARTITION}/part-*.parquet")]
+        if p.is_file()
+    ]
     return sorted(files, key=lambda p: (p.parent.name, p.stat().st_mtime_ns, p.name))
 
 

@@ -2,12 +2,15 @@
 
 All of them answer the same three questions for collection: which columns does the source have,
 what is its newest timestamp (its clock), and which rows fall in a window
-``(watermark, until]`` ordered by (timestamp, id). Rows arrive in chunks of at most ``chunk_rows``
-and keep their raw values (strings stay strings): typing is validation's job, so that a wrong
-type becomes a quarantined row with a reason instead of a crashed read.
+``(watermark, until]`` ordered by (timestamp, id). A contract without a timestamp has no window:
+``read(None, ...)`` returns every row. Rows arrive in chunks of at most ``chunk_rows`` and keep their
+raw values (strings stay strings): typing is the checker's job, so that a wrong type becomes a
+quarantined row with a reason instead of a crashed read.
 
 The watermark tie-break on the id column is applied in pandas, not SQL, so that string collation
-differences between databases cannot skip or repeat rows.
+differences between databases cannot skip or repeat rows. Without an id column the window starts *at*
+the watermark's time, so rows that share the newest time of the last run are read again rather than
+missed; the row keys collection derives make the second copy a duplicate that preprocessing drops.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from core.contract import DatasetContract
-from core.data.validation import to_timestamps
+from core.data.rules import to_timestamps
 from core.databases import engine_for
 from core.settings import Settings
 
@@ -59,16 +62,21 @@ class SourceError(RuntimeError):
     """The source cannot be read as configured."""
 
 
-def _select_window(frame: pd.DataFrame, window: Window, contract: DatasetContract) -> tuple[pd.DataFrame, int]:
+def _select_window(frame: pd.DataFrame, window: Window | None, contract: DatasetContract) -> tuple[pd.DataFrame, int]:
     """(rows of ``frame`` inside the window, rows whose timestamp is unusable)."""
+    if window is None or contract.timestamp_column is None:
+        return frame, 0
     ts = to_timestamps(frame[contract.timestamp_column])
     unusable = ts.isna()
     keep = ~unusable & (ts <= window.until)
     since = window.since
     if since.timestamp is not None:
         wm = pd.Timestamp(since.timestamp)
-        ids = frame[contract.id_column].astype(str)
-        keep &= (ts > wm) | ((ts == wm) & (ids > (since.id or "")))
+        if contract.id_column is None:
+            keep &= ts >= wm
+        else:
+            ids = frame[contract.id_column].astype(str)
+            keep &= (ts > wm) | ((ts == wm) & (ids > (since.id or "")))
     if keep.all():  # the usual case: skip a copy of the whole chunk
         return frame, int(unusable.sum())
     return frame.loc[keep.to_numpy()].reset_index(drop=True), int(unusable.sum())
@@ -86,8 +94,8 @@ class SqlSource:
         self.engine = engine_for(url)
         prep = self.engine.dialect.identifier_preparer
         self._from = f"({query.strip().rstrip(';')}) AS src" if query else prep.quote(table or "")
-        self._ts = prep.quote(contract.timestamp_column)
-        self._id = prep.quote(contract.id_column)
+        self._ts = prep.quote(contract.timestamp_column) if contract.timestamp_column else None
+        self._order = ", ".join(prep.quote(c) for c in (contract.timestamp_column, contract.id_column) if c)
         self.description = f"sql {self.engine.url.render_as_string(hide_password=True)} " + (
             "query" if query else f"table {table}"
         )
@@ -102,11 +110,15 @@ class SqlSource:
     @property
     def _unusable(self) -> str:
         """SQL predicate: the row's timestamp is NULL, or (SQLite stores what it is given) not a time."""
+        if self._ts is None:
+            return "1 = 0"
         if self.engine.dialect.name == "sqlite":
             return f"({self._ts} IS NULL OR datetime({self._ts}) IS NULL)"
         return f"({self._ts} IS NULL)"  # a typed timestamp column holds nothing but times or NULL
 
     def clock(self) -> datetime | None:
+        if self._ts is None:
+            return None
         with self.engine.connect() as conn:
             newest = conn.execute(
                 sa.text(f"SELECT MAX({self._ts}) FROM {self._from} WHERE NOT {self._unusable}")
@@ -129,14 +141,17 @@ class SqlSource:
         with self.engine.connect() as conn:
             return pd.read_sql(sa.text(f"SELECT * FROM {self._from} WHERE {self._unusable}"), conn)
 
-    def read(self, window: Window, chunk_rows: int) -> Iterator[pd.DataFrame]:
-        bounds = {"until": window.until}
-        if window.since.timestamp is not None:
-            bounds["since"] = window.since.timestamp
-        where = " AND ".join(
-            f"{self._ts} {op} :{name}" for name, op in (("until", "<="), ("since", ">=")) if name in bounds
-        )
-        sql = f"SELECT * FROM {self._from} WHERE {where} ORDER BY {self._ts}, {self._id}"
+    def read(self, window: Window | None, chunk_rows: int) -> Iterator[pd.DataFrame]:
+        bounds: dict[str, datetime] = {}
+        sql = f"SELECT * FROM {self._from}"
+        if window is not None and self._ts is not None:
+            bounds["until"] = window.until
+            if window.since.timestamp is not None:
+                bounds["since"] = window.since.timestamp
+            where = " AND ".join(
+                f"{self._ts} {op} :{name}" for name, op in (("until", "<="), ("since", ">=")) if name in bounds
+            )
+            sql += f" WHERE {where} ORDER BY {self._order}"
         chunks = self._read_sqlite(sql, bounds, chunk_rows) if self.engine.dialect.name == "sqlite" else None
         if chunks is None:
             chunks = self._read_sqlalchemy(sql, bounds, chunk_rows)
@@ -146,7 +161,9 @@ class SqlSource:
                 yield rows
 
     def _read_sqlalchemy(self, sql: str, bounds: dict[str, datetime], chunk_rows: int) -> Iterator[pd.DataFrame]:
-        query = sa.text(sql).bindparams(*(sa.bindparam(k, type_=sa.DateTime()) for k in bounds))
+        query = sa.text(sql)
+        if bounds:
+            query = query.bindparams(*(sa.bindparam(k, type_=sa.DateTime()) for k in bounds))
         # stream_results: a server-side cursor on PostgreSQL, so 10M rows never sit in client memory.
         with self.engine.connect().execution_options(stream_results=True, max_row_buffer=chunk_rows) as conn:
             yield from pd.read_sql(query, conn, params=bounds, chunksize=chunk_rows)
@@ -229,8 +246,11 @@ class FileSource:
         shared by a run's clock and counts."""
         newest: pd.Timestamp | None = None
         unusable = 0
-        for chunk in self._chunks(1_000_000, [self.contract.timestamp_column]):
-            ts = to_timestamps(chunk[self.contract.timestamp_column])
+        column = self.contract.timestamp_column
+        if column is None:
+            return None, 0
+        for chunk in self._chunks(1_000_000, [column]):
+            ts = to_timestamps(chunk[column])
             unusable += int(ts.isna().sum())
             top = ts.max()
             if pd.notna(top) and (newest is None or top > newest):
@@ -246,13 +266,14 @@ class FileSource:
 
     def unusable_rows(self) -> pd.DataFrame:
         """Rows no window can hold: collection quarantines them instead of losing them."""
-        if self.unusable_timestamps() == 0:  # the usual case: no second pass over every column
+        column = self.contract.timestamp_column
+        if column is None or self.unusable_timestamps() == 0:  # the usual case: no second pass
             return pd.DataFrame(columns=self.columns())
-        parts = [c[to_timestamps(c[self.contract.timestamp_column]).isna().to_numpy()] for c in self._chunks(250_000)]
+        parts = [c[to_timestamps(c[column]).isna().to_numpy()] for c in self._chunks(250_000)]
         parts = [p for p in parts if len(p)]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=self.columns())
 
-    def read(self, window: Window, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    def read(self, window: Window | None, chunk_rows: int) -> Iterator[pd.DataFrame]:
         for chunk in self._chunks(chunk_rows):
             rows, _ = _select_window(chunk, window, self.contract)
             if len(rows):

@@ -1,12 +1,22 @@
-"""Time-ordered splits of the collected rows: train, validation, test, a frozen holdout, a reference.
+"""Splits of the collected rows: train, validation, test, a frozen holdout, and a reference.
 
-Rows are deduplicated by id (the copy written last wins), ordered by (timestamp, id) and cut by the
-shares in ``settings.splits``, oldest first; the holdout is the newest slice and is reserved for
-promotion decisions. The reference dataset for monitoring is a seeded sample of the train split.
+Rows are deduplicated by key (the id, or the row key collection derives; the copy written last wins) and
+cut by the shares in ``settings.splits``. The holdout is reserved for promotion decisions; the reference
+dataset for monitoring is a seeded sample of the train split. ``splits.strategy``:
 
-The work streams one date partition at a time (raw snapshots are partitioned by event date, so date
-order is time order), which keeps memory flat at 10M rows: pass 1 counts unique ids per date from
-the id column alone, pass 2 reads each date, sorts it and routes its rows to per-split writers.
+* ``time`` (the default when the contract has a timestamp): rows ordered by (timestamp, key), oldest
+  first, so the holdout is the newest slice. The work streams one date partition at a time (raw
+  snapshots are partitioned by event date, so date order is time order), which keeps memory flat at
+  10M rows: pass 1 counts unique keys per date from the key column alone, pass 2 reads each date, sorts
+  it and routes its rows to per-split writers. ``splits.window_days`` keeps only the newest days.
+* ``stratified`` (the default for a classification contract without a timestamp): each class is cut
+  by the shares separately, in a seeded random order, so every split has the class balance of the whole.
+* ``random`` (the default for regression without a timestamp): one seeded random order, cut by the shares.
+* ``group``: rows with the same ``splits.group_column`` value stay in one split (no customer in both
+  training and holdout); groups are ordered at random and cut by their rows.
+
+For classification, preprocessing refuses splits a model could not be judged on: a class of the training
+split missing from validation or holdout, or a class the training split lacks that appears later.
 
 A version is the hash of the input fingerprints and the split config: the same inputs give the same
 version, and an existing version directory is never rewritten, so a holdout, once cut for a data
@@ -17,8 +27,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from itertools import groupby
@@ -31,16 +43,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.contract import DatasetContract
+from core.data.rules import arrow_schema
 from core.data.snapshots import (
     PARQUET_OPTIONS,
     StreamingFingerprint,
-    arrow_schema,
     raw_part_files,
     to_arrow,
     utc_now,
     write_json_atomic,
 )
 from core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test", "holdout")
 REFERENCE = "reference"
@@ -75,10 +89,23 @@ def version_of(inputs: list[str], settings: Settings) -> str:
     payload = {
         "inputs": sorted(inputs),
         "splits": settings.splits.model_dump(),
+        "strategy": strategy_of(settings),
         "seed": settings.seed,
         "columns": settings.contract.column_names,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def strategy_of(settings: Settings) -> str:
+    """The configured strategy, `auto` resolved: time with a timestamp, else stratified (classification)
+    or random."""
+    strategy = settings.splits.strategy
+    contract = settings.contract
+    if strategy != "auto":
+        return strategy
+    if contract.timestamp_column is not None:
+        return "time"
+    return "stratified" if contract.is_classification else "random"
 
 
 @dataclass
@@ -89,15 +116,20 @@ class _SplitStats:
     end: pd.Timestamp | None = None
     fingerprint: StreamingFingerprint = field(default_factory=StreamingFingerprint)
 
+    classes: Counter[str] = field(default_factory=Counter)
+
     def add(self, rows: pd.DataFrame, table: pa.Table, contract: DatasetContract) -> None:
         if rows.empty:
             return
         self.rows += len(rows)
         if contract.is_classification:
-            self.positives += int((rows[contract.target.name] == contract.target.positive_class).sum())
-        ts = rows[contract.timestamp_column]
-        self.start = ts.iloc[0] if self.start is None else self.start
-        self.end = ts.iloc[-1]
+            labels = rows[contract.target.name]
+            self.positives += int((labels == contract.target.positive_class).sum())
+            self.classes.update({str(k): int(v) for k, v in labels.value_counts().items()})
+        if contract.timestamp_column is not None:
+            ts = rows[contract.timestamp_column]
+            self.start = ts.min() if self.start is None else min(self.start, ts.min())
+            self.end = ts.max() if self.end is None else max(self.end, ts.max())
         self.fingerprint.update(table)
 
     def to_dict(self, contract: DatasetContract) -> dict[str, Any]:
@@ -106,20 +138,83 @@ class _SplitStats:
             "fingerprint": self.fingerprint.hexdigest(),
             "time_min": None if self.start is None else self.start.isoformat(),
             "time_max": None if self.end is None else self.end.isoformat(),
-            "positive_rate": self.positives / self.rows if self.rows and contract.is_classification else None,
+            "positive_rate": self.positives / self.rows if self.rows and contract.task == "binary" else None,
+            "classes": dict(sorted(self.classes.items())) if contract.is_classification else None,
         }
 
 
-def _unique_ids(files: list[Path], id_column: str) -> int:
-    ids = pa.concat_tables([pq.read_table(f, columns=[id_column]) for f in files]).column(0)
-    return len(ids.unique())
+def _unique_keys(files: list[Path], key_column: str) -> int:
+    keys = pa.concat_tables([pq.read_table(f, columns=[key_column]) for f in files]).column(0)
+    return len(keys.unique())
 
 
-def _read_date(files: list[Path], contract: DatasetContract) -> pd.DataFrame:
-    """One date's rows, deduplicated by id (the file written last wins), ordered by (time, id)."""
+def _read_rows(files: list[Path], contract: DatasetContract) -> pd.DataFrame:
+    """Rows of `files`, deduplicated by key (the file written last wins), ordered by (time, key) when the
+    contract has a timestamp, else by key."""
+    key = contract.key_column
     frame = pa.concat_tables([pq.read_table(f) for f in files]).to_pandas()
-    frame = frame.drop_duplicates(contract.id_column, keep="last")
-    return frame.sort_values([contract.timestamp_column, contract.id_column], kind="stable").reset_index(drop=True)
+    frame = frame.drop_duplicates(key, keep="last")
+    order = [c for c in (contract.timestamp_column, key) if c]
+    return frame.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def _uniform(values: pd.Series, seed: int) -> np.ndarray:
+    """A seeded, reproducible number in [0, 1) per value (the same value always gets the same number)."""
+    hashed = pd.util.hash_pandas_object(values.astype(str), index=False, hash_key=f"{seed:016d}"[:16])
+    return hashed.to_numpy().astype(np.float64) / 2.0**64
+
+
+def assign_splits(frame: pd.DataFrame, strategy: str, shares: dict[str, float], settings: Settings) -> np.ndarray:
+    """The split index (0 = train ... 3 = holdout) of each row of an unordered frame."""
+    contract = settings.contract
+    out = np.empty(len(frame), dtype=np.int64)
+    if strategy == "group":
+        column = settings.splits.group_column
+        assert column is not None  # settings refuse group without a group column
+        groups = frame[column].astype(str).where(frame[column].notna(), "__missing__")
+        sizes = groups.value_counts(sort=False)
+        order = pd.Series(_uniform(pd.Series(sizes.index), settings.seed), index=sizes.index).sort_values().index
+        cumulative = sizes.loc[order].cumsum().to_numpy()
+        bounds = split_bounds(len(frame), shares)
+        ends = [bounds[name][1] for name in SPLITS]
+        # A group goes to the split its last row falls in: whole groups, shares as close as groups allow.
+        group_split = {g: int(np.searchsorted(ends, c, side="left")) for g, c in zip(order, cumulative, strict=True)}
+        return groups.map(group_split).to_numpy(dtype=np.int64)
+    u = _uniform(frame[contract.key_column], settings.seed)
+    if strategy == "stratified":
+        strata = frame[contract.target.name].astype(str).to_numpy()
+    else:
+        strata = np.zeros(len(frame), dtype=object)
+    for stratum in pd.unique(strata):
+        rows = np.flatnonzero(strata == stratum)
+        ranked = rows[np.argsort(u[rows], kind="stable")]
+        for i, name in enumerate(SPLITS):
+            lo, hi = split_bounds(len(ranked), shares)[name]
+            out[ranked[lo:hi]] = i
+    return out
+
+
+def check_classes(stats: dict[str, _SplitStats], contract: DatasetContract) -> list[str]:
+    """Refuse splits a classifier could not be judged on; return warnings for the rest."""
+    if not contract.is_classification:
+        return []
+    train = set(stats["train"].classes)
+    for later in ("validation", "holdout"):
+        lacking = sorted(train - set(stats[later].classes))
+        if lacking:
+            raise PreprocessError(
+                f"class(es) {lacking} of the training split are missing from the {later} split: the model "
+                f"could not be judged on them. Collect more rows, or use splits.strategy stratified"
+            )
+    for later in ("validation", "test", "holdout"):
+        unseen = sorted(set(stats[later].classes) - train)
+        if unseen:
+            raise PreprocessError(
+                f"the training split lacks class(es) {unseen} that appear in the {later} split: the model "
+                f"could never predict them. Collect more rows, or use splits.strategy stratified"
+            )
+    never = sorted({str(c) for c in contract.classes} - train)
+    return [f"class(es) {never} of target.classes never occur in the collected rows"] if never else []
 
 
 def build_splits(settings: Settings) -> dict[str, Any]:
@@ -127,10 +222,12 @@ def build_splits(settings: Settings) -> dict[str, Any]:
     contract = settings.contract
     data_dir = settings.data_dir
     raw = data_dir / "raw"
-    files = raw_part_files(raw)
-    if not files:
+    every_file = raw_part_files(raw)
+    if not every_file:
         raise PreprocessError(f"no raw snapshots under {raw}: run collection first")
-    files = newest_days(files, settings.splits.window_days)
+    strategy = strategy_of(settings)
+    files = newest_days(every_file, settings.splits.window_days) if contract.is_ordered else every_file
+    warnings = _window_warning(every_file, files, settings)
     inputs = [str(f.relative_to(raw)) for f in files]
     version = version_of(inputs, settings)
     processed = data_dir / "processed"
@@ -141,65 +238,46 @@ def build_splits(settings: Settings) -> dict[str, Any]:
         print(f"preprocess: version {version} already built from the same inputs; nothing rewritten ({out})")
         return {**manifest, "reused": True}
 
-    by_date = [(day, list(group)) for day, group in groupby(files, key=lambda p: p.parent.name)]
-    # Pass 1: unique ids per date (id column only), to place every row in time order.
-    counts = [_unique_ids(group, contract.id_column) for _, group in by_date]
-    total = sum(counts)
-    shares = {name: getattr(settings.splits, name) for name in SPLITS}
-    bounds = split_bounds(total, shares)
-    empty = [name for name, (lo, hi) in bounds.items() if hi <= lo]
-    if empty:
-        raise PreprocessError(f"{total} collected rows are too few for splits {shares}: {empty} would be empty")
-    train_rows = bounds["train"][1]
-    rng = np.random.default_rng(settings.seed)
-    reference_pos = np.sort(rng.choice(train_rows, size=min(settings.splits.reference_rows, train_rows), replace=False))
-
     tmp = processed / f".tmp-{version}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     schema = arrow_schema(contract)
-    writers = {name: pq.ParquetWriter(tmp / f"{name}.parquet", schema, **PARQUET_OPTIONS) for name in SPLITS}
-    stats = {name: _SplitStats() for name in (*SPLITS, REFERENCE)}
-    reference_parts: list[pd.DataFrame] = []
-    offset = 0
     try:
-        # Pass 2: route each date's rows (already in time order) to the splits they fall in.
-        for (_, group), n in zip(by_date, counts, strict=True):
-            frame = _read_date(group, contract)
-            if len(frame) != n:
-                raise PreprocessError(f"raw partition {group[0].parent} changed while preprocessing")
-            for name, (lo, hi) in bounds.items():
-                a, b = max(lo, offset) - offset, min(hi, offset + n) - offset
-                if a < b:
-                    rows = frame.iloc[a:b]
-                    table = to_arrow(rows, schema)
-                    writers[name].write_table(table)
-                    stats[name].add(rows, table, contract)
-            picked = reference_pos[(reference_pos >= offset) & (reference_pos < offset + n)] - offset
-            if picked.size:
-                reference_parts.append(frame.iloc[picked])
-            offset += n
-    finally:
-        for w in writers.values():
-            w.close()
-    reference = pd.concat(reference_parts, ignore_index=True)
-    reference_table = to_arrow(reference, schema)
-    pq.write_table(reference_table, tmp / f"{REFERENCE}.parquet", **PARQUET_OPTIONS)
-    stats[REFERENCE].add(reference, reference_table, contract)
-
+        writers = {name: pq.ParquetWriter(tmp / f"{name}.parquet", schema, **PARQUET_OPTIONS) for name in SPLITS}
+        try:
+            if strategy == "time":
+                total, stats, reference = _time_splits(files, writers, schema, settings)
+            else:
+                total, stats, reference = _unordered_splits(files, strategy, writers, schema, settings)
+        finally:
+            for w in writers.values():
+                w.close()
+        warnings += check_classes(stats, contract)
+        reference_table = to_arrow(reference, schema)
+        pq.write_table(reference_table, tmp / f"{REFERENCE}.parquet", **PARQUET_OPTIONS)
+        stats[REFERENCE].add(reference, reference_table, contract)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for line in warnings:
+        log.warning("preprocess: %s", line)
+        print(f"preprocess: WARNING: {line}")
     manifest = {
         "version": version,
         "created_at": utc_now(),
         "contract": contract.name,
         "rows": total,
+        "strategy": strategy,
         "split_config": settings.splits.model_dump(),
         "splits": {name: stats[name].to_dict(contract) for name in (*SPLITS, REFERENCE)},
         "holdout": {
             "frozen": True,
-            "note": "newest rows, reserved for promotion decisions; this version directory is never rewritten",
+            "note": ("newest rows" if strategy == "time" else f"a {strategy} share of the rows")
+            + ", reserved for promotion decisions; this version directory is never rewritten",
         },
         "reference": {"sampled_from": "train", "seed": settings.seed, "rows": len(reference)},
         "inputs": {"raw_files": len(files), "raw_fingerprints": [f.stem.removeprefix("part-") for f in files]},
+        "warnings": warnings,
     }
     write_json_atomic(tmp / "manifest.json", manifest)
     try:
@@ -209,8 +287,92 @@ def build_splits(settings: Settings) -> dict[str, Any]:
             raise
         shutil.rmtree(tmp, ignore_errors=True)  # a concurrent run built the same version first
     _point_latest(processed, version)
-    print(f"preprocess: version {version}: {total} rows -> {out}")
+    print(f"preprocess: version {version}: {total} rows ({strategy} splits) -> {out}")
     return {**manifest, "reused": False}
+
+
+def _window_warning(every_file: list[Path], kept: list[Path], settings: Settings) -> list[str]:
+    """A warning when splits.window_days leaves out more than half of the collected rows."""
+    if len(kept) == len(every_file):
+        return []
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f in every_file)
+    used = sum(pq.ParquetFile(f).metadata.num_rows for f in kept)
+    if used * 2 >= total:
+        return []
+    return [
+        f"splits.window_days {settings.splits.window_days} keeps {used} of {total} collected rows "
+        f"({used / total:.0%}); unset it (null) to split every row"
+    ]
+
+
+_Splits = tuple[int, dict[str, _SplitStats], pd.DataFrame]
+
+
+def _bounds(total: int, settings: Settings) -> dict[str, tuple[int, int]]:
+    shares = {name: getattr(settings.splits, name) for name in SPLITS}
+    bounds = split_bounds(total, shares)
+    empty = [name for name, (lo, hi) in bounds.items() if hi <= lo]
+    if empty:
+        raise PreprocessError(f"{total} collected rows are too few for splits {shares}: {empty} would be empty")
+    return bounds
+
+
+def _time_splits(
+    files: list[Path], writers: dict[str, pq.ParquetWriter], schema: pa.Schema, settings: Settings
+) -> _Splits:
+    contract = settings.contract
+    by_date = [(day, list(group)) for day, group in groupby(files, key=lambda p: p.parent.name)]
+    # Pass 1: unique keys per date (key column only), to place every row in time order.
+    counts = [_unique_keys(group, contract.key_column) for _, group in by_date]
+    total = sum(counts)
+    bounds = _bounds(total, settings)
+    train_rows = bounds["train"][1]
+    rng = np.random.default_rng(settings.seed)
+    reference_pos = np.sort(rng.choice(train_rows, size=min(settings.splits.reference_rows, train_rows), replace=False))
+    stats = {name: _SplitStats() for name in (*SPLITS, REFERENCE)}
+    reference_parts: list[pd.DataFrame] = []
+    offset = 0
+    # Pass 2: route each date's rows (already in time order) to the splits they fall in.
+    for (_, group), n in zip(by_date, counts, strict=True):
+        frame = _read_rows(group, contract)
+        if len(frame) != n:
+            raise PreprocessError(f"raw partition {group[0].parent} changed while preprocessing")
+        for name, (lo, hi) in bounds.items():
+            a, b = max(lo, offset) - offset, min(hi, offset + n) - offset
+            if a < b:
+                rows = frame.iloc[a:b]
+                table = to_arrow(rows, schema)
+                writers[name].write_table(table)
+                stats[name].add(rows, table, contract)
+        picked = reference_pos[(reference_pos >= offset) & (reference_pos < offset + n)] - offset
+        if picked.size:
+            reference_parts.append(frame.iloc[picked])
+        offset += n
+    return total, stats, pd.concat(reference_parts, ignore_index=True)
+
+
+def _unordered_splits(
+    files: list[Path], strategy: str, writers: dict[str, pq.ParquetWriter], schema: pa.Schema, settings: Settings
+) -> _Splits:
+    """Random, stratified or group splits: every row is read (they are cut by a seeded order, not by time)."""
+    contract = settings.contract
+    frame = _read_rows(files, contract)
+    total = len(frame)
+    _bounds(total, settings)
+    shares = {name: getattr(settings.splits, name) for name in SPLITS}
+    assigned = assign_splits(frame, strategy, shares, settings)
+    stats = {name: _SplitStats() for name in (*SPLITS, REFERENCE)}
+    for i, name in enumerate(SPLITS):
+        rows = frame[assigned == i]
+        if rows.empty:
+            raise PreprocessError(f"{total} collected rows left the {name} split empty ({strategy} splits {shares})")
+        table = to_arrow(rows, schema)
+        writers[name].write_table(table)
+        stats[name].add(rows, table, contract)
+    train = frame[assigned == 0]
+    rng = np.random.default_rng(settings.seed)
+    picked = np.sort(rng.choice(len(train), size=min(settings.splits.reference_rows, len(train)), replace=False))
+    return total, stats, train.iloc[picked].reset_index(drop=True)
 
 
 def _point_latest(processed: Path, version: str) -> None:

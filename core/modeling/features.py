@@ -104,8 +104,10 @@ def build_preprocessor(contract: DatasetContract, *, scale: bool = True) -> Colu
             categorical,
         ),
     ]
-    if contract.derived_time_features:
-        transformers.append(("time", TimeFeatures(tuple(contract.derived_time_features)), [contract.timestamp_column]))
+    if contract.time_feature_columns:
+        transformers.append(
+            ("time", TimeFeatures(tuple(contract.derived_time_features)), contract.time_feature_columns)
+        )
     return ColumnTransformer(transformers, remainder="drop", sparse_threshold=0.0, verbose_feature_names_out=True)
 
 

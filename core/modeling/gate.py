@@ -23,7 +23,8 @@ from typing import Any, Literal
 import numpy as np
 
 from core.contract import Task
-from core.modeling.metrics import RankedScores, compute_metrics, higher_is_better, weighted_metric
+from core.modeling.catalogue import higher_is_better
+from core.modeling.metrics import RankedScores, compute_metrics, weighted_metric
 
 DecisionKind = Literal["promoted", "challenger", "rejected"]
 

@@ -1,7 +1,12 @@
-"""Metrics by task, per slice, the decision threshold, and fast weighted ranking metrics for the bootstrap.
+"""Metric computations for every metric of the catalogue, per slice, the decision threshold, and fast
+weighted ranking metrics for the bootstrap.
 
-Scores are what a model outputs for the metric: the positive-class probability (binary), the class
-probability matrix (multiclass) or the prediction (regression).
+Inputs are encoded once by the caller (core.modeling.training.encode_target): ``y`` is 0/1 (1 = the
+contract's positive class) for binary, class indices into the model's class order for multiclass, numbers
+for regression. Scores are what a model outputs for the metric: P(positive) for binary, the (n, k)
+probability matrix for multiclass, the prediction for regression. :func:`metric_value` is the only
+implementation of each metric; :func:`compute_metrics` (every metric of the task) and the gate's
+bootstrap (with row weights) both call it.
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ import pandas as pd
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
+    balanced_accuracy_score,
     brier_score_loss,
     f1_score,
     log_loss,
     mean_absolute_error,
+    mean_absolute_percentage_error,
     mean_squared_error,
     precision_recall_curve,
     r2_score,
@@ -24,65 +31,79 @@ from sklearn.metrics import (
 )
 
 from core.contract import DatasetContract, Task
-
-HIGHER_IS_BETTER = {"roc_auc": True, "pr_auc": True, "f1": True, "accuracy": True, "r2": True}
-LOWER_IS_BETTER = {"log_loss", "brier", "rmse", "mae"}
-
-
-METRICS_BY_TASK: dict[str, tuple[str, ...]] = {
-    "binary": ("roc_auc", "pr_auc", "f1", "log_loss", "brier"),
-    "multiclass": ("roc_auc", "log_loss", "f1", "accuracy"),
-    "regression": ("rmse", "mae", "r2"),
-}
+from core.modeling.catalogue import metric_names, spec
 
 
 def check_primary_metric(task: Task, metric: str) -> None:
-    """Refuse a primary metric the task does not have (e.g. pr_auc for a regression contract)."""
-    if metric not in METRICS_BY_TASK[task]:
-        raise ValueError(
-            f"training.primary_metric {metric!r} does not apply to task {task}; choose one of {METRICS_BY_TASK[task]}"
+    """Refuse a metric the task does not have (e.g. pr_auc for a regression contract)."""
+    spec(task, metric)
+
+
+def hard_labels(task: Task, score: np.ndarray, threshold: float) -> np.ndarray:
+    """The labels a model's scores decide: P(positive) >= threshold (binary), the likeliest class (multiclass)."""
+    if task == "binary":
+        return (score >= threshold).astype(np.int64)
+    return np.asarray(score).argmax(axis=1)
+
+
+def metric_value(
+    task: Task, metric: str, y: Any, score: Any, *, threshold: float = 0.5, weights: np.ndarray | None = None
+) -> float:
+    """One metric of the catalogue; NaN where it is undefined (a ranking metric on a single class)."""
+    y = np.asarray(y)
+    score = np.asarray(score)
+    w = None
+    if weights is not None:
+        keep = weights > 0
+        y, score, w = y[keep], score[keep], weights[keep]
+    if len(y) == 0:
+        return float("nan")
+    needs = spec(task, metric).needs
+    if task == "regression":
+        y, score = y.astype(np.float64), score.astype(np.float64)
+        if metric == "rmse":
+            return float(np.sqrt(mean_squared_error(y, score, sample_weight=w)))
+        if metric == "mae":
+            return float(mean_absolute_error(y, score, sample_weight=w))
+        if metric == "mape":
+            return float(mean_absolute_percentage_error(y, score, sample_weight=w))
+        return float(r2_score(y, score, sample_weight=w)) if len(y) > 1 else float("nan")
+    if task == "binary":
+        both = len(np.unique(y)) == 2
+        if metric == "roc_auc":
+            return float(roc_auc_score(y, score, sample_weight=w)) if both else float("nan")
+        if metric == "pr_auc":
+            return float(average_precision_score(y, score, sample_weight=w)) if both else float("nan")
+        if metric == "log_loss":
+            return float(log_loss(y, score, sample_weight=w, labels=[0, 1]))
+        if metric == "brier":
+            return float(brier_score_loss(y, score, sample_weight=w, pos_label=1))
+    k = score.shape[1] if task == "multiclass" else 2
+    labels = np.arange(k)
+    if task == "multiclass" and needs == "proba":
+        if metric == "log_loss":
+            return float(log_loss(y, score, sample_weight=w, labels=labels))
+        if len(np.unique(y)) != k:
+            return float("nan")  # one-vs-rest AUC needs every class present
+        return float(roc_auc_score(y, score, sample_weight=w, multi_class="ovr", labels=labels))
+    pred = hard_labels(task, score, threshold)
+    if metric == "accuracy":
+        return float(accuracy_score(y, pred, sample_weight=w))
+    if metric == "balanced_accuracy":
+        # sklearn warns (and averages what it has) when a class is absent from y.
+        present = np.unique(y)
+        return float(balanced_accuracy_score(y, pred, sample_weight=w)) if len(present) > 1 else float("nan")
+    average = {"f1": "binary", "f1_macro": "macro", "f1_weighted": "weighted"}[metric]
+    return float(
+        f1_score(
+            y, pred, sample_weight=w, average=average, labels=None if task == "binary" else labels, zero_division=0
         )
-
-
-def higher_is_better(metric: str) -> bool:
-    if metric in HIGHER_IS_BETTER:
-        return True
-    if metric in LOWER_IS_BETTER:
-        return False
-    raise ValueError(f"unknown metric {metric!r}")
+    )
 
 
 def compute_metrics(task: Task, y: Any, score: Any, threshold: float = 0.5) -> dict[str, float]:
-    """Every metric for the task; a ranking metric is NaN when only one class is present."""
-    y = np.asarray(y)
-    score = np.asarray(score)
-    if task == "regression":
-        return {
-            "rmse": float(np.sqrt(mean_squared_error(y, score))),
-            "mae": float(mean_absolute_error(y, score)),
-            "r2": float(r2_score(y, score)) if len(y) > 1 else float("nan"),
-        }
-    if task == "multiclass":
-        labels = np.arange(score.shape[1])
-        both = len(np.unique(y)) == score.shape[1]
-        return {
-            "roc_auc": float(roc_auc_score(y, score, multi_class="ovr")) if both else float("nan"),
-            "log_loss": float(log_loss(y, score, labels=labels)),
-            "f1": float(f1_score(y, score.argmax(axis=1), average="macro", labels=labels, zero_division=0)),
-            "accuracy": float(accuracy_score(y, score.argmax(axis=1))),
-        }
-    two_classes = len(np.unique(y)) == 2
-    return {
-        "roc_auc": float(roc_auc_score(y, score)) if two_classes else float("nan"),
-        "pr_auc": float(average_precision_score(y, score)) if two_classes else float("nan"),
-        "f1": float(f1_score(y, score >= threshold, zero_division=0)),
-        "log_loss": float(log_loss(y, score, labels=[0, 1])),
-        "brier": float(brier_score_loss(y, score, pos_label=1)),
-    }
-
-
-def primary_score(task: Task, metric: str, y: Any, score: Any, threshold: float = 0.5) -> float:
-    return compute_metrics(task, y, score, threshold)[metric]
+    """Every metric of the task's catalogue."""
+    return {m: metric_value(task, m, y, score, threshold=threshold) for m in metric_names(task)}
 
 
 def choose_threshold(y: Any, proba: Any) -> float:
@@ -173,29 +194,5 @@ class RankedScores:
 
 
 def weighted_metric(task: Task, metric: str, y: Any, score: Any, weights: np.ndarray, *, threshold: float) -> float:
-    """Any metric under bootstrap weights (slower path for metrics RankedScores does not cover)."""
-    y = np.asarray(y)
-    score = np.asarray(score)
-    keep = weights > 0
-    y, score, w = y[keep], score[keep], weights[keep]
-    if metric == "rmse":
-        return float(np.sqrt(np.average((y - score) ** 2, weights=w)))
-    if metric == "mae":
-        return float(np.average(np.abs(y - score), weights=w))
-    if metric == "r2":
-        return float(r2_score(y, score, sample_weight=w))
-    if metric == "roc_auc":
-        return float(roc_auc_score(y, score, sample_weight=w, multi_class="ovr"))
-    if metric == "pr_auc":
-        return float(average_precision_score(y, score, sample_weight=w))
-    if metric == "log_loss":
-        labels = np.arange(score.shape[1]) if score.ndim == 2 else [0, 1]
-        return float(log_loss(y, score, sample_weight=w, labels=labels))
-    if metric == "brier":
-        return float(brier_score_loss(y, score, sample_weight=w, pos_label=1))
-    if metric == "f1":
-        pred = score.argmax(axis=1) if score.ndim == 2 else score >= threshold
-        return float(f1_score(y, pred, sample_weight=w, average="binary" if task == "binary" else "macro"))
-    if metric == "accuracy":
-        return float(accuracy_score(y, score.argmax(axis=1), sample_weight=w))
-    raise ValueError(f"unknown metric {metric!r}")
+    """`metric` under bootstrap row weights (the path for metrics RankedScores does not cover)."""
+    return metric_value(task, metric, y, score, threshold=threshold, weights=weights)

@@ -14,14 +14,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
-from sklearn.model_selection import KFold, TimeSeriesSplit
+from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from core.contract import DatasetContract
+from core.modeling.catalogue import higher_is_better
 from core.modeling.families import Params, build_pipeline, get_family
 from core.modeling.features import to_model_input
-from core.modeling.metrics import choose_threshold, compute_metrics, higher_is_better, slice_masks, slice_metrics
+from core.modeling.metrics import choose_threshold, compute_metrics, slice_masks, slice_metrics
 
 SPLITS = ("train", "validation", "test", "holdout")
 FoldCallback = Callable[[int, dict[str, float]], None]
@@ -71,40 +72,95 @@ def load_training_data(settings: Any, splits: tuple[str, ...] = SPLITS) -> Train
     return TrainingData(str(processed.version), str(processed.dir), frames, info)
 
 
+def labelled_rows(frame: pd.DataFrame, contract: DatasetContract) -> pd.DataFrame:
+    """The rows with a label, in time order when the contract has a timestamp (time-ordered CV relies on it)."""
+    frame = frame[frame[contract.target.name].notna()]
+    ts = contract.timestamp_column
+    if ts is not None and not frame[ts].is_monotonic_increasing:
+        frame = frame.sort_values(ts, kind="stable")
+    return frame
+
+
 def xy(frame: pd.DataFrame, contract: DatasetContract) -> tuple[pd.DataFrame, np.ndarray]:
-    """Model input and target, rows in time order and rows without a label left out."""
-    target = contract.target.name
-    frame = frame[frame[target].notna()]
-    if not frame[contract.timestamp_column].is_monotonic_increasing:
-        frame = frame.sort_values(contract.timestamp_column, kind="stable")
-    y = frame[target].to_numpy()
-    y = y.astype(np.float64) if contract.task == "regression" else y.astype(np.int64)
+    """Model input and target (labels as the contract types them) of :func:`labelled_rows`."""
+    frame = labelled_rows(frame, contract)
+    y = frame[contract.target.name].to_numpy()
+    y = y.astype(np.float64) if contract.task == "regression" else _labels(y)
     return to_model_input(frame, contract), y
 
 
+def _labels(values: np.ndarray) -> np.ndarray:
+    """Class labels as one numpy type (a nullable-int or object column becomes plain int or str values)."""
+    if values.dtype == object:
+        kinds = {type(v) for v in values}
+        if kinds <= {int, np.int64}:
+            return values.astype(np.int64)
+        if kinds <= {bool, np.bool_}:
+            return values.astype(bool)
+        return values.astype(str).astype(object)
+    return values
+
+
+def model_classes(model: Any) -> list[Any]:
+    """The labels of a fitted classifier, in the order of its predict_proba columns, as plain Python values."""
+    return [c.item() if hasattr(c, "item") else c for c in getattr(model, "classes_", [])]
+
+
+def positive_index(classes: list[Any], positive: Any) -> int:
+    """Where the contract's positive class sits among a model's classes (1 = the second, by convention)."""
+    for i, c in enumerate(classes):
+        if c == positive or str(c) == str(positive):
+            return i
+    raise ValueError(f"positive class {positive!r} is not one of the model's classes {classes}")
+
+
+def encode_target(y: Any, contract: DatasetContract, classes: list[Any] | None = None) -> np.ndarray:
+    """Labels as the metrics read them: 0/1 (1 = positive) for binary, indices into `classes` for
+    multiclass, numbers for regression."""
+    y = np.asarray(y)
+    if contract.task == "regression":
+        return y.astype(np.float64)
+    if contract.task == "binary":
+        positive = contract.target.positive_class
+        return np.fromiter((v == positive or str(v) == str(positive) for v in y.tolist()), bool, len(y)).astype(
+            np.int64
+        )
+    order = {str(c): i for i, c in enumerate(classes if classes is not None else contract.target.classes or ())}
+    codes = np.fromiter((order.get(str(v), -1) for v in y.tolist()), np.int64, len(y))
+    if (codes < 0).any():
+        unknown = sorted({str(v) for v, c in zip(y.tolist(), codes.tolist(), strict=True) if c < 0})
+        raise ValueError(f"labels {unknown} are not among the model's classes {classes}")
+    return codes
+
+
 def predict_scores(model: Any, X: pd.DataFrame, contract: DatasetContract) -> np.ndarray:
-    """The score a metric needs: P(positive) for binary, the probability matrix for multiclass."""
+    """The score a metric needs: P(positive) for binary, the probability matrix (the model's class order)
+    for multiclass, the prediction for regression."""
     if contract.task == "regression":
         return np.asarray(model.predict(X), dtype=np.float64)
     proba = np.asarray(model.predict_proba(X), dtype=np.float64)
     if contract.task == "binary":
-        classes = list(model.classes_)
-        return proba[:, classes.index(_positive_label(contract, classes))]
+        return proba[:, positive_index(model_classes(model), contract.target.positive_class)]
     return proba
 
 
-def _positive_label(contract: DatasetContract, classes: list[Any]) -> Any:
-    positive = contract.target.positive_class
-    for c in classes:
-        if c == positive or str(c) == str(positive):
-            return c
-    return classes[-1]
+def cv_splitter(n_folds: int, time_aware: bool, seed: int, *, stratify: bool = False) -> Any:
+    """Time-ordered folds (each validates on rows newer than all its training rows, as the model will be
+    used; a shuffled split would leak the future into training), else shuffled folds, stratified by class
+    for classification so that every fold sees every class."""
+    if time_aware:
+        return TimeSeriesSplit(n_splits=n_folds)
+    if stratify:
+        return StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return KFold(n_splits=n_folds, shuffle=True, random_state=seed)
 
 
-def cv_splitter(n_folds: int, time_aware: bool, seed: int) -> TimeSeriesSplit | KFold:
-    # Time-aware by default: each fold validates on rows newer than all its training rows, as
-    # the model will be used; a shuffled KFold would leak the future into training.
-    return TimeSeriesSplit(n_splits=n_folds) if time_aware else KFold(n_splits=n_folds, shuffle=True, random_state=seed)
+def fold_metrics(model: Any, X: pd.DataFrame, y: np.ndarray, contract: DatasetContract) -> dict[str, float]:
+    """Every metric of the task for a fitted model on (X, y); binary thresholds are chosen on the same rows."""
+    score = predict_scores(model, X, contract)
+    codes = encode_target(y, contract, model_classes(model))
+    threshold = choose_threshold(codes, score) if contract.task == "binary" else 0.5
+    return compute_metrics(contract.task, codes, score, threshold)
 
 
 def cross_validate(
@@ -120,11 +176,12 @@ def cross_validate(
 ) -> dict[str, list[float]]:
     """Per-fold metrics; `on_fold(i, metrics)` runs after each fold (the tuner prunes from there)."""
     scores: dict[str, list[float]] = {}
-    for i, (tr, va) in enumerate(cv_splitter(n_folds, time_aware, seed).split(X)):
+    splitter = cv_splitter(
+        n_folds, time_aware and contract.timestamp_column is not None, seed, stratify=contract.is_classification
+    )
+    for i, (tr, va) in enumerate(splitter.split(X, y)):
         model = clone(pipeline).fit(X.iloc[tr], y[tr])
-        score = predict_scores(model, X.iloc[va], contract)
-        threshold = choose_threshold(y[va], score) if contract.task == "binary" else 0.5
-        fold = compute_metrics(contract.task, y[va], score, threshold)
+        fold = fold_metrics(model, X.iloc[va], y[va], contract)
         for k, v in fold.items():
             scores.setdefault(k, []).append(v)
         if on_fold is not None:
@@ -144,6 +201,7 @@ class Candidate:
     test_slices: dict[str, dict[str, float]] = field(default_factory=dict)
     fit_seconds: float = 0.0
     test_scores: np.ndarray | None = None  # kept for plots, so the test split is not scored twice
+    classes: list[Any] = field(default_factory=list)  # the model's labels, in predict_proba's column order
 
     def cv_mean(self) -> dict[str, float]:
         return {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in self.cv.items()}
@@ -168,15 +226,15 @@ def fit_candidate(
         X, y = xy(data["train"], contract)
         cv = cross_validate(pipeline, X, y, contract, n_folds=n_folds, time_aware=time_aware, seed=seed)
         pipeline.fit(X, y)
+        classes = model_classes(pipeline)
         Xv, yv = xy(data["validation"], contract)
         val_score = predict_scores(pipeline, Xv, contract)
+        yv = encode_target(yv, contract, classes)
         threshold = choose_threshold(yv, val_score) if contract.task == "binary" else 0.5
-        Xt, yt = xy(data["test"], contract)
+        test_frame = labelled_rows(data["test"], contract)
+        Xt, yt = xy(test_frame, contract)
         test_score = predict_scores(pipeline, Xt, contract)
-    test_frame = data["test"]
-    test_frame = test_frame[test_frame[contract.target.name].notna()].sort_values(
-        contract.timestamp_column, kind="stable"
-    )
+        yt = encode_target(yt, contract, classes)
     return Candidate(
         family=family,
         params=build_params(family, params),
@@ -195,6 +253,7 @@ def fit_candidate(
         ),
         fit_seconds=time.perf_counter() - started,
         test_scores=test_score,
+        classes=classes,
     )
 
 

@@ -27,8 +27,8 @@ from threadpoolctl import threadpool_limits
 
 from core.contract import DatasetContract
 from core.databases import normalise_url
+from core.modeling.catalogue import higher_is_better
 from core.modeling.families import build_pipeline, suggest
-from core.modeling.metrics import higher_is_better
 from core.modeling.training import cross_validate, xy
 
 log = logging.getLogger(__name__)

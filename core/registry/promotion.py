@@ -19,7 +19,10 @@ from core.modeling.gate import Decision, GateConfig, baseline_scores, decide
 from core.modeling.metrics import compute_metrics, slice_masks, slice_metrics
 from core.modeling.training import (
     TrainingData,
+    encode_target,
+    labelled_rows,
     load_training_data,
+    model_classes,
     predict_scores,
     refit_pipeline,
     single_row_latency_ms,
@@ -62,21 +65,26 @@ def evaluate_and_decide(
 ) -> tuple[Decision, dict[str, float], dict[str, dict[str, float]]]:
     """Score candidate and reference on the holdout and apply the gate."""
     contract = settings.contract
-    holdout = data["holdout"]
-    holdout = holdout[holdout[contract.target.name].notna()].sort_values(contract.timestamp_column, kind="stable")
-    X, y = xy(holdout, contract)
+    holdout = labelled_rows(data["holdout"], contract)
+    X, labels = xy(holdout, contract)
     masks = slice_masks(holdout, contract)
+    classes = model_classes(model)
+    y = encode_target(labels, contract, classes)
     candidate = predict_scores(model, X, contract)
     champion = registry.version_by_alias(settings.model_name, registry.CHAMPION)
     if champion is not None and str(champion.version) != str(version):
         champ_model, _ = load_version(f"models:/{settings.model_name}/{champion.version}")
         reference = predict_scores(champ_model, X, contract)
+        if contract.task == "multiclass":  # the champion's columns in the candidate's class order
+            order = [model_classes(champ_model).index(c) for c in classes]
+            reference = reference[:, order]
         ref_threshold = float(champion.tags.get("threshold", 0.5))
         against = "champion"
     else:
         _, y_train = xy(data["train"], contract)
-        n_classes = len(contract.target.classes or ()) or 2
-        reference = baseline_scores(contract.task, y_train, len(y), n_classes, seed=settings.seed)
+        reference = baseline_scores(
+            contract.task, encode_target(y_train, contract, classes), len(y), max(len(classes), 2), seed=settings.seed
+        )
         ref_threshold = 0.5
         against = "baseline"
     latency = single_row_latency_ms(model, X.head(1))

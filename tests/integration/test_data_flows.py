@@ -47,15 +47,12 @@ def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def env(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """A fresh state dir; each test sets its source through the environment, as a user would."""
     monkeypatch.setenv("MLOPS_SPLITS__REFERENCE_ROWS", "300")
-    get_settings.cache_clear()
     yield monkeypatch
-    get_settings.cache_clear()
 
 
 def use(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
     for key, value in env.items():
         monkeypatch.setenv(f"MLOPS_{key.upper()}", value)
-    get_settings.cache_clear()
     return get_settings()
 
 

@@ -83,9 +83,7 @@ def env(mlflow_env: str, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> It
     monkeypatch.setenv("MLOPS_MONITORING__MIN_LABELLED_ROWS", "100")
     monkeypatch.setenv("MLOPS_MONITORING__COOLDOWN_HOURS", "0")
     monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{free_port()}/api")
-    get_settings.cache_clear()
     yield get_settings()
-    get_settings.cache_clear()
 
 
 def _runs(settings: Settings) -> list[Any]:
@@ -161,7 +159,6 @@ def test_trigger_starts_the_retraining_deployment_with_the_reason(
 
     monkeypatch.delenv("PREFECT_API_URL")  # the harness's server, not the closed port
     monkeypatch.setenv("MLOPS_MONITORING__COOLDOWN_HOURS", "24")
-    get_settings.cache_clear()
     write_reference(env)
     write_log(env, 2_000, drifted=True)
     with prefect_test_harness(server_startup_timeout=120):

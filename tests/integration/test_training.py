@@ -19,14 +19,12 @@ from tests.training_support import SMALL_DATA_ENV, build_processed_data
 
 @pytest.fixture
 def small_data(mlflow_env: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    from core.settings import get_settings
 
     for key, value in SMALL_DATA_ENV.items():
         monkeypatch.setenv(key, value)
     name = f"train-it-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("MLOPS_MODEL_NAME", name)
     monkeypatch.setenv("MLOPS_EXPERIMENT_NAME", name)
-    get_settings.cache_clear()
     build_processed_data()
     return name
 

@@ -39,7 +39,6 @@ def test_study_runs_on_two_dask_workers_with_nested_runs(
     monkeypatch.setenv("MLOPS_MODEL_NAME", name)
     monkeypatch.setenv("MLOPS_EXPERIMENT_NAME", name)
     monkeypatch.setenv("MLOPS_TUNING__DASK_ADDRESS", dask_cluster)
-    get_settings.cache_clear()
     build_processed_data()
 
     result = tune(n_trials=N_TRIALS, families=["logistic", "hist_gradient_boosting"], study_name=name)

@@ -56,7 +56,6 @@ def trained(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
-        get_settings.cache_clear()
         build_processed_data()
         result = train()
         assert result.decision is not None and result.decision["decision"] == "promoted"
@@ -68,7 +67,6 @@ def trained(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             holdout=latest_processed().load("holdout"),
             contract=get_settings().contract,
         )
-    get_settings.cache_clear()
 
 
 def _clear_cut(kind: str, n: int = 20) -> pd.DataFrame:

@@ -6,14 +6,15 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 
 from core.contract import ContractError, load_contract, parse_contract
-from core.data.validation import build_schema
+from core.data.rules import ContractChecker, arrow_schema
 from core.settings import PROJECT_ROOT
 
-CONTRACT = PROJECT_ROOT / "configs" / "dataset.yaml"
+CONTRACT = PROJECT_ROOT / "configs" / "fraud" / "dataset.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -97,15 +98,18 @@ def test_unreadable_contract_files_are_refused(tmp_path: Path) -> None:
         load_contract(tmp_path / "list.yaml")
 
 
-def test_the_validation_schema_derives_from_the_contract() -> None:
+def test_the_checker_derives_from_the_contract() -> None:
     c = load_contract(CONTRACT)
-    schema = build_schema(c)
-    assert list(schema.columns) == c.column_names
+    schema = arrow_schema(c, c.column_names)
+    assert schema.names == c.column_names
     for col in c.columns:
-        assert schema.columns[col.name].nullable == col.nullable
-    # The declared ranges and category lists travel into the schema's checks.
-    amount_checks = {str(check) for check in schema.columns["amount"].checks}
-    assert any("100000" in s for s in amount_checks)
-    channel_checks = schema.columns["channel"].checks
-    assert len(channel_checks) == 1
-    assert not schema.columns["merchant_category"].checks  # allow_unknown: no isin check
+        assert schema.field(col.name).nullable == col.nullable
+    rules = ContractChecker(c).rules
+    # The declared ranges and category lists travel into the rules (and from there into the API model).
+    assert rules["amount"].field_constraints() == {"ge": 0.0, "le": 100000.0}
+    assert rules["amount"].range_text() == "[0.0, 100000.0]"
+    checked = ContractChecker(c, ["channel", "merchant_category"]).check(
+        pd.DataFrame({"channel": ["pos", "teleport"], "merchant_category": ["grocery", "crypto"]})
+    )
+    assert [(f.column, f.kind) for f in checked.faults] == [("channel", "unknown category")]
+    assert checked.unknown["merchant_category"].tolist() == [False, True]  # allow_unknown: flagged, not refused

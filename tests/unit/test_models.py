@@ -27,7 +27,7 @@ def frame() -> object:
 
 
 def _regression_contract() -> DatasetContract:
-    raw = yaml.safe_load((PROJECT_ROOT / "configs" / "dataset.yaml").read_text())
+    raw = yaml.safe_load((PROJECT_ROOT / "configs" / "fraud" / "dataset.yaml").read_text())
     raw["task"] = "regression"
     raw["target"] = {"name": "amount"}
     return parse_contract(raw)

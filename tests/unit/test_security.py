@@ -110,7 +110,6 @@ def test_admin_refuses_without_the_right_key(
 
     if configured:
         monkeypatch.setenv("MLOPS_ADMIN_API_KEY", configured)
-    get_settings.cache_clear()
     # No `with`: the lifespan (registry, prediction log) does not run; the key check comes first.
     client = TestClient(create_app(), raise_server_exceptions=True)
     headers = {"X-API-Key": sent} if sent is not None else {}
@@ -238,12 +237,10 @@ def test_production_needs_the_admin_key_and_secrets_do_not_leak_through_repr(
     state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MLOPS_ENVIRONMENT", "production")
-    get_settings.cache_clear()
     with pytest.raises(ValueError, match="MLOPS_ADMIN_API_KEY"):
         get_settings()
     monkeypatch.setenv("MLOPS_ADMIN_API_KEY", "very-secret-admin")
     monkeypatch.setenv("MLOPS_SERVING__API_KEY", "very-secret-client")
-    get_settings.cache_clear()
     settings = get_settings()
     text = repr(settings) + str(settings.model_dump()) + settings.model_dump_json()
     assert "very-secret" not in text

@@ -23,7 +23,6 @@ def test_yaml_is_read_and_env_overrides_nested(state_dir: Path, monkeypatch: pyt
     assert get_settings().collection.max_bad_share == 0.05  # from configs/settings.yaml
     monkeypatch.setenv("MLOPS_COLLECTION__MAX_BAD_SHARE", "0.2")
     monkeypatch.setenv("MLOPS_WAREHOUSE_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
-    get_settings.cache_clear()
     s = get_settings()
     assert s.collection.max_bad_share == 0.2
     assert s.warehouse_url == "postgresql+psycopg://root@127.0.0.1:5432/test"
@@ -64,5 +63,5 @@ def test_production_refuses_missing_admin_key(state_dir: Path, monkeypatch: pyte
 
 def test_contract_path_resolves_against_project_root(state_dir: Path) -> None:
     s = get_settings()
-    assert s.path(s.contract_path) == PROJECT_ROOT / "configs" / "dataset.yaml"
+    assert s.path(s.contract_path) == PROJECT_ROOT / "configs" / "fraud" / "dataset.yaml"
     assert s.contract.name == "card_fraud"

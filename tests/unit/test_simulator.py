@@ -14,7 +14,7 @@ from core.contract import DatasetContract, load_contract
 from core.settings import PROJECT_ROOT
 from demo.simulator import SimulatorError, fraud_probability, iter_simulate, seed_warehouse, simulate, write_warehouse
 
-CONTRACT = load_contract(PROJECT_ROOT / "configs" / "dataset.yaml")
+CONTRACT = load_contract(PROJECT_ROOT / "configs" / "fraud" / "dataset.yaml")
 
 
 def sim(n_rows: int | None = None, **kwargs: object) -> pd.DataFrame:
@@ -175,7 +175,6 @@ def test_seed_warehouse_fills_only_an_empty_table(state_dir: Path, monkeypatch: 
 
     monkeypatch.setenv("MLOPS_SIMULATOR__DAYS", "2")
     monkeypatch.setenv("MLOPS_SIMULATOR__ROWS_PER_DAY", "100")
-    get_settings.cache_clear()
     settings = get_settings()
     state_dir.mkdir(parents=True, exist_ok=True)
     written = seed_warehouse(settings)

@@ -19,7 +19,6 @@ from demo.simulator import simulate
 @pytest.fixture
 def settings(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("MLOPS_SPLITS__REFERENCE_ROWS", "500")
-    get_settings.cache_clear()
     return get_settings()
 
 
