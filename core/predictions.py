@@ -13,58 +13,128 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from core.contract import DatasetContract
+from core.contract import DatasetContract, identifier
 from core.databases import engine_for
 
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
-_META = ("request_id", "model_name", "model_version", "timestamp", "latency_ms", "prediction", "probability", "flags")
+META = ("request_id", "model_name", "model_version", "timestamp", "latency_ms", "prediction", "probability", "flags")
+_META = META  # the log's own columns, before and after the contract's
 
 
-def _label_type(contract: DatasetContract) -> sa.types.TypeEngine[Any]:
-    if not contract.is_classification:
-        return sa.Float()
-    classes = contract.target.classes or ()
-    return sa.Integer() if all(isinstance(c, int) for c in classes) else sa.String(200)
+class LogSchema:
+    """The prediction log's columns for one contract, and the mapping between them and the contract.
+
+    Input columns are stored under the contract's code-safe identifiers (``Body mass (g)`` ->
+    ``Body_mass_g``; one that equals a column of the log's own gets ``_in`` appended). A binary model's
+    score is ``probability`` (P(positive)); a multiclass model's class probabilities are ``p_<label>``
+    columns, so monitoring can compute every metric of the catalogue from the log.
+    """
+
+    def __init__(self, contract: DatasetContract) -> None:
+        self.contract = contract
+        self.proba_sql: dict[str, str] = (
+            {str(c): f"p_{identifier(str(c))}" for c in contract.classes} if contract.task == "multiclass" else {}
+        )
+        taken = set(META) | set(self.proba_sql.values())
+        self.input_sql: dict[str, str] = {}
+        for name in contract.input_columns:
+            key = contract.keys[name]
+            self.input_sql[name] = f"{key}_in" if key in taken else key
+        names = [*META, *self.input_sql.values(), *self.proba_sql.values()]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"prediction log columns {dupes} would be ambiguous for contract '{contract.name}'")
+        self.label_is_text = contract.is_classification and not all(
+            isinstance(c, int) and not isinstance(c, bool) for c in contract.classes
+        )
+
+    def label_type(self) -> sa.types.TypeEngine[Any]:
+        if not self.contract.is_classification:
+            return sa.Float()
+        return sa.String(200) if self.label_is_text else sa.Integer()
+
+    def label_value(self, value: Any) -> Any:
+        """A label as the log stores it (text for string and boolean labels)."""
+        if value is None or not self.label_is_text:
+            return value
+        return str(value)
+
+    def tables(self, metadata: sa.MetaData | None = None) -> tuple[sa.Table, sa.Table]:
+        metadata = metadata or sa.MetaData()
+        feature_cols = []
+        for name, sql in self.input_sql.items():
+            kind = self.contract.column(name).type
+            col_type: sa.types.TypeEngine[Any] = (
+                sa.Float()
+                if kind in ("float", "int", "bool")
+                else sa.DateTime()
+                if kind == "datetime"
+                else sa.String(200)
+            )
+            feature_cols.append(sa.Column(sql, col_type, nullable=True))
+        predictions = sa.Table(
+            PREDICTIONS,
+            metadata,
+            sa.Column("request_id", sa.String(120), primary_key=True),
+            sa.Column("model_name", sa.String(200), nullable=False),
+            sa.Column("model_version", sa.String(40), nullable=False),
+            sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False, index=True),
+            sa.Column("latency_ms", sa.Float(), nullable=False),
+            *feature_cols,
+            sa.Column("prediction", self.label_type()),
+            sa.Column("probability", sa.Float(), nullable=True),
+            sa.Column("flags", sa.String(1000), nullable=True),
+            *(sa.Column(sql, sa.Float(), nullable=True) for sql in self.proba_sql.values()),
+        )
+        feedback = sa.Table(
+            FEEDBACK,
+            metadata,
+            sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+            sa.Column("request_id", sa.String(120), nullable=False, index=True),
+            sa.Column("label", self.label_type(), nullable=False),
+            sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        )
+        return predictions, feedback
+
+    def block_key(self, sql_column: str) -> str:
+        """Where a writer finds a SQL column's values in a block: the contract's column name for an input,
+        ``proba:<label>`` for a class probability, else the column's own name."""
+        for name, sql in self.input_sql.items():
+            if sql == sql_column:
+                return name
+        for label, sql in self.proba_sql.items():
+            if sql == sql_column:
+                return f"proba:{label}"
+        return sql_column
+
+    def inputs(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The logged input columns under the contract's names (the log's own columns dropped)."""
+        present = {sql: name for name, sql in self.input_sql.items() if sql in frame}
+        return frame[list(present)].rename(columns=present)
+
+    def scores(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """What each logged prediction scored, as the metrics read it: P(positive) for binary, class
+        probabilities in the contract's class order for multiclass, the value for regression."""
+        if self.contract.task == "regression":
+            return pd.to_numeric(frame["prediction"], errors="coerce").to_numpy(dtype=np.float64)
+        if self.contract.task == "binary":
+            if "probability" not in frame:
+                return None
+            return pd.to_numeric(frame["probability"], errors="coerce").to_numpy(dtype=np.float64)
+        columns = list(self.proba_sql.values())
+        if not all(c in frame for c in columns):
+            return None
+        return frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
 
 
 def tables(contract: DatasetContract, metadata: sa.MetaData | None = None) -> tuple[sa.Table, sa.Table]:
-    metadata = metadata or sa.MetaData()
-    clash = sorted(set(_META) & set(contract.input_columns))
-    if clash:
-        raise ValueError(f"contract columns {clash} clash with the prediction log's own columns")
-    feature_cols = []
-    for name in contract.input_columns:
-        kind = contract.column(name).type
-        col_type: sa.types.TypeEngine[Any] = (
-            sa.Float() if kind in ("float", "int", "bool") else sa.DateTime() if kind == "datetime" else sa.String(200)
-        )
-        feature_cols.append(sa.Column(name, col_type, nullable=True))
-    predictions = sa.Table(
-        PREDICTIONS,
-        metadata,
-        sa.Column("request_id", sa.String(120), primary_key=True),
-        sa.Column("model_name", sa.String(200), nullable=False),
-        sa.Column("model_version", sa.String(40), nullable=False),
-        sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False, index=True),
-        sa.Column("latency_ms", sa.Float(), nullable=False),
-        *feature_cols,
-        sa.Column("prediction", _label_type(contract) if contract.is_classification else sa.Float()),
-        sa.Column("probability", sa.Float(), nullable=True),
-        sa.Column("flags", sa.String(1000), nullable=True),
-    )
-    feedback = sa.Table(
-        FEEDBACK,
-        metadata,
-        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
-        sa.Column("request_id", sa.String(120), nullable=False, index=True),
-        sa.Column("label", _label_type(contract), nullable=False),
-        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
-    )
-    return predictions, feedback
+    """The two tables of the prediction log for `contract` (see LogSchema)."""
+    return LogSchema(contract).tables(metadata)
 
 
 # ---- readers: pandas + SQLAlchemy only ------------------------------------------------------------

@@ -28,6 +28,8 @@ from core.contract import ContractError, DatasetContract, load_contract
 from core.modeling.catalogue import CATALOGUE, DEFAULT_METRIC, metric_names
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Names monitoring gives the model's output beside the inputs: an input column may not have one of them.
+RESERVED_INPUT_NAMES = ("prediction", "probability", "label")
 # What runs when MLOPS_CONFIG is unset: every generic default, then the fraud demo (`make demo`).
 DEFAULT_CONFIG = "configs/settings.yaml,configs/fraud/settings.yaml"
 
@@ -58,6 +60,9 @@ class SourceSettings(Section):
     path: str | None = None
     # csv: the files' text encoding (a Python codec name); a file that does not decode fails collection, named
     encoding: str = "utf-8"
+    # Source column name -> the contract's name for it, for a column whose name the contract cannot keep
+    # (one of the names the prediction log reserves) or that you simply want to call otherwise.
+    rename: dict[str, str] = Field(default_factory=dict)
 
 
 class SimulatorSettings(Section):
@@ -376,8 +381,16 @@ class Settings(BaseSettings):
             self.monitoring.performance_metric = self.training.primary_metric
         elif self.monitoring.performance_metric not in CATALOGUE[task]:
             faults.append(
-                f"monitoring.performance_metric = {self.monitoring.performance_metric!r}: does not apply to task {task}; "
+                f"monitoring.performance_metric = {self.monitoring.performance_metric!r}: "
+                f"does not apply to task {task}; "
                 f"choose one of {metrics}"
+            )
+        reserved = sorted(set(contract.input_columns) & set(RESERVED_INPUT_NAMES))
+        if reserved:
+            faults.append(
+                f"contract '{contract.name}' has input column(s) {reserved}, names the prediction log and monitoring "
+                f"reserve for the model's output; call them otherwise in the contract and map the source's name to "
+                f"the new one with source.rename (e.g. {{{reserved[0]!r}: {reserved[0] + '_in'!r}}})"
             )
         features = contract.feature_columns
         stray = sorted(set(self.monitoring.column_weights) - set(features))
@@ -417,6 +430,10 @@ class Settings(BaseSettings):
     @property
     def source_url(self) -> str:
         return self.source.url or self.warehouse_url
+
+    def path_or_url(self, value: str) -> str:
+        """A relative local path against the project root; an fsspec URL (s3://...) as it is."""
+        return value if "://" in value else str(self.path(Path(value)))
 
     @property
     def contract(self) -> DatasetContract:

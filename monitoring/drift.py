@@ -35,10 +35,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from sklearn import metrics as skm
 
 from core.contract import DatasetContract
+from core.data.rules import ContractChecker
+from core.modeling.catalogue import metric_names, spec
 from core.modeling.features import to_model_input
+from core.modeling.metrics import metric_value
+from core.modeling.training import encode_target
+from core.predictions import LogSchema
 
 if TYPE_CHECKING:
     from evidently import DataDefinition
@@ -177,83 +183,67 @@ def sample_rows(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 # ---- data quality and performance (whole window) ---------------------------------------------------------
 def data_quality(window: pd.DataFrame, contract: DatasetContract) -> DataQuality:
-    """Missing values, unknown categories and out-of-range numbers, judged against the contract."""
-    typed = to_model_input(window, contract)
-    missing: dict[str, int] = {}
-    unexpected: dict[str, int] = {}
-    new_rows: dict[str, int] = {}
-    new_values: dict[str, list[str]] = {}
-    out_of_range: dict[str, int] = {}
-    for name in contract.input_columns:
-        col = contract.column(name)
-        s = typed[name]
-        n_missing = int(s.isna().sum())
-        missing[name] = n_missing
-        if n_missing and not col.nullable:
-            unexpected[name] = n_missing
-        if col.type == "category" and col.categories:
-            present = s.dropna()
-            unknown = present[~present.astype(str).isin(col.categories)]
-            if len(unknown):
-                new_rows[name] = len(unknown)
-                new_values[name] = sorted(unknown.astype(str).unique().tolist())[:_MAX_LISTED_CATEGORIES]
-        if col.type in ("float", "int") and (col.min is not None or col.max is not None):
-            values = s.to_numpy(dtype=np.float64, na_value=np.nan)
-            bad = np.zeros(len(values), dtype=bool)
-            if col.min is not None:
-                bad |= values < col.min
-            if col.max is not None:
-                bad |= values > col.max
-            if bad.any():
-                out_of_range[name] = int(bad.sum())
+    """Missing values, unknown categories and out-of-range numbers, judged by the contract's checker (the
+    one collection and the batch API run)."""
+    columns = [c for c in contract.input_columns if c in window]
+    checked = ContractChecker(contract, columns).check(window[columns])
+    missing = {name: int(checked.typed[name].null_count) for name in columns}
+    by_kind: dict[str, dict[str, np.ndarray]] = {}
+    for fault in checked.faults:
+        by_kind.setdefault(fault.kind, {})[fault.column] = fault.mask
+    unknown = {**by_kind.get("unknown category", {}), **checked.unknown}
+    new_values = {}
+    for name, mask in unknown.items():
+        values = checked.typed[name].filter(pa.array(mask)).to_pylist()
+        new_values[name] = sorted({str(v) for v in values})[:_MAX_LISTED_CATEGORIES]
     return DataQuality(
         rows=len(window),
         missing=missing,
-        unexpected_missing=unexpected,
-        new_category_rows=new_rows,
+        unexpected_missing={c: int(m.sum()) for c, m in by_kind.get("null", {}).items()},
+        new_category_rows={c: int(m.sum()) for c, m in unknown.items()},
         new_categories=new_values,
-        out_of_range=out_of_range,
+        out_of_range={c: int(m.sum()) for c, m in by_kind.get("out of range", {}).items()},
     )
 
 
 def performance(window: pd.DataFrame, contract: DatasetContract) -> Performance | None:
-    """Metrics on the window rows with a feedback label; None when no row has one.
+    """Every metric of the task's catalogue on the window rows with a feedback label (the same code that
+    scores models in training and the gate); None when no row has one.
 
-    Binary: ROC AUC and PR AUC from ``probability`` (when both classes are present), F1, precision,
-    recall and accuracy from ``prediction``. Multiclass: accuracy and macro F1. Regression: RMSE, MAE, R2.
+    Metrics that read probabilities use the logged ones (``probability`` for binary, the ``p_<label>``
+    columns for multiclass); metrics that read labels use the labels the service answered with (its
+    threshold, not a new one). Binary also reports precision and recall of the positive class.
     """
     if LABEL_COLUMN not in window or "prediction" not in window:
         return None
     rows = window[window[LABEL_COLUMN].notna() & window["prediction"].notna()]
     if rows.empty:
         return None
-    out: dict[str, float] = {}
-    if contract.task == "regression":
+    task = contract.task
+    schema = LogSchema(contract)
+    if task == "regression":
         y = pd.to_numeric(rows[LABEL_COLUMN], errors="coerce").to_numpy(dtype=float)
-        p = pd.to_numeric(rows["prediction"], errors="coerce").to_numpy(dtype=float)
-        out["rmse"] = float(np.sqrt(skm.mean_squared_error(y, p)))
-        out["mae"] = float(skm.mean_absolute_error(y, p))
-        if len(rows) > 1:
-            out["r2"] = float(skm.r2_score(y, p))
-        return Performance(labelled_rows=len(rows), metrics=out)
-    y_true = class_labels(rows[LABEL_COLUMN])
-    y_pred = class_labels(rows["prediction"])
-    out["accuracy"] = float(skm.accuracy_score(y_true, y_pred))
-    if contract.task == "multiclass":
-        out["f1_macro"] = float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
-        return Performance(labelled_rows=len(rows), metrics=out)
-    positive = str(contract.target.positive_class)
-    t = (y_true == positive).to_numpy()
-    p_label = (y_pred == positive).to_numpy()
-    out["f1"] = float(skm.f1_score(t, p_label, zero_division=0))
-    out["precision"] = float(skm.precision_score(t, p_label, zero_division=0))
-    out["recall"] = float(skm.recall_score(t, p_label, zero_division=0))
-    if "probability" in rows and 0 < t.sum() < len(t):
-        score = pd.to_numeric(rows["probability"], errors="coerce").to_numpy(dtype=float)
-        ok = ~np.isnan(score)
-        if ok.all() or (0 < t[ok].sum() < ok.sum()):
-            out["roc_auc"] = float(skm.roc_auc_score(t[ok], score[ok]))
-            out["pr_auc"] = float(skm.average_precision_score(t[ok], score[ok]))
+        scores = pd.to_numeric(rows["prediction"], errors="coerce").to_numpy(dtype=float)
+        out = {m: metric_value(task, m, y, scores) for m in metric_names(task)}
+        return Performance(labelled_rows=len(rows), metrics={k: v for k, v in out.items() if np.isfinite(v)})
+    classes = contract.classes
+    y = encode_target(class_labels(rows[LABEL_COLUMN]).to_numpy(), contract, classes)
+    predicted = encode_target(class_labels(rows["prediction"]).to_numpy(), contract, classes)
+    logged: np.ndarray | None = schema.scores(rows)
+    if logged is not None and np.isnan(logged).any():
+        logged = None  # a row without a logged probability: probability metrics are not judged
+    # Without probabilities, label metrics still read the answered labels (as scores that decide them).
+    decided = predicted.astype(float) if task == "binary" else np.eye(len(classes))[predicted]
+    out = {}
+    for m in metric_names(task):
+        if spec(task, m).needs == "proba" and logged is None:
+            continue
+        value = metric_value(task, m, y, logged if logged is not None else decided, predicted=predicted)
+        if np.isfinite(value):
+            out[m] = value
+    if task == "binary":
+        out["precision"] = float(skm.precision_score(y, predicted, zero_division=0))
+        out["recall"] = float(skm.recall_score(y, predicted, zero_division=0))
     return Performance(labelled_rows=len(rows), metrics=out)
 
 

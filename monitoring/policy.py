@@ -7,8 +7,9 @@ Rules, in order:
     1. fewer than ``min_window_rows`` window rows: no decision can be trusted, never retrain;
     2. weighted drift share of the feature columns >= ``drift_share_threshold`` fires;
     3. with at least ``min_labelled_rows`` labelled rows and a known champion value, a fall of
-       ``performance_metric`` by more than ``max_performance_drop`` fires (the sign is flipped for
-       lower-is-better metrics, so "drop" always means "worse");
+       ``performance_metric`` by more than ``max_performance_drop`` fires. The drop is relative to the
+       champion's holdout value (0.05 = 5% worse), so one setting means the same for a metric near 1 and
+       for an error of 50 units; its sign follows the metric's direction, so "drop" always means "worse";
     4. prediction drift fires only when ``prediction_drift_triggers`` is set (otherwise it is a reason noted);
     5. a rule that fires within ``cooldown_hours`` of the last trigger is held back, with that as the reason.
 """
@@ -20,9 +21,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from core.modeling.catalogue import higher_is_better
 from core.settings import MonitoringSettings
-
-LOWER_IS_BETTER = frozenset({"rmse", "mae", "log_loss", "brier"})
 
 
 @dataclass(frozen=True)
@@ -161,11 +161,15 @@ def _performance_drop(evidence: Evidence, policy: RetrainPolicy, reasons: list[s
     if evidence.champion_performance is None:
         reasons.append(f"performance not judged: the champion has no recorded holdout {metric}")
         return None
-    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-    drop = sign * (evidence.champion_performance - current)
+    champion = evidence.champion_performance
+    if champion == 0:
+        reasons.append(f"performance not judged: the champion's holdout {metric} is 0, no relative drop exists")
+        return None
+    worse = champion - current if higher_is_better(metric) else current - champion
+    drop = worse / abs(champion)
     verdict = ">" if drop > policy.max_performance_drop else "<="
     reasons.append(
-        f"{metric} {current:.4f} vs champion {evidence.champion_performance:.4f}: drop {drop:.4f} "
-        f"{verdict} max_performance_drop {policy.max_performance_drop}"
+        f"{metric} {current:.4f} vs champion {champion:.4f}: {drop:+.1%} worse "
+        f"{verdict} max_performance_drop {policy.max_performance_drop:.1%}"
     )
     return drop

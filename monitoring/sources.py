@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from core.predictions import LogSchema
 from core.settings import Settings
 from monitoring.drift import LABEL_COLUMN
 
@@ -53,11 +55,22 @@ def read_window(
         raise SourceError(f"could not read the prediction log at {settings.prediction_log_url}: {exc}") from exc
     if window.empty:
         return window
+    labels = None
     if not feedback.empty:
         # read_feedback orders by received_at: the last label per request wins.
         labels = feedback.drop_duplicates("request_id", keep="last").set_index("request_id")["label"]
-        window = window.assign(**{LABEL_COLUMN: window["request_id"].map(labels)})
-    return window
+    schema = LogSchema(settings.contract)
+    # The inputs under the contract's names, then the model's output and the label (settings refuse an
+    # input column named like one of these).
+    out = schema.inputs(window).copy()
+    for column in ("prediction", "probability", *schema.proba_sql.values()):
+        if column in window:
+            out[column] = window[column]
+    for column in ("request_id", "model_version"):  # kept where no input column has the name
+        if column in window and column not in out:
+            out[column] = window[column]
+    out[LABEL_COLUMN] = window["request_id"].map(labels) if labels is not None else np.nan
+    return out
 
 
 # ---- the reference -----------------------------------------------------------------------------------

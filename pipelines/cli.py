@@ -1,5 +1,6 @@
 """`mlops`: one entry point for every flow and operation.
 
+mlops contract init data/penguins.csv --target species   # draft a contract and settings for your data
 mlops run collect                      # any flow, in this process (recorded by Prefect if a server is set)
 mlops run train -p families='["logistic"]'
 mlops status                           # champion, challenger, last drift decision, recent runs
@@ -7,26 +8,50 @@ mlops promote 4                        # run the promotion gate on registered ve
 mlops rollback 3 --reason "v4 doubles false alarms in FR"
 mlops stack up | down | status         # the local servers `make demo` uses
 mlops demo [--stop]
+
+Settings are read and checked before anything slow starts: a mistake is one message and exit code 2.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-from typing import Annotated, Any
+import os
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from core.settings import get_settings
+from core.settings import PROJECT_ROOT, Settings, SettingsError, get_settings
+
+# Prefect reads its settings at import: set them before any flow module is imported. Offline, its
+# telemetry only logs errors.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 FLOWS = ("collect", "preprocess", "train", "tune", "promote", "monitor", "retrain", "rollback")
 
 app = typer.Typer(help="Run the loop's flows and operate the registry.", no_args_is_help=True)
 stack_app = typer.Typer(help="The local stack: MLflow and Prefect servers, worker, API.", no_args_is_help=True)
+contract_app = typer.Typer(help="The dataset contract: draft one from your data.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
-console = Console()
+app.add_typer(contract_app, name="contract")
+console = Console(soft_wrap=True)
+errors = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """A user's mistake: one message, no traceback."""
+    errors.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        fail(str(exc))
 
 
 def _parse_params(params: list[str]) -> dict[str, Any]:
@@ -51,11 +76,75 @@ def run(
     if flow not in FLOWS:
         raise typer.BadParameter(f"unknown flow {flow!r}; choose one of {', '.join(FLOWS)}", param_hint="FLOW")
     kwargs = _parse_params(param or [])
+    settings_or_exit()  # before Prefect is imported or a temporary server starts
     module = importlib.import_module(f"pipelines.{flow}")
     fn = getattr(module, flow)
+    known: tuple[type[Exception], ...] = (SettingsError, *_data_errors())
     with console.status(f"running flow [bold]{flow}[/] {kwargs or ''}"):
-        result = fn(**kwargs)
+        try:
+            result = fn(**kwargs)
+        except known as exc:
+            fail(str(exc), code=1)
     console.print_json(json.dumps(result, default=str))
+
+
+def _data_errors() -> tuple[type[Exception], ...]:
+    """Failures that say what is wrong with the data or the configuration, not with the code."""
+    from core.contract import ContractError
+    from core.data.collection import CollectionError
+    from core.data.datasets import DatasetsNotFoundError
+    from core.data.sources import SourceError
+    from core.data.splits import PreprocessError
+    from core.data.validation import SchemaMismatchError
+
+    return (ContractError, CollectionError, DatasetsNotFoundError, SourceError, PreprocessError, SchemaMismatchError)
+
+
+@contract_app.command("init")
+def contract_init(  # noqa: PLR0917 - a command: its options are its parameters
+    source: Annotated[str, typer.Argument(help="CSV or Parquet path or glob, or a SQLAlchemy URL")],
+    target: Annotated[str, typer.Option(help="the column the model predicts")],
+    id_column: Annotated[str | None, typer.Option("--id", help="a column that identifies a row (optional)")] = None,
+    timestamp: Annotated[str | None, typer.Option(help="a column that orders rows in time (optional)")] = None,
+    task: Annotated[str | None, typer.Option(help="binary | multiclass | regression (default: guessed)")] = None,
+    name: Annotated[str | None, typer.Option(help="the dataset's name (default: from the file or table)")] = None,
+    out: Annotated[Path | None, typer.Option(help="where to write dataset.yaml and settings.yaml")] = None,
+    table: Annotated[str | None, typer.Option(help="with a database URL: the table to read")] = None,
+    query: Annotated[str | None, typer.Option(help="with a database URL: a query to read")] = None,
+    sample_rows: Annotated[int, typer.Option(help="rows read to guess from")] = 100_000,
+    force: Annotated[bool, typer.Option(help="overwrite existing files")] = False,
+) -> None:
+    """Draft a contract and a settings overlay from the data; print what was guessed and why."""
+    from core.data.draft import DraftError, default_name, draft_contract, read_sample, write_draft
+
+    if task is not None and task not in ("binary", "multiclass", "regression"):
+        fail(f"--task {task!r}: choose binary, multiclass or regression")
+    try:
+        frame, section = read_sample(source, table=table, query=query, max_rows=sample_rows)
+        dataset_name = name or default_name(source, table)
+        draft = draft_contract(
+            frame, target=target, name=dataset_name, id_column=id_column, timestamp_column=timestamp, task=task
+        )
+        folder = out or PROJECT_ROOT / "configs" / dataset_name
+        if "path" in section and "://" not in section["path"]:
+            section["path"] = _relative(Path(section["path"]).resolve())
+        dataset, settings = write_draft(draft, folder, source=section, project_root=PROJECT_ROOT, force=force)
+    except DraftError as exc:
+        fail(str(exc))
+    console.print(f"[bold]{dataset_name}[/]: {draft.rows} sample rows, task [bold]{draft.task}[/]")
+    for note in draft.notes:
+        console.print(f"  - {note}")
+    for column, note in draft.column_notes.items():
+        console.print(f"  - {column}: {note}")
+    console.print(f"wrote {_relative(dataset)} and {_relative(settings)}; review them, then:")
+    console.print(f"  export MLOPS_CONFIG=configs/settings.yaml,{_relative(settings)}", highlight=False, soft_wrap=True)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path.resolve())
 
 
 @app.command()
@@ -65,7 +154,7 @@ def status() -> None:
     from core.registry.tracking import use_experiment
     from monitoring.decisions import decisions_path, read_decisions
 
-    settings = get_settings()
+    settings = settings_or_exit()
     use_experiment(settings)
     table = Table(title=f"registry: {settings.model_name} at {settings.mlflow_tracking_uri}")
     for col in ("alias", "version", "family", "decision", "reason"):
@@ -183,4 +272,4 @@ def demo(stop: Annotated[bool, typer.Option(help="stop everything the demo start
 
 
 if __name__ == "__main__":
-    app()
+    app(prog_name="mlops")

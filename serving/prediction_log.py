@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from core.contract import DatasetContract
 from core.databases import engine_for
-from core.predictions import FEEDBACK, PREDICTIONS, tables
+from core.predictions import FEEDBACK, PREDICTIONS, LogSchema
 from serving import metrics
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,11 @@ class PredictionLog:
         self._engine = engine_for(url)
         self._sqlite = self._engine.dialect.name == "sqlite"
         self._metadata = sa.MetaData()
-        self.predictions, self.feedback = tables(contract, self._metadata)
+        self.schema = LogSchema(contract)
+        self.predictions, self.feedback = self.schema.tables(self._metadata)
         self._columns = [c.name for c in self.predictions.columns]
+        # Where each SQL column's values sit in a block: blocks use the contract's column names.
+        self._keys = [self.schema.block_key(c) for c in self._columns]
         self._insert_sql = self._build_insert_sql()
         self._queue: deque[tuple[str, Any]] = deque()
         self._wake = threading.Event()
@@ -103,7 +106,8 @@ class PredictionLog:
 
     # ---- producer side: called from request handlers, never blocks on I/O ------------------------
     def log_block(self, block: Block, n_rows: int) -> None:
-        """`n_rows` predictions as columns: the contract's input columns and the log's own columns."""
+        """`n_rows` predictions as columns: the contract's input columns (by their contract names), the log's
+        own columns, and for a multiclass model ``probabilities`` (n x k) with its ``classes``."""
         self._queue.append((PREDICTIONS, (block, n_rows)))
         # No wake-up here: the writer runs every flush_s (or when many blocks queue up), not in the
         # middle of the response that produced the block.
@@ -113,10 +117,11 @@ class PredictionLog:
     def log_predictions(self, rows: Iterable[dict[str, Any]]) -> None:
         rows = list(rows)
         if rows:
-            self.log_block({c: [r.get(c) for r in rows] for c in self._columns}, len(rows))
+            self.log_block({k: [r.get(k) for r in rows] for k in self._keys}, len(rows))
 
     def log_feedback(self, request_id: str, label: Any) -> None:
-        self._queue.append((FEEDBACK, {"request_id": request_id, "label": label, "received_at": datetime.now(UTC)}))
+        row = {"request_id": request_id, "label": self.schema.label_value(label), "received_at": datetime.now(UTC)}
+        self._queue.append((FEEDBACK, row))
         self._wake.set()
 
     @property
@@ -171,7 +176,19 @@ class PredictionLog:
         return out
 
     def _rows(self, block: Block, n: int) -> list[tuple[Any, ...]]:
-        return list(zip(*(self._values(block.get(name), n) for name in self._columns), strict=True))
+        probs, classes = block.get("probabilities"), block.get("classes")
+        columns = []
+        for key in self._keys:
+            if key.startswith("proba:"):
+                value = None
+                if probs is not None and classes is not None:
+                    value = np.asarray(probs)[:, [str(c) for c in classes].index(key.removeprefix("proba:"))]
+                columns.append(self._values(value, n))
+            elif key == "prediction" and self.schema.label_is_text:
+                columns.append([self.schema.label_value(v) for v in self._values(block.get(key), n)])
+            else:
+                columns.append(self._values(block.get(key), n))
+        return list(zip(*columns, strict=True))
 
     def _values(self, v: Any, n: int) -> list[Any]:
         if isinstance(v, np.ndarray):

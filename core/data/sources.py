@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -86,16 +86,27 @@ def _select_window(frame: pd.DataFrame, window: Window | None, contract: Dataset
 class SqlSource:
     """A table or a query against any SQLAlchemy URL, read with a server-side cursor where supported."""
 
-    def __init__(self, url: str, contract: DatasetContract, *, table: str | None = None, query: str | None = None):
+    def __init__(
+        self,
+        url: str,
+        contract: DatasetContract,
+        *,
+        table: str | None = None,
+        query: str | None = None,
+        rename: Mapping[str, str] | None = None,
+    ):
         if not table and not query:
             raise SourceError("a sql source needs source.table or source.query")
         self.url = url
         self.contract = contract
+        self.rename = Renamer(rename)
         self.engine = engine_for(url)
         prep = self.engine.dialect.identifier_preparer
         self._from = f"({query.strip().rstrip(';')}) AS src" if query else prep.quote(table or "")
-        self._ts = prep.quote(contract.timestamp_column) if contract.timestamp_column else None
-        self._order = ", ".join(prep.quote(c) for c in (contract.timestamp_column, contract.id_column) if c)
+        # SQL names the source's own columns: a renamed timestamp or id is queried by its source name.
+        ts, key = (self.rename.source(c) if c else None for c in (contract.timestamp_column, contract.id_column))
+        self._ts = prep.quote(ts) if ts else None
+        self._order = ", ".join(prep.quote(c) for c in (ts, key) if c)
         self.description = f"sql {self.engine.url.render_as_string(hide_password=True)} " + (
             "query" if query else f"table {table}"
         )
@@ -105,7 +116,7 @@ class SqlSource:
 
     def columns(self) -> list[str]:
         with self.engine.connect() as conn:
-            return list(conn.execute(sa.text(f"SELECT * FROM {self._from} WHERE 1 = 0")).keys())
+            return self.rename.names(conn.execute(sa.text(f"SELECT * FROM {self._from} WHERE 1 = 0")).keys())
 
     @property
     def _unusable(self) -> str:
@@ -139,7 +150,7 @@ class SqlSource:
     def unusable_rows(self) -> pd.DataFrame:
         """Rows no window can hold (few, by nature): collection quarantines them instead of losing them."""
         with self.engine.connect() as conn:
-            return pd.read_sql(sa.text(f"SELECT * FROM {self._from} WHERE {self._unusable}"), conn)
+            return self.rename.frame(pd.read_sql(sa.text(f"SELECT * FROM {self._from} WHERE {self._unusable}"), conn))
 
     def read(self, window: Window | None, chunk_rows: int) -> Iterator[pd.DataFrame]:
         bounds: dict[str, datetime] = {}
@@ -156,7 +167,7 @@ class SqlSource:
         if chunks is None:
             chunks = self._read_sqlalchemy(sql, bounds, chunk_rows)
         for chunk in chunks:
-            rows, _ = _select_window(chunk, window, self.contract)
+            rows, _ = _select_window(self.rename.frame(chunk), window, self.contract)
             if len(rows):
                 yield rows
 
@@ -189,10 +200,19 @@ _GLOB = re.compile(r"[*?\[]")
 class FileSource:
     """CSV or Parquet files: one path, a glob or a directory, local or any fsspec URL."""
 
-    def __init__(self, path: str, kind: str, contract: DatasetContract, *, encoding: str = "utf-8"):
+    def __init__(
+        self,
+        path: str,
+        kind: str,
+        contract: DatasetContract,
+        *,
+        encoding: str = "utf-8",
+        rename: Mapping[str, str] | None = None,
+    ):
         self.kind = kind
         self.contract = contract
         self.encoding = encoding
+        self.rename = Renamer(rename)
         self.fs, root = fsspec.core.url_to_fs(path)
         suffixes = (".csv", ".csv.gz") if kind == "csv" else (".parquet", ".pq")
         if _GLOB.search(root):
@@ -210,14 +230,17 @@ class FileSource:
         return None
 
     def _chunks(self, chunk_rows: int, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+        """Chunks under the contract's column names; `columns` names contract columns to read."""
+        wanted = [self.rename.source(c) for c in columns] if columns is not None else None
         for f in self.files:
             with self.fs.open(f, "rb") as fh, self._decoding(f):
                 if self.kind == "csv":
-                    # Everything as text: validation types each value and quarantines what does not fit.
-                    yield from self._read_csv(f, fh, dtype=str, chunksize=chunk_rows, usecols=columns)
+                    # Everything as text: the checker types each value and quarantines what does not fit.
+                    for chunk in self._read_csv(f, fh, dtype=str, chunksize=chunk_rows, usecols=wanted):
+                        yield self.rename.frame(chunk)
                 else:
-                    for batch in pq.ParquetFile(fh).iter_batches(batch_size=chunk_rows, columns=columns):
-                        yield batch.to_pandas()
+                    for batch in pq.ParquetFile(fh).iter_batches(batch_size=chunk_rows, columns=wanted):
+                        yield self.rename.frame(batch.to_pandas())
 
     @contextlib.contextmanager
     def _decoding(self, path: str) -> Iterator[None]:
@@ -233,8 +256,8 @@ class FileSource:
     def columns(self) -> list[str]:
         with self.fs.open(self.files[0], "rb") as fh, self._decoding(self.files[0]):
             if self.kind == "csv":
-                return list(self._read_csv(self.files[0], fh, nrows=0).columns)
-            return list(pq.ParquetFile(fh).schema_arrow.names)
+                return self.rename.names(self._read_csv(self.files[0], fh, nrows=0).columns)
+            return self.rename.names(pq.ParquetFile(fh).schema_arrow.names)
 
     def _read_csv(self, path: str, fh: Any, **kwargs: Any) -> Any:
         compression: Literal["gzip"] | None = "gzip" if path.endswith(".gz") else None
@@ -280,6 +303,23 @@ class FileSource:
                 yield rows
 
 
+class Renamer:
+    """``source.rename``: source column name -> contract column name, applied as rows are read."""
+
+    def __init__(self, mapping: Mapping[str, str] | None) -> None:
+        self.to_contract = dict(mapping or {})
+        self.to_source = {v: k for k, v in self.to_contract.items()}
+
+    def names(self, columns: Iterable[Any]) -> list[str]:
+        return [self.to_contract.get(str(c), str(c)) for c in columns]
+
+    def source(self, contract_name: str) -> str:
+        return self.to_source.get(contract_name, contract_name)
+
+    def frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.rename(columns=self.to_contract) if self.to_contract else frame
+
+
 Source = SqlSource | FileSource
 
 
@@ -288,7 +328,7 @@ def open_source(settings: Settings) -> Source:
     src, contract = settings.source, settings.contract
     if src.kind in ("simulator", "sql"):
         url = settings.warehouse_url if src.kind == "simulator" else settings.source_url
-        return SqlSource(url, contract, table=None if src.query else src.table, query=src.query)
+        return SqlSource(url, contract, table=None if src.query else src.table, query=src.query, rename=src.rename)
     if not src.path:
         raise SourceError(f"source.kind {src.kind} needs source.path (a local path, glob or fsspec URL)")
-    return FileSource(src.path, src.kind, contract, encoding=src.encoding)
+    return FileSource(settings.path_or_url(src.path), src.kind, contract, encoding=src.encoding, rename=src.rename)

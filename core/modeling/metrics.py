@@ -47,15 +47,27 @@ def hard_labels(task: Task, score: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def metric_value(
-    task: Task, metric: str, y: Any, score: Any, *, threshold: float = 0.5, weights: np.ndarray | None = None
+    task: Task,
+    metric: str,
+    y: Any,
+    score: Any,
+    *,
+    threshold: float = 0.5,
+    weights: np.ndarray | None = None,
+    predicted: np.ndarray | None = None,
 ) -> float:
-    """One metric of the catalogue; NaN where it is undefined (a ranking metric on a single class)."""
+    """One metric of the catalogue; NaN where it is undefined (a ranking metric on a single class).
+
+    Label metrics decide labels from `score` (at `threshold` for binary), unless `predicted` gives the
+    labels that were actually answered (monitoring reads them from the prediction log).
+    """
     y = np.asarray(y)
     score = np.asarray(score)
     w = None
     if weights is not None:
         keep = weights > 0
         y, score, w = y[keep], score[keep], weights[keep]
+        predicted = None if predicted is None else np.asarray(predicted)[keep]
     if len(y) == 0:
         return float("nan")
     needs = spec(task, metric).needs
@@ -86,7 +98,7 @@ def metric_value(
         if len(np.unique(y)) != k:
             return float("nan")  # one-vs-rest AUC needs every class present
         return float(roc_auc_score(y, score, sample_weight=w, multi_class="ovr", labels=labels))
-    pred = hard_labels(task, score, threshold)
+    pred = hard_labels(task, score, threshold) if predicted is None else np.asarray(predicted)
     if metric == "accuracy":
         return float(accuracy_score(y, pred, sample_weight=w))
     if metric == "balanced_accuracy":

@@ -108,7 +108,7 @@ def test_drifted_window_is_reported_logged_and_decided(env: Settings) -> None:
 
     write_reference(env)
     write_log(env, 3_000, drifted=True, labelled=1_500)
-    outcome = run_monitoring(trigger=True)
+    outcome = run_monitoring(trigger=True, settings=get_settings())
 
     assert outcome.status == "ok"
     assert outcome.result is not None
@@ -164,8 +164,8 @@ def test_trigger_starts_the_retraining_deployment_with_the_reason(
     with prefect_test_harness(server_startup_timeout=120):
         with get_client(sync_client=True) as client:
             client.create_deployment(flow_id=client.create_flow(retrain), name="retrain")
-        first = run_monitoring(trigger=True)
-        second = run_monitoring(trigger=True)
+        first = run_monitoring(trigger=True, settings=get_settings())
+        second = run_monitoring(trigger=True, settings=get_settings())
         assert first.triggered, first.record.get("trigger_error")
         with get_client(sync_client=True) as client:
             flow_run = client.read_flow_run(uuid.UUID(first.record["flow_run_id"]))
@@ -187,7 +187,7 @@ def test_too_little_data_says_so_and_triggers_nothing(
 
     write_reference(env)
     write_log(env, rows, drifted=True, age=age)
-    outcome = run_monitoring(window_hours=window_hours, trigger=True)
+    outcome = run_monitoring(window_hours=window_hours, trigger=True, settings=get_settings())
 
     assert outcome.status == "too_little_data" and not outcome.retrain and not outcome.triggered
     assert outcome.record["message"].startswith("too little data")
@@ -202,7 +202,7 @@ def test_missing_reference_says_so_and_triggers_nothing(env: Settings) -> None:
     from pipelines.monitor import run_monitoring
 
     write_log(env, 2_000, drifted=True)
-    outcome = run_monitoring(trigger=True)
+    outcome = run_monitoring(trigger=True, settings=get_settings())
 
     assert outcome.status == "no_reference" and not outcome.retrain and not outcome.triggered
     assert "no reference" in outcome.record["message"]
@@ -219,7 +219,7 @@ def test_failing_report_says_so_and_triggers_nothing(env: Settings, monkeypatch:
     monkeypatch.setattr(flow_module, "compute_drift", broken)
     write_reference(env)
     write_log(env, 2_000, drifted=True)
-    outcome = flow_module.run_monitoring(trigger=True)
+    outcome = flow_module.run_monitoring(trigger=True, settings=get_settings())
 
     assert outcome.status == "report_failed" and not outcome.retrain and not outcome.triggered
     assert "boom" in outcome.record["message"]
@@ -260,7 +260,7 @@ def test_champion_gives_prediction_drift_and_a_performance_baseline(env: Setting
 
     write_reference(env)
     write_log(env, 2_000, drifted=False, labelled=1_500)
-    outcome = run_monitoring(trigger=False)
+    outcome = run_monitoring(trigger=False, settings=get_settings())
 
     assert outcome.status == "ok" and outcome.result is not None
     assert outcome.record["champion_version"] == version
@@ -268,5 +268,6 @@ def test_champion_gives_prediction_drift_and_a_performance_baseline(env: Setting
     assert "prediction" not in outcome.result.prediction  # labels depend on a threshold: not compared
     assert outcome.result.performance is not None
     assert outcome.retrain and "performance" in outcome.record["fired"]
-    assert outcome.record["performance_drop"] == pytest.approx(0.99 - outcome.result.performance.metrics["pr_auc"])
+    # The drop is relative to the champion's holdout value (0.99 is what this test recorded for it).
+    assert outcome.record["performance_drop"] == pytest.approx((0.99 - outcome.result.performance.metrics["pr_auc"]) / 0.99)
     assert not outcome.triggered and "trigger=False" in " ".join(outcome.record["notes"])

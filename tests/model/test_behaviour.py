@@ -64,7 +64,7 @@ def trained(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield TrainedModel(
             model=mlflow.sklearn.load_model(uri),
             threshold=float(info.metadata["threshold"]),
-            holdout=latest_processed().load("holdout"),
+            holdout=latest_processed(get_settings()).load("holdout"),
             contract=get_settings().contract,
         )
 

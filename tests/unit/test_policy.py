@@ -63,15 +63,24 @@ def test_performance_drop_beyond_limit_fires() -> None:
     within = evidence(labelled_rows=500, performance={"pr_auc": 0.67}, champion_performance=0.70)
     d = decide(worse, policy, now=NOW)
     assert d.retrain and d.fired == ["performance"]
-    assert d.performance_drop == pytest.approx(0.10)
-    assert not decide(within, policy, now=NOW).retrain
+    assert d.performance_drop == pytest.approx(0.10 / 0.70)  # relative to the champion: 14% worse
+    assert not decide(within, policy, now=NOW).retrain  # 4% worse, within 5%
 
 
 def test_lower_is_better_metric_drop_has_the_right_sign() -> None:
-    policy = RetrainPolicy(performance_metric="rmse", max_performance_drop=1.0, min_labelled_rows=10)
+    policy = RetrainPolicy(performance_metric="rmse", max_performance_drop=0.2, min_labelled_rows=10)
     d = decide(evidence(labelled_rows=50, performance={"rmse": 14.0}, champion_performance=10.0), policy, now=NOW)
-    assert d.performance_drop == pytest.approx(4.0)
+    assert d.performance_drop == pytest.approx(0.4)
     assert d.retrain
+    better = decide(evidence(labelled_rows=50, performance={"rmse": 9.0}, champion_performance=10.0), policy, now=NOW)
+    assert better.performance_drop == pytest.approx(-0.1) and not better.retrain
+
+
+def test_the_drop_is_relative_so_one_setting_fits_any_metric_scale() -> None:
+    # rmse around 50: noise of 1 unit is 2%, within the default 5%; in metric units it would have fired.
+    policy = RetrainPolicy(performance_metric="rmse", max_performance_drop=0.05, min_labelled_rows=10)
+    d = decide(evidence(labelled_rows=50, performance={"rmse": 51.0}, champion_performance=50.0), policy, now=NOW)
+    assert d.performance_drop == pytest.approx(0.02) and not d.retrain
 
 
 @pytest.mark.parametrize(

@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from core.contract import ROW_KEY
 from core.data.datasets import DatasetsNotFoundError, latest_processed
 from core.data.snapshots import write_partitions
 from core.data.splits import SPLITS, PreprocessError, build_splits, split_bounds
-from core.settings import Settings, get_settings
+from core.settings import Settings, get_settings, load_settings
 from demo.simulator import simulate
 
 
@@ -137,3 +140,99 @@ def test_window_days_keeps_the_newest_calendar_days(tmp_path: Path) -> None:
     assert newest_days(files, None) == files
     assert [f.parent.name for f in newest_days(files, 5)] == ["date=2026-01-05", "date=2026-01-06", "date=2026-01-09"]
     assert [f.parent.name for f in newest_days(files, 1)] == ["date=2026-01-09"]
+
+
+# ---- unordered data: random, stratified and group splits; splits a classifier can be judged on ---------------
+def _unordered_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task: str = "multiclass", **splits: Any
+) -> Settings:
+    import yaml
+
+    raw = {
+        "name": "toy",
+        "task": task,
+        "target": {"name": "label", "classes": ["a", "b", "c"]} if task == "multiclass" else {"name": "label"},
+        "columns": [
+            {"name": "x", "type": "float"},
+            {"name": "group", "type": "string"},
+            {"name": "label", "type": "string"} if task == "multiclass" else {"name": "label", "type": "float"},
+        ],
+    }
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("MLOPS_CONFIG", "configs/settings.yaml")
+    monkeypatch.setenv("MLOPS_CONTRACT_PATH", str(path))
+    return load_settings(splits={"reference_rows": 50, **splits})
+
+
+def _collect(settings: Settings, frame: pd.DataFrame) -> None:
+    from core.data.rules import row_keys
+    from core.data.validation import validate_batch
+
+    checked = validate_batch(frame, settings.contract)
+    assert checked.valid_table is not None
+    checked.valid[ROW_KEY] = row_keys(checked.valid_table, settings.contract.column_names).to_numpy(
+        zero_copy_only=False
+    )
+    write_partitions(checked.valid, settings.data_dir / "raw", settings.contract)
+
+
+def _ordered_by_class(n: int = 300) -> pd.DataFrame:
+    # Exported "sorted by class", as spreadsheets often are: a time-like cut would miss a class entirely.
+    labels = np.repeat(["a", "b", "c"], n // 3)
+    return pd.DataFrame({"x": np.arange(n, dtype=float), "group": [f"g{i % 30}" for i in range(n)], "label": labels})
+
+
+def test_unordered_classification_defaults_to_stratified_splits(
+    state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _unordered_settings(tmp_path, monkeypatch)
+    _collect(settings, _ordered_by_class())
+    manifest = build_splits(settings)
+    assert manifest["strategy"] == "stratified"
+    ds = latest_processed(settings)
+    for name in SPLITS:
+        counts = ds.load(name)["label"].value_counts()
+        assert set(counts.index) == {"a", "b", "c"} and counts.max() - counts.min() <= 1, (name, counts)
+    assert sum(manifest["splits"][s]["rows"] for s in SPLITS) == 300
+    assert manifest["splits"]["train"]["classes"] == {"a": 60, "b": 60, "c": 60}
+    assert build_splits(settings)["version"] == manifest["version"]  # same inputs, same version
+
+
+def test_group_splits_keep_a_group_in_one_split(
+    state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _unordered_settings(tmp_path, monkeypatch, task="regression", strategy="group", group_column="group")
+    frame = _ordered_by_class()
+    frame["label"] = frame["x"] * 2.0
+    _collect(settings, frame)
+    build_splits(settings)
+    ds = latest_processed(settings)
+    owners = {name: set(ds.load(name)["group"]) for name in SPLITS}
+    for a, b in pairwise(SPLITS):
+        assert not owners[a] & owners[b]
+    assert set().union(*owners.values()) == {f"g{i}" for i in range(30)}
+
+
+def test_a_split_missing_a_class_is_refused_naming_class_and_split(
+    state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _unordered_settings(tmp_path, monkeypatch, strategy="random")
+    frame = _ordered_by_class()
+    frame.loc[frame.index[:3], "label"] = "rare"  # three rows of a fourth label: quarantined, not a class
+    frame = frame[frame["label"] != "rare"]
+    rare = pd.DataFrame({"x": [1.0], "group": ["g0"], "label": ["c"]})
+    only_a_and_b = frame[frame["label"] != "c"]
+    _collect(settings, pd.concat([only_a_and_b, rare], ignore_index=True))
+    with pytest.raises(PreprocessError, match=r"class\(es\) \['c'\]") as err:
+        build_splits(settings)
+    assert "split" in str(err.value)
+    assert not list((settings.data_dir / "processed").glob(".tmp-*"))  # nothing half-written is left
+
+
+def test_a_window_that_drops_most_rows_warns(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    collect_days(settings, "2026-01-01", 10)
+    windowed = load_settings(splits={"reference_rows": 500, "window_days": 3})
+    manifest = build_splits(windowed)
+    assert manifest["rows"] == 1_200
+    assert any("keeps 1200 of 4000 collected rows" in w for w in manifest["warnings"])
