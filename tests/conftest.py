@@ -44,7 +44,6 @@ def mlflow_env(mlflow_server: str, state_dir: Path, monkeypatch: pytest.MonkeyPa
     """Settings and the mlflow client both pointed at the session's tracking server."""
     import mlflow
 
-
     monkeypatch.setenv("MLOPS_MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     mlflow.set_tracking_uri(mlflow_server)

@@ -269,5 +269,7 @@ def test_champion_gives_prediction_drift_and_a_performance_baseline(env: Setting
     assert outcome.result.performance is not None
     assert outcome.retrain and "performance" in outcome.record["fired"]
     # The drop is relative to the champion's holdout value (0.99 is what this test recorded for it).
-    assert outcome.record["performance_drop"] == pytest.approx((0.99 - outcome.result.performance.metrics["pr_auc"]) / 0.99)
+    assert outcome.record["performance_drop"] == pytest.approx(
+        (0.99 - outcome.result.performance.metrics["pr_auc"]) / 0.99
+    )
     assert not outcome.triggered and "trigger=False" in " ".join(outcome.record["notes"])
