@@ -335,6 +335,11 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         missing = [p for p in _config_files() if not p.exists()]
+        if missing and not os.environ.get("MLOPS_CONFIG"):
+            raise SettingsError(
+                f"no MLOPS_CONFIG, and the default {DEFAULT_CONFIG} is incomplete ({missing[0].name} is gone): "
+                "set MLOPS_CONFIG=configs/settings.yaml,configs/<name>/settings.yaml (`mlops contract init` writes one)"
+            )
         if missing:
             raise FileNotFoundError(f"MLOPS_CONFIG names files that do not exist: {[str(p) for p in missing]}")
         return (init_settings, env_settings, _YamlFiles(settings_cls, _config_files()))
@@ -458,6 +463,8 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+    except SettingsError:
+        raise
     except (ContractError, FileNotFoundError) as exc:
         raise SettingsError(str(exc)) from None
 

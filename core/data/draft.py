@@ -154,7 +154,7 @@ def draft_contract(
         contract["timestamp_column"] = timestamp_column
     contract["target"] = _target(y, draft)
     contract["slice_columns"] = []
-    contract["derived_time_features"] = ["hour_of_day", "day_of_week"] if timestamp_column else []
+    contract["derived_time_features"] = []
     contract["columns"] = columns
     draft.contract = contract
     parse_contract(contract, source="the drafted contract")  # a draft that does not load is a bug here
@@ -323,7 +323,7 @@ def contract_yaml(draft: Draft) -> str:
     lines += [
         "  label_delay_days: 0        # labels are final this many days after the event (needs a timestamp)",
         "slice_columns: []            # category columns whose values the gate checks one by one",
-        f"derived_time_features: {_scalar(c['derived_time_features'])}",
+        "derived_time_features: []    # hour_of_day, day_of_week, month of the timestamp, if time of day matters",
         "columns:",
     ]
     for col in c["columns"]:
