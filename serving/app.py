@@ -9,7 +9,6 @@ serving.encoders.
 
 import asyncio
 import contextlib
-import warnings
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -28,10 +27,6 @@ from serving.routes import admin, operations
 from serving.routes.feedback import feedback_router
 from serving.routes.predictions import predictions_router
 from serving.schemas import build_models
-
-# core.modeling.features.TimeFeatures is fitted on a bare array but called with a DataFrame; scikit-learn
-# warns on every call of the Pipeline fallback path. The values are right; the warning is noise here.
-warnings.filterwarnings("ignore", message="X has feature names, but TimeFeatures")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from fastapi import Request
 
 from core.contract import DatasetContract
-from serving.predictor import Columns
+from core.modeling.compiled import Columns
 from serving.schemas import MAX_TEXT
 
 PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet", "application/parquet")

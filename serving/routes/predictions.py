@@ -19,6 +19,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import Discriminator, Field, Tag
 
+from core.modeling.compiled import Columns
 from serving import metrics
 from serving.batch import BatchInputError, chunks, parse_and_check, read_body
 from serving.deps import LogDep, ModelDep, PredictKey, SettingsDep
@@ -26,7 +27,7 @@ from serving.encoders import MEDIA_TYPES, Chunk, OutputFormat, chunk_flags, enco
 from serving.errors import ERROR_RESPONSES
 from serving.model_store import LoadedModel
 from serving.prediction_log import PredictionLog
-from serving.predictor import Columns, Prediction, columns_from_records
+from serving.predictor import Prediction, columns_from_records
 from serving.schemas import ContractModels, ErrorOut, PredictionOut, PredictOut
 
 _BATCH_DOC: dict[str, Any] = {
@@ -76,13 +77,8 @@ def predictions_router(models: ContractModels) -> APIRouter:
         started = time.perf_counter()
         items = body if isinstance(body, list) else [body]
         records = [r.__dict__ for r in items]
-        contract = model.predictor.contract
-        if len(records) == 1:
-            result = model.predictor.predict_record(records[0])
-            columns: dict[str, Any] = {k: [v] for k, v in records[0].items()}  # the log takes lists too
-        else:
-            columns = columns_from_records(records, contract)
-            result = model.predictor.predict(columns)
+        columns = columns_from_records(records, model.predictor.contract)
+        result = model.predictor.predict(columns)
         request_id = uuid.uuid4().hex
         ids = [request_id] if len(records) == 1 else [f"{request_id}-{i}" for i in range(len(records))]
         flags = [models.flags(r) for r in records] if models.unknown_allowed else [[] for _ in records]
