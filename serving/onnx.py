@@ -18,7 +18,7 @@ onnx 1.23, protobuf 7, onnxruntime 1.31):
   writes thresholds as float attributes (ai.onnx.ml v1); `_TreeNode` writes its TreeEnsemble node
   as ai.onnx.ml v3 with double `*_as_tensor` attributes. It also turns the node's
   nodes_missing_value_tracks_true into ints: skl2onnx puts Python bools among them for leaves, which
-  protobuf 7 refuses ("Expected an int, got a boolean"), so the converter failed outright before.
+  protobuf 7 refuses ("Expected an int, got a boolean"): without this no HistGradientBoosting converts.
 * svm's Nystroem kernel: skl2onnx has no converter; `_convert_nystroem` (rbf kernel) is registered.
 
 The input dtype a session is fed is the one it declares, not a guess.
