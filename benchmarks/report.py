@@ -65,6 +65,25 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         ok = bool(check(value, r))
         shown = f"{value:.4g}" if isinstance(value, float) else value
         lines.append(f"| {name} | {key} | {shown} | {target} | {'yes' if ok else 'NO'} |")
+    families = (results.get("serving") or {}).get("families")
+    if families:
+        lines += ["", "## Serving, per model family (`make bench-serving`)", ""]
+        lines += [
+            "| family | runtime | req/s at 16 | mlflow | ratio (>= 10) | p50 ms at 1 | mlflow | ratio (>= 5) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for family, f in families.items():
+            cells = (
+                family,
+                str(f["runtime"]),
+                f"{f['rps']:.0f}",
+                f"{f['mlflow_rps']:.0f}",
+                f"{f['throughput_ratio']:.1f}",
+                f"{f['p50_ms']:.2f}",
+                f"{f['mlflow_p50_ms']:.1f}",
+                f"{f['p50_ratio']:.1f}",
+            )
+            lines.append("| " + " | ".join(cells) + " |")
     chaos = results.get("chaos")
     if chaos:
         lines += ["", "## Fault scenarios (`make chaos`)", ""]

@@ -1,30 +1,24 @@
 """Register a small model in the format the training pipeline produces.
 
 Used by the serving tests, the serving benchmark and a fresh clone that has no trained model yet. The
-model is a plain scikit-learn Pipeline (the contract's preprocessor + an estimator) logged with skops,
-a signature, an input example and the metadata the service reads, through core.registry.artefact as
-the training flow logs its models.
+model is any family of core.modeling.families, built by its `build_pipeline` (the contract's
+preprocessor + the family's estimator, with the family's default params unless given) and logged with
+skops, a signature, an input example and the metadata the service reads, through
+core.registry.artefact as the training flow logs its models.
 This module imports mlflow; the service itself never imports it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
 import mlflow
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
 
 from core.contract import DatasetContract
-from core.modeling.features import build_preprocessor, to_model_input
+from core.modeling.families import FamilyName, Params, build_pipeline
+from core.modeling.features import to_model_input
 from core.registry.artefact import log_model, metadata_for
 from serving.sample import synthetic_frame
-
-# Two of core.modeling.families' families, with their names there.
-Family = Literal["logistic", "hist_gradient_boosting"]
 
 
 def labelled_frame(contract: DatasetContract, n_rows: int, seed: int) -> tuple[pd.DataFrame, pd.Series]:
@@ -49,24 +43,21 @@ def register_example_model(
     contract: DatasetContract,
     model_name: str,
     *,
-    family: Family = "logistic",
+    family: FamilyName = "logistic",
+    params: Params | None = None,
     alias: str | None = "champion",
     n_rows: int = 2_000,
     seed: int = 0,
     threshold: float = 0.5,
     experiment_name: str = "serving-example",
 ) -> str:
-    """Train, log and register a model; point `alias` at it. Returns the new version number.
+    """Train, log and register a `family` model (`params` over the family's defaults); point `alias` at
+    it. Returns the new version number.
 
     The MLflow tracking URI comes from the environment (MLFLOW_TRACKING_URI) or mlflow.set_tracking_uri.
     """
     X, y = labelled_frame(contract, n_rows, seed)
-    estimator: Any = (
-        LogisticRegression(max_iter=500)
-        if family == "logistic"
-        else HistGradientBoostingClassifier(max_iter=50, random_state=seed)
-    )
-    pipeline = Pipeline([("features", build_preprocessor(contract)), ("model", estimator)]).fit(X, y)
+    pipeline = build_pipeline(contract, family, params, seed=seed).fit(X, y)
     metadata = metadata_for(pipeline, contract, family=family, threshold=threshold, primary_metric=None)
     mlflow.set_experiment(experiment_name)
     start = str(pd.Timestamp("2026-01-01").date())

@@ -6,6 +6,8 @@ serving hands the model the raw contract columns and never re-implements a featu
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -21,6 +23,37 @@ if TYPE_CHECKING:  # a type only: this module travels with every model and impor
     from core.contract import DatasetContract
 
 MISSING = "__missing__"
+
+
+def encode_times(ts: np.ndarray, features: tuple[str, ...]) -> np.ndarray:
+    """The time features of a (n, k) datetime64 array (NaT = missing): (n, 2 * len(features) * k) floats.
+
+    Per column and feature, the sine and cosine of the feature's angle on its cycle; (0, 0) for NaT.
+    The one implementation: TimeFeatures.transform calls it, and so does serving's compiled path, on
+    one row at a time, so it computes only the requested parts, with few numpy calls.
+    """
+    ts = np.asarray(ts)
+    n, k = ts.shape
+    angles = np.empty((n, len(features) * k), dtype=np.float64)
+    for j in range(k):
+        col = ts[:, j]
+        # Casting floors to the unit, before 1970 too. NaT becomes INT64_MIN: masked below.
+        minutes = col.astype("datetime64[m]").view(np.int64)
+        for i, name in enumerate(features):
+            part: np.ndarray  # float for the hour, whole numbers for the others
+            if name == "hour_of_day":  # hour + minute / 60; seconds are ignored
+                minute_of_day = minutes % 1440
+                part = minute_of_day // 60 + (minute_of_day % 60) / 60.0
+            elif name == "day_of_week":  # Monday = 0; 1970-01-01 was a Thursday
+                part = (minutes // 1440 + 3) % 7
+            else:  # month, January = 0
+                part = col.astype("datetime64[M]").view(np.int64) % 12
+            angles[:, j * len(features) + i] = 2 * np.pi * part / TimeFeatures._PERIODS[name]
+    out = np.empty((n, 2 * angles.shape[1]), dtype=np.float64)
+    out[:, 0::2] = np.sin(angles)
+    out[:, 1::2] = np.cos(angles)
+    out[np.isnat(ts).repeat(2 * len(features), axis=1)] = 0.0  # column j's outputs are consecutive
+    return out
 
 
 class TimeFeatures(TransformerMixin, BaseEstimator):
@@ -51,27 +84,32 @@ class TimeFeatures(TransformerMixin, BaseEstimator):
     def transform(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
         arr = validate_data(self, X, dtype=None, ensure_all_finite=False, reset=False)
-        blocks = [self._encode(pd.Series(arr[:, j])) for j in range(arr.shape[1])]
-        return np.hstack(blocks) if blocks else np.empty((arr.shape[0], 0))
+        ts = np.empty(arr.shape, dtype="datetime64[ns]")
+        for j in range(arr.shape[1]):
+            ts[:, j] = _datetimes(arr[:, j])
+        return self.vectorised()(ts)
 
-    def _encode(self, col: pd.Series) -> np.ndarray:
-        ts = pd.to_datetime(col, errors="coerce")
-        parts: dict[str, pd.Series] = {
-            "hour_of_day": ts.dt.hour + ts.dt.minute / 60.0,
-            "day_of_week": ts.dt.dayofweek,
-            "month": ts.dt.month - 1,
-        }
-        out = np.empty((len(ts), 2 * len(self.features)), dtype=np.float64)
-        for i, name in enumerate(self.features):
-            angle = 2 * np.pi * parts[name].to_numpy(dtype=np.float64, na_value=np.nan) / self._PERIODS[name]
-            out[:, 2 * i] = np.nan_to_num(np.sin(angle))
-            out[:, 2 * i + 1] = np.nan_to_num(np.cos(angle))
-        return out
+    def vectorised(self) -> Callable[[np.ndarray], np.ndarray]:
+        """This transform as a numpy function of a (n, k) datetime64 array, NaT for missing.
+
+        `transform` parses whatever it is given into that array and calls it; the compiled serving
+        path (core.modeling.compiled) calls it on the timestamps it already holds.
+        """
+        check_is_fitted(self)
+        return partial(encode_times, features=tuple(self.features))
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         check_is_fitted(self)
         names = _check_feature_names_in(self, input_features)
         return np.array([f"{c}_{f}_{trig}" for c in names for f in self.features for trig in ("sin", "cos")])
+
+
+def _datetimes(values: np.ndarray) -> np.ndarray:
+    """Any values pandas reads as timestamps (unparseable: NaT); an aware one keeps its wall-clock time."""
+    ts = pd.to_datetime(pd.Series(values), errors="coerce")
+    if isinstance(ts.dtype, pd.DatetimeTZDtype):
+        ts = ts.dt.tz_localize(None)
+    return ts.to_numpy(dtype="datetime64[ns]")
 
 
 def build_preprocessor(contract: DatasetContract, *, scale: bool = True) -> ColumnTransformer:

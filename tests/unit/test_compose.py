@@ -69,7 +69,7 @@ def test_prometheus_scrapes_the_api() -> None:
 
 
 def test_grafana_dashboard_queries_metrics_the_api_exports() -> None:
-    metrics_src = "\n".join(p.read_text() for p in (ROOT / "serving").glob("*.py"))
+    metrics_src = "\n".join(p.read_text() for p in (ROOT / "serving").rglob("*.py"))
     for dash in (ROOT / "deploy/grafana/dashboards").glob("*.json"):
         for expr in re.findall(r'"expr":\s*"([^"]+)"', dash.read_text()):
             for metric in re.findall(r"\b(serving_[a-z_]+?)(?:_bucket|_count|_sum)?\b", expr):

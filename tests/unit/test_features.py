@@ -62,6 +62,17 @@ def test_time_features_are_cyclical() -> None:
     assert np.linalg.norm(out[0] - out[2]) > 1.9  # noon is on the other side of the circle
 
 
+def test_time_features_values_and_missing_timestamps() -> None:
+    """Checked against pandas' own calendar fields; a missing or unparseable timestamp is (0, 0)."""
+    t = pd.Series(["2026-01-01T23:59:30", "1969-07-20T20:17:00", "2028-02-29T00:00:59", None, "not a time"])
+    out = TimeFeatures(("hour_of_day", "day_of_week", "month")).fit(t.to_frame()).transform(t.to_frame())
+    ts = pd.to_datetime(t, errors="coerce")
+    parts = [(ts.dt.hour + ts.dt.minute / 60, 24), (ts.dt.dayofweek, 7), (ts.dt.month - 1, 12)]
+    expected = np.column_stack([f(2 * np.pi * p.to_numpy(dtype=float) / n) for p, n in parts for f in (np.sin, np.cos)])
+    np.testing.assert_allclose(out[:3], expected[:3], rtol=0, atol=1e-12)
+    assert (out[3:] == 0).all()
+
+
 def test_unknown_time_feature_is_refused() -> None:
     with pytest.raises(ValueError, match="minute_of_hour"):
         TimeFeatures(("minute_of_hour",)).fit(pd.DataFrame({"t": ["2026-01-01"]}))

@@ -76,7 +76,8 @@ def _admin_routes(app: Any) -> list[Any]:
 
 
 def test_every_admin_route_depends_on_the_admin_key(state_dir: Path) -> None:
-    from serving.app import create_app, require_admin_key
+    from serving.app import create_app
+    from serving.deps import require_admin_key
 
     routes = _admin_routes(create_app())
     assert routes, "no /admin routes found: the check below would pass vacuously"

@@ -22,6 +22,23 @@ def test_serving_app_imports_neither_prefect_nor_evidently() -> None:
     assert not loaded & {"prefect", "evidently", "pipelines", "monitoring", "mlflow", "skl2onnx"}
 
 
+def test_no_serving_module_imports_the_orchestrator_or_the_drift_library() -> None:
+    """Every module under serving/, routes included, imported in one fresh process."""
+    modules = sorted(
+        ".".join(p.relative_to(PROJECT_ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for p in (PROJECT_ROOT / "serving").rglob("*.py")
+    )
+    assert "serving.routes.predictions" in modules  # the glob reaches into subpackages
+    code = (
+        f"import importlib, json, sys; [importlib.import_module(m) for m in {modules!r}]; "
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, check=True)
+    loaded = set(json.loads(run.stdout))
+    assert "serving" in loaded
+    assert not loaded & {"prefect", "evidently", "pipelines", "monitoring"}
+
+
 def test_skipping_dev_modules_at_serve_start_keeps_the_trusted_types() -> None:
     """serving.__main__ marks pytest and dask absent; skops must still trust the same scikit-learn types."""
     code = (

@@ -12,10 +12,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
+from core.modeling.compiled import CompiledFeatures
 from core.modeling.features import build_preprocessor, to_model_input
 from core.settings import get_settings
 from serving.example_model import labelled_frame
-from serving.predictor import CompiledFeatures, Predictor, columns_from_frame, columns_from_records
+from serving.predictor import Predictor, columns_from_frame, columns_from_records
 from serving.sample import synthetic_frame
 
 
@@ -33,16 +34,6 @@ def logistic() -> Pipeline:
 @pytest.fixture(scope="module")
 def boosting() -> Pipeline:
     return fitted(HistGradientBoostingClassifier(max_iter=20, random_state=0))
-
-
-def test_compiled_features_equal_the_column_transformer(logistic: Pipeline) -> None:
-    contract = get_settings().contract
-    frame = synthetic_frame(contract, 500, seed=9)  # nulls, range ends, unknown categories
-    frame.loc[5, "event_time"] = None  # a missing timestamp too
-    expected = logistic[0].transform(to_model_input(frame, contract))
-    got = CompiledFeatures.from_pipeline(logistic, contract).transform(columns_from_frame(frame, contract))
-    assert got.shape == expected.shape
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("rows", [10, 500])  # the few-rows path and the vectorised one
@@ -131,18 +122,18 @@ def test_aware_timestamps_are_read_as_utc(logistic: Pipeline) -> None:
 
 
 @pytest.mark.parametrize("family", ["logistic", "boosting"])
-def test_single_record_path_matches_the_batch_path(family: str, request: pytest.FixtureRequest) -> None:
+def test_one_record_at_a_time_matches_the_batch(family: str, request: pytest.FixtureRequest) -> None:
+    """A single record takes the compiled path's few-rows branches (one-hot by dict lookup), a batch the
+    vectorised ones; both give the same probabilities, and an aware timestamp is read as UTC."""
     pipeline = request.getfixturevalue(family)
     contract = get_settings().contract
     predictor = Predictor.build(pipeline, contract, threshold=0.5, positive_class=1, use_onnx=False)
-    assert predictor._row_path  # the plain-Python path passed its check against the numpy one
     frame = synthetic_frame(contract, 100, seed=23)
     records = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    one_by_one = np.vstack([predictor.predict_record(r).probabilities for r in records])
+    one_by_one = np.vstack([predictor.predict(columns_from_records([r], contract)).probabilities for r in records])
     together = predictor.predict(columns_from_records(records, contract)).probabilities
     np.testing.assert_allclose(one_by_one, together, atol=1e-12)
     aware = {**records[0], "event_time": datetime(2026, 3, 3, 1, 30, tzinfo=timezone(timedelta(hours=2)))}
     naive = {**records[0], "event_time": datetime(2026, 3, 2, 23, 30)}
-    assert (
-        predictor.predict_record(aware).probabilities.tolist() == predictor.predict_record(naive).probabilities.tolist()
-    )
+    a, b = (predictor.predict(columns_from_records([r], contract)).probabilities for r in (aware, naive))
+    assert a is not None and b is not None and a.tolist() == b.tolist()

@@ -1,0 +1,1 @@
+"""One module per router: predictions, feedback, operations (health, ready, model, metrics), admin."""

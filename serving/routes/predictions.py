@@ -1,0 +1,216 @@
+"""POST /predict (one record or a list) and POST /predict/batch (a CSV, Parquet or JSON upload).
+
+Both hand the predictor column arrays, log what they predicted from in one block per request or
+chunk, and count predictions for /metrics a block at a time: no per-row Python beyond the response.
+"""
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from fastapi import APIRouter, Body, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import Discriminator, Field, Tag
+
+from core.modeling.compiled import Columns
+from serving import metrics
+from serving.batch import BatchInputError, chunks, parse_and_check, read_body
+from serving.deps import LogDep, ModelDep, PredictKey, SettingsDep
+from serving.encoders import MEDIA_TYPES, Chunk, OutputFormat, chunk_flags, encoder_for, flag_column
+from serving.errors import ERROR_RESPONSES
+from serving.model_store import LoadedModel
+from serving.prediction_log import PredictionLog
+from serving.predictor import Prediction, columns_from_records
+from serving.schemas import ContractModels, ErrorOut, PredictionOut, PredictOut
+
+_BATCH_DOC: dict[str, Any] = {
+    "responses": {
+        200: {
+            "content": {media: {} for media in MEDIA_TYPES.values()},
+            "description": "One line per input row (CSV, NDJSON), or one Arrow record batch per chunk",
+        },
+        **ERROR_RESPONSES,
+        415: {"model": ErrorOut, "description": "A content type other than CSV, JSON, Parquet or multipart"},
+    },
+    # The body is read by serving.batch, not by FastAPI: documented here so the OpenAPI page shows it.
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/RecordIn"}}},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                        "required": ["file"],
+                    }
+                },
+            },
+        }
+    },
+}
+
+
+def predictions_router(models: ContractModels) -> APIRouter:
+    """A function of the contract's models: the request body's type is generated from the contract."""
+    router = APIRouter(tags=["predictions"], dependencies=[PredictKey])
+    record_type: Any = models.record
+    records_type: Any = Annotated[list[record_type], Field(min_length=1)]
+    body_type: Any = Annotated[
+        Annotated[record_type, Tag("record")] | Annotated[records_type, Tag("records")],
+        Discriminator(lambda v: "records" if isinstance(v, list) else "record"),
+    ]
+
+    @router.post(
+        "/predict", response_model=PredictOut, responses=ERROR_RESPONSES, summary="Predict one record or a list"
+    )
+    async def predict(body: Annotated[body_type, Body()], model: ModelDep, plog: LogDep) -> PredictOut:
+        started = time.perf_counter()
+        items = body if isinstance(body, list) else [body]
+        records = [r.__dict__ for r in items]
+        columns = columns_from_records(records, model.predictor.contract)
+        result = model.predictor.predict(columns)
+        request_id = uuid.uuid4().hex
+        ids = [request_id] if len(records) == 1 else [f"{request_id}-{i}" for i in range(len(records))]
+        flags = [models.flags(r) for r in records] if models.unknown_allowed else [[] for _ in records]
+        probs = result.probabilities
+        keys = [str(c) for c in result.classes]
+        out = [
+            PredictionOut(
+                request_id=ids[i],
+                prediction=result.labels[i],
+                probabilities=dict(zip(keys, probs[i].tolist(), strict=True)) if probs is not None else None,
+                flags=flags[i],
+            )
+            for i in range(len(records))
+        ]
+        latency_ms = (time.perf_counter() - started) * 1000
+        flag_text = ["; ".join(f) or None for f in flags]
+        _log_block(plog, model, columns, ids, result, flag_text, latency_ms)
+        _count(model, result)
+        for row_flags in flags:
+            for flag in row_flags:
+                metrics.UNKNOWN_CATEGORIES.labels(flag.split(":", 1)[0]).inc()
+        return PredictOut(request_id=request_id, model_name=model.name, model_version=model.version, predictions=out)
+
+    @router.post(
+        "/predict/batch",
+        summary="Predict a CSV, Parquet or JSON batch; results stream back",
+        response_class=StreamingResponse,
+        **_BATCH_DOC,
+    )
+    async def predict_batch(
+        request: Request,
+        model: ModelDep,
+        plog: LogDep,
+        settings: SettingsDep,
+        output: Annotated[
+            OutputFormat,
+            Query(alias="format", description="csv (default), ndjson, or arrow: an Arrow IPC stream"),
+        ] = "csv",
+    ) -> StreamingResponse:
+        contract = model.predictor.contract
+        limits = settings.serving
+        try:
+            data, kind = await read_body(request)
+            # Parsing and checking are CPU work: off the event loop, so other requests keep flowing.
+            table, (columns, unknown) = await asyncio.to_thread(
+                parse_and_check, data, kind, contract, limits.max_batch_rows
+            )
+        except BatchInputError as exc:
+            raise HTTPException(exc.status, exc.detail) from None
+        except (ValueError, TypeError) as exc:  # a value the checks let through but pandas cannot convert
+            raise HTTPException(422, f"body: could not read the batch: {str(exc)[:300]}") from None
+        for column, mask in unknown.items():
+            metrics.UNKNOWN_CATEGORIES.labels(column).inc(int(mask.sum()))
+        request_id = uuid.uuid4().hex
+        stream = _predict_chunks(
+            model, columns, table.num_rows, request_id, limits.batch_chunk_rows, output, plog, unknown
+        )
+        return StreamingResponse(stream, media_type=MEDIA_TYPES[output], headers={"X-Request-ID": request_id})
+
+    return router
+
+
+def _predict_chunks(  # noqa: PLR0917 - one call site, all arguments are needed
+    model: LoadedModel,
+    columns: Columns,
+    n_rows: int,
+    request_id: str,
+    chunk_rows: int,
+    output: OutputFormat,
+    plog: PredictionLog,
+    unknown: dict[str, np.ndarray],
+) -> Iterator[bytes]:
+    """Predict chunk by chunk, log each chunk, yield its encoded results; a sync generator, so Starlette
+    runs it in a thread."""
+    encoder = encoder_for(output, [str(c) for c in model.predictor.classes])
+    for offset, columns_chunk in chunks(columns, n_rows, chunk_rows):
+        started = time.perf_counter()
+        result = model.predictor.predict(columns_chunk)
+        n = len(result.labels)
+        ids = pc.binary_join_element_wise(
+            request_id, pc.cast(pa.array(np.arange(offset, offset + n)), pa.string()), "-"
+        )
+        flagged = chunk_flags(unknown, columns_chunk, offset, n)
+        chunk = Chunk(ids=ids, result=result, flagged=flagged, flags=flag_column(flagged, n))
+        yield encoder.chunk(chunk)
+        latency_ms = (time.perf_counter() - started) * 1000 / max(n, 1)
+        _log_block(plog, model, columns_chunk, ids, result, chunk.flags, latency_ms)
+        _count(model, result)
+    tail = encoder.end()
+    if tail:
+        yield tail
+
+
+def _log_block(  # noqa: PLR0917 - one call site per endpoint, all arguments are needed
+    plog: PredictionLog,
+    model: LoadedModel,
+    columns: dict[str, Any],
+    ids: list[str] | pa.Array,
+    result: Prediction,
+    flags: list[str | None] | pa.Array,
+    latency_ms: float,
+) -> None:
+    """Hand the prediction log the arrays the prediction was made from: no per-row work here."""
+    probs = result.probabilities
+    block: dict[str, Any] = {
+        **columns,
+        "request_id": ids,
+        "model_name": model.name,
+        "model_version": model.version,
+        "timestamp": datetime.now(UTC),
+        "latency_ms": latency_ms,
+        "prediction": result.labels,
+        "probability": probs[:, _positive_index(model)] if probs is not None else None,
+        "flags": flags,
+    }
+    plog.log_block(block, len(ids))
+
+
+def _count(model: LoadedModel, result: Prediction) -> None:
+    """Prediction metrics for a whole block at once (a 10,000-row batch is one call per label)."""
+    for label, n in Counter(result.labels).items():
+        metrics.PREDICTIONS.labels(model.version, str(label)).inc(n)
+    probs = result.probabilities
+    if probs is not None and probs.shape[1] == 2:
+        metrics.observe_many(metrics.SCORES, probs[:, _positive_index(model)])
+
+
+def _positive_index(model: LoadedModel) -> int:
+    classes = model.predictor.classes
+    if not classes:
+        return 0
+    positive = model.predictor.positive_class
+    if positive in classes:
+        return classes.index(positive)
+    return len(classes) - 1
