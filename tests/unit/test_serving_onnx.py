@@ -30,7 +30,7 @@ TOLERANCE = get_settings().serving.parity_tolerance
 def _contract(task: str) -> DatasetContract:
     if task == "binary":
         return get_settings().contract
-    raw = yaml.safe_load((PROJECT_ROOT / "configs" / "dataset.yaml").read_text())
+    raw = yaml.safe_load((PROJECT_ROOT / "configs" / "fraud" / "dataset.yaml").read_text())
     raw["task"] = task
     raw["slice_columns"] = ["country"]
     raw["target"] = (
