@@ -267,6 +267,18 @@ class DatasetContract(_Strict):
         return list(self.target.classes or ())
 
 
+def label_text(value: Any) -> str:
+    """A label as text, the one way everywhere a label becomes a string (JSON keys, CSV columns, the log):
+    ``True`` -> ``"true"`` (as JSON writes it), ``1`` and ``1.0`` -> ``"1"``, ``"yes"`` -> ``"yes"``."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if hasattr(value, "item") and not isinstance(value, str):
+        return label_text(value.item())
+    return str(value)
+
+
 def _is_label_of(value: Any, kind: type) -> bool:
     if kind is bool:
         return isinstance(value, bool)

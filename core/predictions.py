@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from core.contract import DatasetContract, identifier
+from core.contract import DatasetContract, identifier, label_text
 from core.databases import engine_for
 
 PREDICTIONS = "predictions"
@@ -38,7 +38,9 @@ class LogSchema:
     def __init__(self, contract: DatasetContract) -> None:
         self.contract = contract
         self.proba_sql: dict[str, str] = (
-            {str(c): f"p_{identifier(str(c))}" for c in contract.classes} if contract.task == "multiclass" else {}
+            {label_text(c): f"p_{identifier(label_text(c))}" for c in contract.classes}
+            if contract.task == "multiclass"
+            else {}
         )
         taken = set(META) | set(self.proba_sql.values())
         self.input_sql: dict[str, str] = {}
@@ -62,7 +64,7 @@ class LogSchema:
         """A label as the log stores it (text for string and boolean labels)."""
         if value is None or not self.label_is_text:
             return value
-        return str(value)
+        return label_text(value)
 
     def tables(self, metadata: sa.MetaData | None = None) -> tuple[sa.Table, sa.Table]:
         metadata = metadata or sa.MetaData()

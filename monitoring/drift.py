@@ -38,7 +38,7 @@ import pandas as pd
 import pyarrow as pa
 from sklearn import metrics as skm
 
-from core.contract import DatasetContract
+from core.contract import DatasetContract, label_text
 from core.data.rules import ContractChecker
 from core.modeling.catalogue import metric_names, spec
 from core.modeling.features import to_model_input
@@ -164,7 +164,10 @@ def drift_frame(frame: pd.DataFrame, contract: DatasetContract) -> pd.DataFrame:
 
 
 def class_labels(values: pd.Series) -> pd.Series:
-    """Class labels as strings, with 1, 1.0 and "1" one class: storage round trips change their type."""
+    """Class labels as strings, with 1, 1.0 and "1" one class: storage round trips change their type.
+    Booleans read as core.contract.label_text writes them ("true", "false")."""
+    if values.map(lambda v: isinstance(v, bool | np.bool_)).any():
+        values = values.map(lambda v: label_text(v) if isinstance(v, bool | np.bool_) else v)
     numbers = pd.to_numeric(values, errors="coerce")
     integral = numbers.notna() & (numbers == np.floor(numbers))
     out = values.astype("object").where(values.isna(), values.astype(str))

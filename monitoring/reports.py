@@ -115,11 +115,15 @@ def log_to_mlflow(
     import mlflow  # heavy, and only this step needs it
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_experiment(monitoring_experiment(settings))
+    # By id, not mlflow.set_experiment: that sets a process-wide active experiment, and a training run
+    # resumed later in the same process (the refit before the holdout) would then be refused.
+    name = monitoring_experiment(settings)
+    found = mlflow.get_experiment_by_name(name)
+    experiment_id = found.experiment_id if found is not None else mlflow.create_experiment(name)
     metrics = dict(extra_metrics or {})
     if result is not None:
         metrics.update(metrics_for_logging(result))
-    with mlflow.start_run(run_name=run_name) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.set_tags({k: v[:_MAX_TAG] for k, v in tags.items()})
         if metrics:
             mlflow.log_metrics(metrics)

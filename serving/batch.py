@@ -2,11 +2,12 @@
 
 (The answer's encoding is serving.encoders'.)
 
-The checks are vectorised with Arrow's compute kernels (a 100k-row upload is checked in
-milliseconds, not row by row through pydantic) and enforce the same rules as the single-record model
-in serving.schemas: every input column present and no other, nulls only where allowed, numbers finite
-and in range, integers whole, categories known unless the contract allows unknown ones. A failure
-names the column and the first offending rows (1-based, as in the file).
+The checks are the contract's one checker (core.data.rules), vectorised with Arrow's compute kernels
+(a 100k-row upload is checked in milliseconds, not row by row through pydantic); the single-record
+model in serving.schemas is generated from the same rules: every input column present and no other,
+nulls only where allowed, numbers finite and in range, integers whole, categories known unless the
+contract allows unknown ones, timestamps read the same way. A failure names the column and the first
+offending rows (1-based, as in the file).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 from fastapi import Request
 
 from core.contract import DatasetContract
+from core.data.rules import ContractChecker
 from core.modeling.compiled import Columns
 from serving.schemas import MAX_TEXT
 
@@ -94,125 +96,38 @@ def parse_and_check(
     return table, check_table(table, contract, max_rows)
 
 
-def _rows(mask: np.ndarray | pd.Series, limit: int = 5) -> list[int]:
-    return [int(i) + 1 for i in np.flatnonzero(np.asarray(mask))[:limit]]
-
-
-def _mask(a: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return np.asarray(a.to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def _dictionary(a: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """(distinct values, per-row index into them); a null row gets index len(distinct)."""
-    encoded = pc.dictionary_encode(a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a)
-    codes = encoded.indices.fill_null(len(encoded.dictionary)).to_numpy(zero_copy_only=False)
-    return encoded.dictionary, codes
-
-
 def check_table(table: pa.Table, contract: DatasetContract, max_rows: int) -> tuple[Columns, dict[str, np.ndarray]]:
     """The batch as column arrays (the predictor's input), or BatchInputError naming every faulty column.
 
-    Also returns, per column that accepted unknown categories, the mask of rows that hold one. Every check runs on Arrow
-    arrays with Arrow's compute kernels; nothing loops over rows in Python.
+    The contract's checker (core.data.rules, the one collection runs) does the work on Arrow arrays; this
+    adds the API's limits. Also returns, per column that accepted unknown categories, the mask of rows that
+    hold one.
     """
     n = table.num_rows
     if n == 0:
         raise BatchInputError(422, "body: the batch has no rows")
     if n > max_rows:
         raise BatchInputError(413, f"body: the batch has {n} rows, more than the limit of {max_rows}")
-    expected = contract.input_columns
-    names = table.column_names
-    errors: list[dict[str, Any]] = []
-    errors += [{"field": c, "message": "Field required"} for c in expected if c not in names]
-    errors += [{"field": str(c), "message": "Extra inputs are not permitted"} for c in names if c not in expected]
-    unknown: dict[str, np.ndarray] = {}
-    out: Columns = {}
-    for name in (c for c in expected if c in names):
-        col = contract.column(name)
-        a = table.column(name)
-        null = _mask(a.is_null())
-        present = ~null
-
-        def fail(message: str, mask: Any, field: str = name) -> None:
-            errors.append({"field": field, "message": message, "rows": _rows(mask)})
-
-        if not col.nullable and null.any():
-            fail("null where the contract forbids it", null)
-        t = a.type
-        if col.type in ("float", "int", "bool"):
-            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)):
-                fail("Input should be a valid number", present)
-                continue
-            if pa.types.is_boolean(t) and col.type != "bool":
-                fail("Input should be a valid number", present)
-                continue
-            v = np.asarray(a.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
-            if (~np.isfinite(v) & present).any():
-                fail("Input should be a finite number", ~np.isfinite(v) & present)
-                continue
-            fraction = present & (v != np.trunc(v)) if col.type in ("int", "bool") else None
-            if fraction is not None and fraction.any():
-                fail("Input should be a valid integer", fraction)
-            if col.type == "bool" and (present & ~np.isin(v, (0.0, 1.0))).any():
-                fail("Input should be a valid boolean", present & ~np.isin(v, (0.0, 1.0)))
-            if col.min is not None and (present & (v < col.min)).any():
-                fail(f"Input should be greater than or equal to {col.min:g}", present & (v < col.min))
-            if col.max is not None and (present & (v > col.max)).any():
-                fail(f"Input should be less than or equal to {col.max:g}", present & (v > col.max))
-            out[name] = v
-        elif col.type == "datetime":
-            if pa.types.is_timestamp(t):
-                # An aware timestamp is stored as UTC instants: dropping the zone keeps naive UTC.
-                ts = np.asarray(a.cast(pa.timestamp("s")).to_numpy(zero_copy_only=False), dtype="datetime64[s]")
-            elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t):
-                parsed = pd.to_datetime(a.to_pandas(), errors="coerce", utc=True, format="mixed")
-                ts = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[s]")
-            else:  # numbers or booleans are not timestamps here
-                fail("Input should be a valid datetime", present)
-                continue
-            bad = np.isnat(ts) & present
-            if bad.any():
-                fail("Input should be a valid datetime", bad)
-                continue
-            out[name] = ts
-        else:
-            if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
-                fail("Input should be a valid string", present)
-                continue
-            if pa.types.is_null(t):
-                out[name] = np.full(n, None, dtype=object)
-                continue
-            if col.type != "category":  # free text (ids, notes): mostly distinct values, checked row by row
-                lengths = pc.utf8_length(a)
-                if (pc.max(lengths).as_py() or 0) > MAX_TEXT:
-                    fail(
-                        f"String should have at most {MAX_TEXT} characters",
-                        _mask(pc.greater(lengths, MAX_TEXT).fill_null(False)),
-                    )
-                    continue
-                out[name] = np.asarray(a.to_numpy(zero_copy_only=False), dtype=object)
-                continue
-            # A category column holds few distinct values: check each once, then map the result to rows.
-            distinct, codes = _dictionary(a)
-            long_rows = np.append(_mask(pc.greater(pc.utf8_length(distinct), MAX_TEXT)), False)[codes]
-            if long_rows.any():
-                fail(f"String should have at most {MAX_TEXT} characters", long_rows)
-                continue
-            known = np.append(_mask(pc.is_in(distinct, value_set=pa.array(list(col.categories or ())))), True)
-            is_unknown = ~known[codes]  # a null row indexes the appended True: not unknown
-            if is_unknown.any():
-                if col.allow_unknown:
-                    unknown[name] = is_unknown
-                else:
-                    fail(f"Input should be one of {list(col.categories or ())}", is_unknown)
-            # One Python str per distinct value, not per row.
-            out[name] = np.array([*distinct.to_pylist(), None], dtype=object)[codes]
+    checked = ContractChecker(contract, contract.input_columns, max_text=MAX_TEXT).check(table)
+    errors = checked.api_errors()
     if errors:
         detail = "; ".join(
             f"{e['field']}: {e['message']}" + (f" (rows {e['rows']})" if e.get("rows") else "") for e in errors
         )
         raise BatchInputError(422, detail, errors)
-    return out, unknown
+    out: Columns = {}
+    for name, typed in checked.typed.items():
+        kind = contract.column(name).type
+        if kind in ("float", "int", "bool"):
+            out[name] = np.asarray(typed.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+        elif kind == "datetime":
+            out[name] = np.asarray(typed.to_numpy(zero_copy_only=False), dtype="datetime64[ns]").astype("datetime64[s]")
+        else:
+            # One Python str per distinct value, not per row (a category column repeats a few values).
+            encoded = pc.dictionary_encode(typed)
+            codes = encoded.indices.fill_null(len(encoded.dictionary)).to_numpy(zero_copy_only=False)
+            out[name] = np.array([*encoded.dictionary.to_pylist(), None], dtype=object)[codes]
+    return out, checked.unknown
 
 
 def chunks(columns: Columns, n_rows: int, size: int) -> Iterator[tuple[int, Columns]]:

@@ -59,10 +59,12 @@ def register_example_model(
     X, y = labelled_frame(contract, n_rows, seed)
     pipeline = build_pipeline(contract, family, params, seed=seed).fit(X, y)
     metadata = metadata_for(pipeline, contract, family=family, threshold=threshold, primary_metric=None)
-    mlflow.set_experiment(experiment_name)
+    # By id: mlflow.set_experiment would change the process's active experiment for later runs.
+    found = mlflow.get_experiment_by_name(experiment_name)
+    experiment_id = found.experiment_id if found is not None else mlflow.create_experiment(experiment_name)
     start = str(pd.Timestamp("2026-01-01").date())
     end = str(pd.Timestamp("2026-03-01").date())
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.log_metrics({"train_accuracy": float(pipeline.score(X, y))})
         model_uri = log_model(pipeline, metadata, X.head(3))
     version = str(mlflow.register_model(model_uri, model_name).version)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from core.contract import DatasetContract
+from core.contract import DatasetContract, label_text
 from core.databases import engine_for
 from core.predictions import FEEDBACK, PREDICTIONS, LogSchema
 from serving import metrics
@@ -182,7 +182,7 @@ class PredictionLog:
             if key.startswith("proba:"):
                 value = None
                 if probs is not None and classes is not None:
-                    value = np.asarray(probs)[:, [str(c) for c in classes].index(key.removeprefix("proba:"))]
+                    value = np.asarray(probs)[:, [label_text(c) for c in classes].index(key.removeprefix("proba:"))]
                 columns.append(self._values(value, n))
             elif key == "prediction" and self.schema.label_is_text:
                 columns.append([self.schema.label_value(v) for v in self._values(block.get(key), n)])

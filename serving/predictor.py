@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from core.contract import DatasetContract
+from core.contract import DatasetContract, label_text
 from core.modeling.compiled import Columns, CompiledFeatures, NotCompilableError
 from core.modeling.features import to_model_input
 from serving.sample import synthetic_frame
@@ -218,7 +218,9 @@ class Predictor:
             return Prediction(labels=scores[:, 0].tolist(), probabilities=None)
         classes = self.classes
         if len(classes) == 2 and self.threshold is not None:
-            pos = classes.index(self.positive_class) if self.positive_class in classes else 1
+            texts = [label_text(c) for c in classes]
+            positive = label_text(self.positive_class)
+            pos = texts.index(positive) if positive in texts else 1
             neg = 1 - pos
             picks = np.where(scores[:, pos] >= self.threshold, pos, neg)
         else:

@@ -1,9 +1,13 @@
-"""Request and response models, generated from the dataset contract.
+"""Request and response models, generated from the dataset contract's rules (core.data.rules).
 
 Every input column of the contract becomes a required field (nullable columns accept null but must
-be present): numbers are strict (no "12" for 12), finite and range-checked; categories are enums, and
-where the contract allows unknown categories any other string is accepted too and flagged in the
-response. The contract's description and example document each field on the OpenAPI page.
+be present), keyed in JSON by the column's own name (``"Body mass (g)"``); the Python field behind it is
+the contract's derived identifier. Numbers are strict (no "12" for 12), finite and range-checked;
+categories are enums, and where the contract allows unknown categories any other string is accepted too
+and flagged in the response; timestamps are read as every entry point reads them (ISO with or without a
+time or an offset, or epoch seconds). The contract's description and example document each field on the
+OpenAPI page. Labels are the dataset's own: an enum of the classes for feedback, probabilities keyed by
+each label's text (core.contract.label_text).
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from core.contract import Column, DatasetContract
+from core.data.rules import ColumnRules, parse_timestamp
 
 MAX_TEXT = 200  # longest accepted string: an id or an unknown category, never a document
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,100}$"
@@ -25,28 +30,41 @@ class _Out(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
 
-def _class_name(name: str) -> str:
-    return "".join(part.capitalize() for part in name.split("_"))
+def _class_name(key: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in key.split("_"))
 
 
-def _annotation(col: Column) -> Any:
-    constraints: dict[str, Any] = {}
-    if col.type in ("float", "int"):
-        if col.min is not None:
-            constraints["ge"] = col.min if col.type == "float" else int(col.min)
-        if col.max is not None:
-            constraints["le"] = col.max if col.type == "float" else int(col.max)
+def _timestamp(value: Any) -> Any:
+    """The rules' reading of a timestamp; anything it cannot read fails as pydantic words it."""
+    if value is None or isinstance(value, datetime):
+        return parse_timestamp(value) if value is not None else None
+    parsed = parse_timestamp(value)
+    if parsed is None:
+        raise ValueError("Input should be a valid datetime (ISO 8601, a date, or epoch seconds)")
+    return parsed
+
+
+def _whole_number(value: Any) -> Any:
+    """An int column takes a whole number however JSON spells it (127 or 127.0), as the batch checker does;
+    text, booleans and fractions are refused as pydantic words it."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _annotation(col: Column, key: str) -> Any:
+    constraints = ColumnRules(col).field_constraints()
     base: Any
     if col.type == "float":
         base = Annotated[float, Field(strict=True, allow_inf_nan=False, **constraints)]
     elif col.type == "int":
-        base = Annotated[int, Field(strict=True, **constraints)]
+        base = Annotated[int, BeforeValidator(_whole_number), Field(strict=True, **constraints)]
     elif col.type == "bool":
         base = Annotated[bool, Field(strict=True)]
     elif col.type == "datetime":
-        base = datetime
+        base = Annotated[datetime, BeforeValidator(_timestamp)]
     elif col.type == "category":
-        members = enum.Enum(_class_name(col.name), {c: c for c in col.categories or ()}, type=str)  # type: ignore[misc]
+        members = enum.Enum(_class_name(key), {c: c for c in col.categories or ()}, type=str)  # type: ignore[misc]
         # An unknown category is a plain string after the enum: accepted, then flagged.
         base = (
             Annotated[
@@ -83,6 +101,12 @@ class ContractModels:
     feedback: type[BaseModel]
     example: dict[str, Any]
     unknown_allowed: dict[str, frozenset[str]]  # column -> known categories, for columns that flag unknowns
+    names: dict[str, str]  # field identifier -> the contract's column name
+
+    def values(self, record: BaseModel) -> dict[str, Any]:
+        """A validated record's values keyed by the contract's column names (what the predictor reads)."""
+        names = self.names
+        return {names[k]: v for k, v in record.__dict__.items()}
 
     def flags(self, record: dict[str, Any]) -> list[str]:
         out = []
@@ -103,20 +127,27 @@ def build_models(contract: DatasetContract) -> ContractModels:
     example: dict[str, Any] = {}
     for name in contract.input_columns:
         col = contract.column(name)
+        key = contract.keys[name]
         examples = [col.example] if col.example is not None else None
-        fields[name] = (_annotation(col), Field(..., description=_description(col), examples=examples))
+        # JSON carries the column's own name (the alias); the identifier only names the Python field.
+        field = Field(..., alias=name, title=name, description=_description(col), examples=examples)
+        fields[key] = (_annotation(col, key), field)
         example[name] = col.example
     record = create_model(
         "RecordIn",
         __config__=ConfigDict(
-            extra="forbid", use_enum_values=True, json_schema_extra={"examples": [example]}, protected_namespaces=()
+            extra="forbid",
+            use_enum_values=True,
+            json_schema_extra={"examples": [example]},
+            protected_namespaces=(),
+            serialize_by_alias=True,
         ),
         __doc__=f"One {contract.name} record: every input column of the dataset contract.",
         **fields,
     )
     label: Any
     if contract.is_classification:
-        label = Literal[tuple(contract.target.classes or ())]
+        label = Literal[tuple(contract.classes)]
     else:
         label = Annotated[float, Field(strict=True, allow_inf_nan=False)]
     target = contract.column(contract.target.name)
@@ -128,12 +159,16 @@ def build_models(contract: DatasetContract) -> ContractModels:
         label=(label, Field(..., description=target.description or "The true label.", examples=[target.example])),
     )
     unknown = {c.name: frozenset(c.categories or ()) for c in contract.features if c.allow_unknown}
-    return ContractModels(contract=contract, record=record, feedback=feedback, example=example, unknown_allowed=unknown)
+    names = {contract.keys[n]: n for n in contract.input_columns}
+    return ContractModels(
+        contract=contract, record=record, feedback=feedback, example=example, unknown_allowed=unknown, names=names
+    )
 
 
 # ---- responses ----------------------------------------------------------------------------------
 
-Label = int | str | float
+# bool first: a boolean label stays true/false in JSON (smart unions would keep 1 an int either way).
+Label = bool | int | float | str
 
 
 class PredictionOut(_Out):

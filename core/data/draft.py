@@ -249,7 +249,12 @@ def _guess_column(s: pd.Series, name: str, role: str, draft: Draft) -> dict[str,
             why.append(f"{distinct} distinct values: a category; new ones are accepted and flagged")
         else:
             col["type"] = "string"
-            why.append(f"{distinct} distinct values of {len(text)}: free text" if role != "id" else "the id column")
+            why.append(
+                f"{distinct} distinct values of {len(text)}: free text, checked and logged but not a model input "
+                "(make it a category to model it)"
+                if role != "id"
+                else "the id column"
+            )
     col["nullable"] = bool(s.isna().any()) and role not in ("target", "id")
     if s.isna().any():
         why.append(f"{int(s.isna().sum())} missing in the sample")
@@ -373,8 +378,8 @@ def settings_yaml(draft: Draft, *, contract_path: str, source: dict[str, Any]) -
             "splits:",
             f"  reference_rows: {max(50, int(rows * 0.6))}",
             "monitoring:",
-            f"  min_window_rows: {max(20, min(1000, rows // 5))}",
-            f"  min_labelled_rows: {max(20, min(200, rows // 10))}",
+            f"  min_window_rows: {max(50, min(1000, rows // 10))}",
+            f"  min_labelled_rows: {max(20, min(200, rows // 20))}",
         ]
     return "\n".join(lines) + "\n"
 

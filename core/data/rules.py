@@ -269,8 +269,10 @@ class ContractChecker:
                 result.faults.append(Fault(col.name, fault, mask, api, texts))
 
         if kind in ("float", "int"):
-            values, wrong = _as_float(raw)
-            add("wrong type", present & wrong, f"Input should be {_API_TYPE[kind]}", _raw_text(raw, "wrong type '{}'"))
+            values, wrong, nonfinite = _as_float(raw)
+            add("wrong type", wrong, f"Input should be {_API_TYPE[kind]}", _raw_text(raw, "wrong type '{}'"))
+            add("wrong type", nonfinite, "Input should be a finite number", _raw_text(raw, "not a finite number '{}'"))
+            wrong = wrong | nonfinite
             ok = present & ~wrong
             if kind == "int":
                 fraction = ok & (values != np.trunc(values))
@@ -407,25 +409,27 @@ def _text_of(v: Any) -> str:
     return v if isinstance(v, str) else str(v)
 
 
-def _as_float(raw: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(float64 values, wrong-type mask); NaN where null or wrong."""
+def _as_float(raw: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(float64 values, wrong-type mask, non-finite mask); NaN where null, wrong or not finite."""
     t = raw.type
+    present = ~_mask(raw.is_null())
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
         v = np.asarray(raw.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
-        present = ~_mask(raw.is_null())
-        return v, present & ~np.isfinite(v)
+        nonfinite = present & ~np.isfinite(v)
+        return np.where(nonfinite, np.nan, v), np.zeros(len(raw), dtype=bool), nonfinite
     if pa.types.is_null(t):
-        return np.full(len(raw), np.nan), np.zeros(len(raw), dtype=bool)
+        none = np.zeros(len(raw), dtype=bool)
+        return np.full(len(raw), np.nan), none, none
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         encoded = pc.dictionary_encode(raw)
         parsed = pd.to_numeric(pd.Series(encoded.dictionary.to_pylist(), dtype=object), errors="coerce")
         values = np.append(parsed.to_numpy(dtype=np.float64, na_value=np.nan), np.nan)
         codes = encoded.indices.fill_null(len(encoded.dictionary)).to_numpy(zero_copy_only=False)
         v = values[codes]
-        present = ~_mask(raw.is_null())
-        return v, present & ~np.isfinite(v)
+        nonfinite = present & np.isinf(v)
+        return np.where(nonfinite, np.nan, v), present & np.isnan(v), nonfinite
     # booleans, timestamps, anything else: not a number here
-    return np.full(len(raw), np.nan), ~_mask(raw.is_null())
+    return np.full(len(raw), np.nan), present, np.zeros(len(raw), dtype=bool)
 
 
 def _as_bool(raw: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -471,6 +475,9 @@ def _as_timestamps(raw: pa.Array) -> np.ndarray:
     if pa.types.is_integer(t) or pa.types.is_floating(t):
         epoch = pd.Series(raw.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype="float64")
         return _from_epoch(epoch).to_numpy(dtype="datetime64[ns]")
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)):
+        # Lists, structs, binary... (a JSON batch can send anything): not a timestamp, never a crash.
+        return np.full(len(raw), np.datetime64("NaT"), dtype="datetime64[ns]")
     # Text: each distinct value is parsed once.
     encoded = pc.dictionary_encode(raw.cast(pa.string()))
     parsed = to_timestamps(pd.Series(encoded.dictionary.to_pylist(), dtype=object)).to_numpy(dtype="datetime64[ns]")

@@ -116,16 +116,15 @@ def build_preprocessor(contract: DatasetContract, *, scale: bool = True) -> Colu
     """Imputation, scaling, one-hot (categories fixed by the contract, unknowns ignored), time features.
 
     The id column and anything else not named as a feature is dropped, so an id never reaches a model.
+    Free-text (`string`) columns are checked, logged and drift-tested but not modelled: a column the model
+    should learn from is declared a `category` with its values.
     """
     numeric = contract.numeric_features
-    categorical = contract.categorical_features
+    categorical = [c.name for c in contract.features if c.type == "category"]
     num_steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median", add_indicator=True))]
     if scale:
         num_steps.append(("scale", StandardScaler()))
-    categories = [
-        [*(contract.column(c).categories or ()), MISSING] if contract.column(c).type == "category" else "auto"
-        for c in categorical
-    ]
+    categories = [[*(contract.column(c).categories or ()), MISSING] for c in categorical]
     transformers: list[tuple[str, Any, list[str]]] = [
         ("num", Pipeline(num_steps), numeric),
         (

@@ -18,7 +18,7 @@ from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-from core.contract import DatasetContract
+from core.contract import DatasetContract, label_text
 from core.modeling.catalogue import higher_is_better
 from core.modeling.families import Params, build_pipeline, get_family
 from core.modeling.features import to_model_input
@@ -109,7 +109,7 @@ def model_classes(model: Any) -> list[Any]:
 def positive_index(classes: list[Any], positive: Any) -> int:
     """Where the contract's positive class sits among a model's classes (1 = the second, by convention)."""
     for i, c in enumerate(classes):
-        if c == positive or str(c) == str(positive):
+        if label_text(c) == label_text(positive):
             return i
     raise ValueError(f"positive class {positive!r} is not one of the model's classes {classes}")
 
@@ -121,14 +121,12 @@ def encode_target(y: Any, contract: DatasetContract, classes: list[Any] | None =
     if contract.task == "regression":
         return y.astype(np.float64)
     if contract.task == "binary":
-        positive = contract.target.positive_class
-        return np.fromiter((v == positive or str(v) == str(positive) for v in y.tolist()), bool, len(y)).astype(
-            np.int64
-        )
-    order = {str(c): i for i, c in enumerate(classes if classes is not None else contract.target.classes or ())}
-    codes = np.fromiter((order.get(str(v), -1) for v in y.tolist()), np.int64, len(y))
+        positive = label_text(contract.target.positive_class)
+        return np.fromiter((label_text(v) == positive for v in y.tolist()), bool, len(y)).astype(np.int64)
+    order = {label_text(c): i for i, c in enumerate(classes if classes is not None else contract.classes)}
+    codes = np.fromiter((order.get(label_text(v), -1) for v in y.tolist()), np.int64, len(y))
     if (codes < 0).any():
-        unknown = sorted({str(v) for v, c in zip(y.tolist(), codes.tolist(), strict=True) if c < 0})
+        unknown = sorted({label_text(v) for v, c in zip(y.tolist(), codes.tolist(), strict=True) if c < 0})
         raise ValueError(f"labels {unknown} are not among the model's classes {classes}")
     return codes
 

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import Discriminator, Field, Tag
 
+from core.contract import label_text
 from core.modeling.compiled import Columns
 from serving import metrics
 from serving.batch import BatchInputError, chunks, parse_and_check, read_body
@@ -76,14 +77,14 @@ def predictions_router(models: ContractModels) -> APIRouter:
     async def predict(body: Annotated[body_type, Body()], model: ModelDep, plog: LogDep) -> PredictOut:
         started = time.perf_counter()
         items = body if isinstance(body, list) else [body]
-        records = [r.__dict__ for r in items]
+        records = [models.values(r) for r in items]
         columns = columns_from_records(records, model.predictor.contract)
         result = model.predictor.predict(columns)
         request_id = uuid.uuid4().hex
         ids = [request_id] if len(records) == 1 else [f"{request_id}-{i}" for i in range(len(records))]
         flags = [models.flags(r) for r in records] if models.unknown_allowed else [[] for _ in records]
         probs = result.probabilities
-        keys = [str(c) for c in result.classes]
+        keys = [label_text(c) for c in result.classes]
         out = [
             PredictionOut(
                 request_id=ids[i],
@@ -153,7 +154,7 @@ def _predict_chunks(  # noqa: PLR0917 - one call site, all arguments are needed
 ) -> Iterator[bytes]:
     """Predict chunk by chunk, log each chunk, yield its encoded results; a sync generator, so Starlette
     runs it in a thread."""
-    encoder = encoder_for(output, [str(c) for c in model.predictor.classes])
+    encoder = encoder_for(output, [label_text(c) for c in model.predictor.classes])
     for offset, columns_chunk in chunks(columns, n_rows, chunk_rows):
         started = time.perf_counter()
         result = model.predictor.predict(columns_chunk)
@@ -191,9 +192,11 @@ def _log_block(  # noqa: PLR0917 - one call site per endpoint, all arguments are
         "timestamp": datetime.now(UTC),
         "latency_ms": latency_ms,
         "prediction": result.labels,
-        "probability": probs[:, _positive_index(model)] if probs is not None else None,
+        "probability": probs[:, _positive_index(model)] if probs is not None and probs.shape[1] == 2 else None,
         "flags": flags,
     }
+    if probs is not None and probs.shape[1] > 2:  # multiclass: every class's probability, p_<label> in the log
+        block["probabilities"], block["classes"] = probs, result.classes
     plog.log_block(block, len(ids))
 
 
@@ -210,7 +213,6 @@ def _positive_index(model: LoadedModel) -> int:
     classes = model.predictor.classes
     if not classes:
         return 0
-    positive = model.predictor.positive_class
-    if positive in classes:
-        return classes.index(positive)
-    return len(classes) - 1
+    positive = label_text(model.predictor.positive_class)
+    texts = [label_text(c) for c in classes]
+    return texts.index(positive) if positive in texts else len(classes) - 1

@@ -209,3 +209,25 @@ def test_a_window_is_refused_for_unordered_data(
     monkeypatch.setenv("MLOPS_MONITORING__COLUMN_WEIGHTS", "{}")
     with pytest.raises(SettingsError, match=r"splits\.window_days = 28: the contract has no timestamp_column"):
         load_settings()
+
+
+@pytest.mark.parametrize("kind", ["date", "number", "category", "flag"])
+def test_a_value_of_any_shape_is_a_wrong_type_never_a_crash(kind: str) -> None:
+    c = parse_contract(
+        {
+            "name": "shapes",
+            "task": "regression",
+            "target": {"name": "y"},
+            "columns": [
+                {"name": "date", "type": "datetime", "nullable": True},
+                {"name": "number", "type": "float", "nullable": True},
+                {"name": "category", "type": "category", "categories": ["a"], "nullable": True},
+                {"name": "flag", "type": "bool", "nullable": True},
+                {"name": "y", "type": "float"},
+            ],
+        }
+    )
+    for odd in ([{"nested": 1}], [[1, 2]], [b"bytes"]):
+        table = pa.table({kind: pa.array(odd)})
+        checked = ContractChecker(c, [kind]).check(table)
+        assert [(f.column, f.kind) for f in checked.faults] == [(kind, "wrong type")], odd
