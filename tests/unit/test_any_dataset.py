@@ -231,3 +231,33 @@ def test_a_value_of_any_shape_is_a_wrong_type_never_a_crash(kind: str) -> None:
         table = pa.table({kind: pa.array(odd)})
         checked = ContractChecker(c, [kind]).check(table)
         assert [(f.column, f.kind) for f in checked.faults] == [(kind, "wrong type")], odd
+
+
+@pytest.mark.parametrize("metric", ["f1_macro", "accuracy", "roc_auc_ovr", "log_loss"])
+def test_multiclass_string_labels_train_and_explain_with_any_catalogue_metric(tmp_path: Path, metric: str) -> None:
+    # The old failure: int() on string labels, and binary scorers in permutation importance.
+    from core.modeling.diagnostics import write_plots
+    from core.modeling.families import build_pipeline
+    from core.modeling.features import to_model_input
+    from core.modeling.training import encode_target, model_classes, predict_scores
+
+    c = parse_contract(contract())
+    rng = np.random.default_rng(0)
+    n = 300
+    mass = rng.uniform(3000, 6000, n)
+    frame = pd.DataFrame(
+        {
+            "Body mass (g)": mass,
+            "flipper/length": rng.normal(200, 10, n),
+            "2nd island": rng.choice(["Biscoe", "Dream"], n),
+            "Île": rng.choice(["a", "b"], n),
+            "species": np.asarray(["Adelie", "Chinstrap", "Gentoo"], dtype=object)[np.digitize(mass, [4000, 5000])],
+        }
+    )
+    X, y = to_model_input(frame, c), frame["species"].to_numpy()
+    model = build_pipeline(c, "logistic", seed=0).fit(X, y)
+    assert model_classes(model) == ["Adelie", "Chinstrap", "Gentoo"]
+    scores = predict_scores(model, X, c)
+    assert compute_metrics("multiclass", encode_target(y, c, model_classes(model)), scores)["accuracy"] > 0.9
+    paths = write_plots(model, X, y, scores, contract=c, threshold=0.5, out_dir=tmp_path, primary_metric=metric)
+    assert {p.name for p in paths} == {"confusion_matrix.png", "permutation_importance.png"}
