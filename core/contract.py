@@ -7,7 +7,7 @@ at load with a message that names the fault.
 
 Columns keep the names the source gives them: any non-empty string (spaces, ``/``, parentheses, leading
 digits, non-ASCII). Wherever a code-safe identifier is needed (pydantic field names, SQL columns of the
-prediction log, file names) it is :attr:`DatasetContract.keys`, derived here and nowhere else; two names
+prediction log, file names) it is :attr:`DatasetContract.identifiers`, derived here and nowhere else; two names
 that derive the same identifier are refused at load, naming both.
 
 The id and timestamp columns are optional. Without an id, collection derives a stable row key from each
@@ -202,8 +202,9 @@ class DatasetContract(_Strict):
         raise KeyError(name)
 
     @cached_property
-    def keys(self) -> dict[str, str]:
-        """Column name -> its code-safe identifier (unique within the contract)."""
+    def identifiers(self) -> dict[str, str]:
+        """Column name -> its code-safe identifier (unique within the contract). Not called `keys`: a
+        model with a `keys` attribute reads as a mapping to `dict(model)`, which Prefect calls."""
         return {c.name: identifier(c.name) for c in self.columns}
 
     @cached_property

@@ -45,7 +45,7 @@ class LogSchema:
         taken = set(META) | set(self.proba_sql.values())
         self.input_sql: dict[str, str] = {}
         for name in contract.input_columns:
-            key = contract.keys[name]
+            key = contract.identifiers[name]
             self.input_sql[name] = f"{key}_in" if key in taken else key
         names = [*META, *self.input_sql.values(), *self.proba_sql.values()]
         dupes = sorted({n for n in names if names.count(n) > 1})

@@ -127,7 +127,7 @@ def build_models(contract: DatasetContract) -> ContractModels:
     example: dict[str, Any] = {}
     for name in contract.input_columns:
         col = contract.column(name)
-        key = contract.keys[name]
+        key = contract.identifiers[name]
         examples = [col.example] if col.example is not None else None
         # JSON carries the column's own name (the alias); the identifier only names the Python field.
         field = Field(..., alias=name, title=name, description=_description(col), examples=examples)
@@ -159,7 +159,7 @@ def build_models(contract: DatasetContract) -> ContractModels:
         label=(label, Field(..., description=target.description or "The true label.", examples=[target.example])),
     )
     unknown = {c.name: frozenset(c.categories or ()) for c in contract.features if c.allow_unknown}
-    names = {contract.keys[n]: n for n in contract.input_columns}
+    names = {contract.identifiers[n]: n for n in contract.input_columns}
     return ContractModels(
         contract=contract, record=record, feedback=feedback, example=example, unknown_allowed=unknown, names=names
     )

@@ -39,7 +39,7 @@ def contract(**overrides: Any) -> dict[str, Any]:
 
 def test_column_names_as_the_source_has_them_get_one_derived_identifier() -> None:
     c = parse_contract(contract())
-    assert c.keys == {
+    assert c.identifiers == {
         "Body mass (g)": "Body_mass_g",
         "flipper/length": "flipper_length",
         "2nd island": "c_2nd_island",

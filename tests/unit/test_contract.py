@@ -113,3 +113,9 @@ def test_the_checker_derives_from_the_contract() -> None:
     )
     assert [(f.column, f.kind) for f in checked.faults] == [("channel", "unknown category")]
     assert checked.unknown["merchant_category"].tolist() == [False, True]  # allow_unknown: flagged, not refused
+
+
+def test_a_contract_reads_as_its_fields_to_dict() -> None:
+    # Prefect passes task parameters through dict(model): an attribute named `keys` once broke that.
+    c = load_contract(CONTRACT)
+    assert dict(c)["name"] == "card_fraud"
