@@ -3,12 +3,15 @@
 Servers are real and started once per test run; every test that changes settings does it through the
 environment, as a user would, in its own state directory.
 
-One MLflow server and one Prefect server serve the whole run, however many pytest-xdist workers share it
-(`make test` runs two). Prefect reads its settings once, when it is first imported, and its clients and
-event workers stay bound to that server for the life of the process, so the server's address is fixed
-here, in the process that starts the run, before anything imports Prefect; the workers inherit it. A
-server starts the first time a test asks for it (under a file lock, so workers share one) and is stopped
-by the process that started the run, when the run ends.
+One Prefect server serves the whole run, however many pytest-xdist workers share it (`make test` runs
+two), and each worker has its own MLflow server (SQLite behind one MLflow server is not made for two
+processes writing at once, and a registry per worker keeps model names of unrelated tests apart).
+
+Prefect reads its settings once, when it is first imported, and its clients and event workers stay
+bound to that server for the life of the process, so the server's address is fixed here, in the process
+that starts the run, before anything imports Prefect; the workers inherit it. A server starts the first
+time a test asks for it (under a file lock, so workers share one) and is stopped by the process that
+started the run, when the run ends.
 """
 
 from __future__ import annotations
@@ -77,14 +80,14 @@ def prefect_server() -> str:
 
 @pytest.fixture(scope="session")
 def mlflow_server() -> str:
-    """The run's MLflow tracking server (SQLite backend, local artifacts) on 127.0.0.1."""
+    """This worker's MLflow tracking server (SQLite backend, local artifacts) on 127.0.0.1."""
     from core.servers import start_mlflow
 
     def start(root: Path) -> Server:
         root.mkdir(parents=True, exist_ok=True)
         return start_mlflow(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", root / "server.log")
 
-    return _shared_server("mlflow", start)
+    return _shared_server(f"mlflow-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}", start)
 
 
 @pytest.fixture
@@ -106,3 +109,15 @@ def mlflow_env(mlflow_server: str, state_dir: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     mlflow.set_tracking_uri(mlflow_server)
     return mlflow_server
+
+
+@pytest.fixture
+def private_registry() -> Iterator[None]:
+    """For a test that points mlflow at its own store: mlflow keeps the tracking and registry URIs
+    process-wide, so they are put back for the tests that run after it in the same process."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    yield
+    mlflow.set_tracking_uri(previous[0])
+    mlflow.set_registry_uri(previous[1])

@@ -35,6 +35,7 @@ def register(
     from serving.example_model import register_example_model
 
     mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)  # an earlier test may have pointed the registry elsewhere
     return register_example_model(
         get_settings().contract, model_name, family=family, seed=seed, n_rows=1_000, alias=alias
     )  # type: ignore[arg-type]

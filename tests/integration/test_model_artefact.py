@@ -36,7 +36,7 @@ def _uv() -> str:
     return found
 
 
-def test_a_registered_model_loads_and_predicts_in_a_fresh_environment(tmp_path: Path) -> None:
+def test_a_registered_model_loads_and_predicts_in_a_fresh_environment(tmp_path: Path, private_registry: None) -> None:
     import mlflow
 
     from core.settings import load_settings

@@ -85,10 +85,14 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         contract = settings.contract
         X, y = _frame(contract, 600, seed=1)
         pipeline = build_pipeline(contract, "logistic", seed=0).fit(to_model_input(X, contract), y)
+        previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
         mlflow.set_tracking_uri(tracking)
         mlflow.set_registry_uri(tracking)
-        mlflow.set_experiment("cellar")
-        with mlflow.start_run():
+        # By id: mlflow.set_experiment would set the process's active experiment for every later test.
+        client = mlflow.MlflowClient(tracking)
+        experiment = client.get_experiment_by_name("cellar")
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment("cellar")
+        with mlflow.start_run(experiment_id=experiment_id):
             uri = log_model(
                 pipeline,
                 metadata_for(pipeline, contract, family="logistic", threshold=None, primary_metric="f1_macro"),
@@ -97,6 +101,9 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         version = mlflow.register_model(uri, settings.model_name).version
         mlflow.MlflowClient().set_registered_model_alias(settings.model_name, "champion", version)
         yield settings
+        # Process-wide in mlflow: later tests in this process must not find this module's registry.
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
 
 
 @pytest.fixture(scope="module")
