@@ -30,21 +30,14 @@ Prefect-free and MLflow-free: serving imports it. `shap` is imported only when a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import (
-    HistGradientBoostingClassifier,
-    HistGradientBoostingRegressor,
-    RandomForestClassifier,
-    RandomForestRegressor,
-)
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
@@ -56,7 +49,27 @@ if TYPE_CHECKING:
 
 Method = Literal["linear", "tree_shap", "unavailable"]
 Output = Literal["log_odds", "logit", "probability", "value"]
-TREES = (HistGradientBoostingClassifier, HistGradientBoostingRegressor, RandomForestClassifier, RandomForestRegressor)
+# By name, so that importing this module does not import sklearn.ensemble (seconds) into a serving process.
+LINEAR = frozenset({"sklearn.linear_model.LogisticRegression", "sklearn.linear_model.Ridge"})
+TREES = frozenset(
+    {
+        f"sklearn.ensemble.{name}"
+        for name in (
+            "HistGradientBoostingClassifier",
+            "HistGradientBoostingRegressor",
+            "RandomForestClassifier",
+            "RandomForestRegressor",
+        )
+    }
+)
+
+
+def _kind(estimator: Any) -> str:
+    """The estimator's public scikit-learn name (``sklearn.ensemble.RandomForestClassifier``); exact types
+    only: a subclass may compute something else."""
+    cls = type(estimator)
+    module = cls.__module__.split("._")[0]
+    return f"{module}.{cls.__name__}"
 
 
 class NotExplainableError(Exception):
@@ -175,21 +188,21 @@ class ModelExplainer:
 
     def _set_method(self) -> None:
         est = self.estimator
+        kind = _kind(est)
         multiclass = len(self.classes) > 2
-        if isinstance(est, LogisticRegression | Ridge):
+        if kind in LINEAR:
             self.method = "linear"
             self.output = "value" if not self.is_classifier else ("logit" if multiclass else "log_odds")
-        elif isinstance(est, TREES):
+        elif kind in TREES:
             self.method = "tree_shap"
-            if isinstance(est, RandomForestClassifier):
+            if kind.endswith("RandomForestClassifier"):
                 self.output = "probability"
             else:
                 self.output = "value" if not self.is_classifier else ("logit" if multiclass else "log_odds")
         else:
-            kind = type(est).__name__
             self.reason = (
-                f"no exact attribution for {kind}: reason codes are given for linear models (coefficients) and "
-                "tree ensembles (TreeSHAP); an approximation is not returned in their place"
+                f"no exact attribution for {type(est).__name__}: reason codes are given for linear models "
+                "(coefficients) and tree ensembles (TreeSHAP); an approximation is not returned in their place"
             )
 
     def _tree_explainer(self) -> Any:
@@ -293,7 +306,7 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def top_reasons(explanation: Explanation, values: dict[str, Sequence[Any]], k: int) -> list[dict[str, Any]]:
+def top_reasons(explanation: Explanation, values: Mapping[str, Any], k: int) -> list[dict[str, Any]]:
     """Per row, the answer an API gives: method, base value, the top-k contributions by size (column, the
     record's value, signed contribution) and the sum of the others, so base + top-k + other == raw."""
     n = len(explanation.explained)
