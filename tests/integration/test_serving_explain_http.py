@@ -1,0 +1,76 @@
+"""Reason codes through real uvicorn (`python -m serving`) with a real MLflow server: the registry is
+read over its REST API, so GET /explain loads an earlier version the way a deployed service does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from core.settings import get_settings
+from tests.serving_support import ADMIN_KEY, Service, record, register, serve, unique_model_name, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def versions(mlflow_server: str) -> dict[str, str]:
+    name = unique_model_name("serving-explain")
+    linear = register(mlflow_server, name, family="logistic")
+    trees = register(mlflow_server, name, family="hist_gradient_boosting", alias=None)
+    return {"name": name, "linear": linear, "trees": trees}
+
+
+@pytest.fixture(scope="module")
+def service(
+    mlflow_server: str, versions: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    with serve(mlflow_server, versions["name"], tmp_path_factory.mktemp("serving-explain")) as svc:
+        yield svc
+
+
+def test_reason_codes_then_explain_by_the_version_that_predicted(
+    service: Service, versions: dict[str, str], mlflow_server: str
+) -> None:
+    import mlflow
+
+    contract = get_settings().contract
+    with service.client() as client:
+        resp = client.post("/predict?explain=3", json=record())
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        [pred] = body["predictions"]
+        exp = pred["explanation"]
+        assert body["model_version"] == versions["linear"] and exp["method"] == "linear"
+        assert {r["column"] for r in exp["reasons"]} <= set(contract.feature_columns) | {contract.timestamp_column}
+        assert contract.id_column not in {r["column"] for r in exp["reasons"]}  # an id never explains
+        p = 1 / (1 + np.exp(-exp["raw_output"]))
+        assert p == pytest.approx(pred["probabilities"][str(contract.target.positive_class)], abs=1e-6)
+
+        # The champion moves to the gradient-boosting version; the service swaps.
+        mlflow.set_tracking_uri(mlflow_server)
+        mlflow.MlflowClient().set_registered_model_alias(versions["name"], "champion", versions["trees"])
+        reload = client.post("/admin/reload", headers={"X-API-Key": ADMIN_KEY})
+        assert reload.json()["model_version"] == versions["trees"], reload.text
+
+        def logged() -> Any:
+            r = client.get(f"/explain/{pred['request_id']}?k=3")
+            return r if r.status_code == 200 else None
+
+        answer = wait_for(logged, timeout=20).json()
+        assert answer["model_version"] == versions["linear"]
+        assert answer["explanation"] == exp
+
+        tree = client.post("/predict?explain=3", json=record()).json()["predictions"][0]["explanation"]
+        assert tree["method"] == "tree_shap" and tree["output"] == "log_odds"
+        total = tree["base_value"] + sum(r["contribution"] for r in tree["reasons"]) + tree["other"]
+        assert total == pytest.approx(tree["raw_output"], abs=1e-6)
+
+
+def test_the_openapi_page_documents_explain(service: Service) -> None:
+    schema = httpx.get(f"{service.url}/openapi.json", timeout=10).json()
+    params = {p["name"] for p in schema["paths"]["/predict"]["post"]["parameters"]}
+    assert "explain" in params and "/explain/{request_id}" in schema["paths"]
