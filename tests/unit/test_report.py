@@ -184,10 +184,10 @@ def test_report_settings_are_checked_against_the_contract(tmp_path: Any, monkeyp
     monkeypatch.setenv("MLOPS_CONFIG", "configs/settings.yaml")
     monkeypatch.setenv("MLOPS_CONTRACT_PATH", "configs/fraud/dataset.yaml")
     monkeypatch.setenv("MLOPS_REPORT__SLICE_COLUMNS", '["amount"]')
-    with pytest.raises(SettingsError, match="report.slice_columns names 'amount' of type float"):
+    with pytest.raises(SettingsError, match=r"report\.slice_columns names 'amount' of type float"):
         load_settings()
     monkeypatch.setenv("MLOPS_REPORT__SLICE_COLUMNS", '["planet"]')
-    with pytest.raises(SettingsError, match="report.slice_columns names 'planet', not an input column"):
+    with pytest.raises(SettingsError, match=r"report\.slice_columns names 'planet', not an input column"):
         load_settings()
     monkeypatch.setenv("MLOPS_REPORT__SLICE_COLUMNS", '["channel"]')
     monkeypatch.setenv("MLOPS_REPORT__SLICE_GAP_TOLERANCE", "-0.1")
