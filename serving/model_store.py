@@ -103,6 +103,16 @@ class Registry:
             log.warning("could not read metrics of run %s: %s", run_id, exc)
             return {}
 
+    def run_artifact(self, run_id: str, path: str) -> bytes:
+        """One artifact of a run (the version's report), as bytes."""
+        if self._http is None:
+            import mlflow
+
+            mlflow.set_tracking_uri(self.tracking_uri)
+            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)).read_bytes()
+        uri = self._get("/api/2.0/mlflow/runs/get", run_id=run_id)["run"]["info"]["artifact_uri"]
+        return self._fetch(uri, path)
+
     def download(self, info: VersionInfo, dest: Path) -> Path:
         """Download the MLmodel file and the serialized model into `dest`; return `dest`."""
         if self._http is None:

@@ -14,13 +14,21 @@ from core.settings import get_settings
 from tests.serving_support import ADMIN_KEY, Service, record, register, serve, unique_model_name, wait_for
 
 pytestmark = pytest.mark.slow
+REPORT = "<!DOCTYPE html><html><body><h1>model report é</h1></body></html>"
 
 
 @pytest.fixture(scope="module")
 def versions(mlflow_server: str) -> dict[str, str]:
+    import mlflow
+
+    from core.registry.report import attach_report
+
     name = unique_model_name("serving-explain")
     linear = register(mlflow_server, name, family="logistic")
     trees = register(mlflow_server, name, family="hist_gradient_boosting", alias=None)
+    # A report on the first version, as the gate attaches one (its content is tests/unit/test_report.py's).
+    run_id = mlflow.MlflowClient().get_model_version(name, linear).run_id
+    attach_report(REPORT, model_name=name, version=linear, run_id=run_id)
     return {"name": name, "linear": linear, "trees": trees}
 
 
@@ -30,6 +38,14 @@ def service(
 ) -> Iterator[Service]:
     with serve(mlflow_server, versions["name"], tmp_path_factory.mktemp("serving-explain")) as svc:
         yield svc
+
+
+def test_model_links_the_versions_report_served_from_the_registry(service: Service) -> None:
+    model = httpx.get(f"{service.url}/model", timeout=10).json()
+    assert model["report_url"] == "/model/report"
+    page = httpx.get(f"{service.url}{model['report_url']}", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.text == REPORT
 
 
 def test_reason_codes_then_explain_by_the_version_that_predicted(
@@ -68,6 +84,14 @@ def test_reason_codes_then_explain_by_the_version_that_predicted(
         assert tree["method"] == "tree_shap" and tree["output"] == "log_odds"
         total = tree["base_value"] + sum(r["contribution"] for r in tree["reasons"]) + tree["other"]
         assert total == pytest.approx(tree["raw_output"], abs=1e-6)
+
+
+def test_a_version_without_a_report_says_so(service: Service) -> None:
+    # After the swap in the test above, the serving version (the tree model) has no report.
+    model = httpx.get(f"{service.url}/model", timeout=10).json()
+    assert model["report_url"] is None
+    missing = httpx.get(f"{service.url}/model/report", timeout=10)
+    assert missing.status_code == 404 and "has no report" in missing.json()["detail"]
 
 
 def test_the_openapi_page_documents_explain(service: Service) -> None:
