@@ -253,8 +253,14 @@ def _explain_cost(port: int, record: dict[str, Any], duration: float, rounds: in
     """p50 of /predict with and without ?explain=k at concurrency 1, in alternating rounds on the same server
     (a shared machine drifts: a difference of two phases taken minutes apart would measure the drift)."""
     body = json.dumps(record).encode()
-    answer = httpx.post(f"http://{HOST}:{port}/predict?explain={EXPLAIN_K}", content=body, timeout=60).json()
-    method = answer["predictions"][0]["explanation"]["method"]
+    resp = httpx.post(
+        f"http://{HOST}:{port}/predict?explain={EXPLAIN_K}",
+        content=body,
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
+    resp.raise_for_status()
+    method = resp.json()["predictions"][0]["explanation"]["method"]
     phase = max(1.0, duration / (2 * rounds))
     plain, explained = [], []
     for _ in range(rounds):
