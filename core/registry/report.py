@@ -200,7 +200,18 @@ def slices(inputs: ReportInputs) -> tuple[dict[str, float], list[SliceRow]]:
 
 # ---- charts: inline SVG -----------------------------------------------------------------------------------
 _INK, _ACCENT, _MUTED = "#1f2933", "#2f6fde", "#9aa5b1"
-_PALETTE = ("#2f6fde", "#e4572e", "#29a36a", "#f2a900", "#8e44ad", "#17a2b8")
+_PALETTE = (
+    "#2f6fde",
+    "#e4572e",
+    "#29a36a",
+    "#f2a900",
+    "#8e44ad",
+    "#17a2b8",
+    "#7f8c8d",
+    "#d35400",
+    "#2c3e50",
+    "#c0392b",
+)
 
 
 def _e(text: Any) -> str:
@@ -249,7 +260,9 @@ def line_chart(
     """Lines over a numeric x, or points over categories (then x is evenly spaced and labelled)."""
     if not len(x):
         return "<p class='muted'>Nothing to show.</p>"
-    left, right, top, bottom = 56, 14, (30 if len(series) > 1 else 12), 48
+    per_row = max(1, (width - 64) // 110)  # legend entries per line
+    legend_rows = math.ceil(len(series) / per_row) if len(series) > 1 else 0
+    left, right, top, bottom = 56, 14, 12 + 16 * legend_rows, 48
     categorical = not all(isinstance(v, int | float | np.number) and not isinstance(v, bool) for v in x)
     xs = np.arange(len(x), dtype=float) if categorical else np.asarray(x, dtype=float)
     ys_all = np.concatenate([np.asarray(s, dtype=float) for s in series.values()])
@@ -307,10 +320,10 @@ def line_chart(
         parts.extend(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3.5" fill="{color}"/>' for a, b in points)
     if len(series) > 1:
         for i, name in enumerate(series):
+            lx, ly = left + 8 + 110 * (i % per_row), 4 + 16 * (i // per_row)
             parts.append(
-                f'<rect x="{left + 8 + 110 * i}" y="4" width="10" height="10" '
-                f'fill="{_PALETTE[i % len(_PALETTE)]}"/><text x="{left + 22 + 110 * i}" y="13" '
-                f'font-size="11" fill="{_INK}">{_e(str(name)[:14])}</text>'
+                f'<rect x="{lx}" y="{ly}" width="10" height="10" fill="{_PALETTE[i % len(_PALETTE)]}"/>'
+                f'<text x="{lx + 14}" y="{ly + 9}" font-size="11" fill="{_INK}">{_e(str(name)[:14])}</text>'
             )
     parts.append("</svg>")
     return "".join(parts)
@@ -361,11 +374,12 @@ def _balance(inputs: ReportInputs) -> str:
 
 def _decision_words(d: Decision, confidence: float) -> str:
     verb = "was promoted: it now serves" if d.promoted else "was not promoted: the model it was compared with stays"
+    change = f"better by {_num(d.delta)}" if d.delta > 0 else f"not better (improvement {_num(d.delta)})"
     return (
         f"The candidate {verb}. On the frozen holdout its {d.primary_metric} is {_num(d.candidate_score)} against "
-        f"{_num(d.reference_score)} for the {d.against}: {'better' if d.delta > 0 else 'not better'} by "
-        f"{_num(abs(d.delta))} (with {confidence:.0%} confidence the improvement lies between {_num(d.ci_low)} and "
-        f"{_num(d.ci_high)}; a positive improvement means better). The gate's reason: {d.reason}."
+        f"{_num(d.reference_score)} for the {d.against}: {change} (with {confidence:.0%} confidence the "
+        f"improvement lies between {_num(d.ci_low)} and {_num(d.ci_high)}; a positive improvement means better). "
+        f"The gate's reason: {d.reason}."
     )
 
 
