@@ -59,7 +59,7 @@ def training_rows(task: str, n: int, seed: int) -> tuple[pd.DataFrame, np.ndarra
     return frame, np.asarray(CLASSES[task], dtype=object)[np.digitize(signal, np.quantile(signal, [1 / 3, 2 / 3]))]
 
 
-def register(settings: Settings, family: str, params: dict[str, Any], task: str) -> str:
+def register(settings: Settings, family: str, params: dict[str, Any], task: str, experiment_id: str) -> str:
     import mlflow
 
     from core.modeling.families import build_pipeline
@@ -72,7 +72,7 @@ def register(settings: Settings, family: str, params: dict[str, Any], task: str)
     pipeline = build_pipeline(contract, family, params, seed=0).fit(X, y)
     threshold = 0.5 if task == "binary" else None
     metadata = metadata_for(pipeline, contract, family=family, threshold=threshold, primary_metric=None)
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=experiment_id):
         uri = log_model(pipeline, metadata, X.head(2))
     version = str(mlflow.register_model(uri, settings.model_name).version)
     mlflow.MlflowClient().set_model_version_tag(settings.model_name, version, "family", family)
@@ -103,12 +103,19 @@ def settings(task: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         }.items():
             mp.setenv(key, value)
         settings = load_settings()
+        # The suite runs in one process: the global tracking URI goes back to what it was afterwards.
+        before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
         mlflow.set_tracking_uri(tracking)
         mlflow.set_registry_uri(tracking)
-        mlflow.set_experiment(f"explain-{task}")
-        linear = register(settings, "logistic", {}, task)
-        mlflow.MlflowClient().set_registered_model_alias(settings.model_name, "champion", linear)
-        yield settings
+        try:
+            # By id, not set_experiment: that would leave this store's experiment active for later tests.
+            experiment_id = mlflow.create_experiment(f"explain-{task}")
+            linear = register(settings, "logistic", {}, task, experiment_id)
+            mlflow.MlflowClient().set_registered_model_alias(settings.model_name, "champion", linear)
+            yield settings
+        finally:
+            mlflow.set_tracking_uri(before[0])
+            mlflow.set_registry_uri(before[1])
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +126,12 @@ def client(settings: Settings) -> Iterator[Any]:
 
     with TestClient(create_app(settings)) as c:
         yield c
+
+
+def _experiment(task: str) -> str:
+    import mlflow
+
+    return str(mlflow.get_experiment_by_name(f"explain-{task}").experiment_id)
 
 
 def rows(n: int = 4) -> list[dict[str, Any]]:
@@ -193,7 +206,7 @@ def test_explain_a_logged_prediction_by_the_version_that_made_it(client: Any, se
     client.app.state.prediction_log.flush()
     linear_version = before["model_version"]
     # The champion moves on to a tree model: the old prediction is still explained by the linear one.
-    trees = register(settings, "hist_gradient_boosting", {"max_iter": 30}, task)
+    trees = register(settings, "hist_gradient_boosting", {"max_iter": 30}, task, _experiment(task))
     mlflow.MlflowClient().set_registered_model_alias(settings.model_name, "champion", trees)
     assert client.app.state.store.refresh()
     resp = client.get(f"/explain/{pred['request_id']}?k=4")
@@ -223,7 +236,7 @@ def test_explain_a_logged_prediction_by_the_version_that_made_it(client: Any, se
 def test_a_family_without_an_exact_method_says_so(client: Any, settings: Settings, task: str) -> None:
     import mlflow
 
-    svm = register(settings, "svm", {"n_components": 20}, task)
+    svm = register(settings, "svm", {"n_components": 20}, task, _experiment(task))
     mlflow.MlflowClient().set_registered_model_alias(settings.model_name, "champion", svm)
     assert client.app.state.store.refresh()
     [pred] = client.post("/predict?explain=3", json=rows(1)).json()["predictions"]
