@@ -34,6 +34,8 @@ TARGETS: list[tuple[str, str, str, Any]] = [
     ),
     ("serving", "cold_start_s", "<= 5", lambda v, r: v <= 5),
     ("serving", "rss_mb", "<= 400", lambda v, r: v <= 400),
+    ("serving", "explain_added_p50_ms_logistic", "<= 0.5", lambda v, r: v <= 0.5),
+    ("serving", "explain_added_p50_ms_hgb", "<= 5", lambda v, r: v <= 5),
     ("drift", "seconds", "<= 15", lambda v, r: v <= 15),
     ("drift", "peak_rss_mb", "<= 2000", lambda v, r: v <= 2000),
     ("drift", "agreement", ">= 0.95", lambda v, r: v >= 0.95),

@@ -167,6 +167,19 @@ def read_predictions(
         engine.dispose()
 
 
+def read_prediction(url: str, request_id: str) -> pd.DataFrame:
+    """The logged prediction with this request id: zero or one row (GET /explain reads its inputs back)."""
+    engine = engine_for(url)
+    try:
+        if not sa.inspect(engine).has_table(PREDICTIONS):
+            return pd.DataFrame(columns=list(_META))
+        table = sa.Table(PREDICTIONS, sa.MetaData(), autoload_with=engine)
+        with engine.connect() as conn:
+            return pd.read_sql(sa.select(table).where(table.c.request_id == request_id), conn)
+    finally:
+        engine.dispose()
+
+
 def read_feedback(url: str, since: datetime | None = None) -> pd.DataFrame:
     """Every label received (since `since`, on the time it was received), the latest per request id last."""
     engine = engine_for(url)

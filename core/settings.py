@@ -206,6 +206,27 @@ class GateSettings(Section):
     latency_budget_ms: float = Field(50.0, gt=0)
 
 
+class ReportSettings(Section):
+    """The stakeholder report each registered version gets (core/registry/report.py)."""
+
+    # Columns whose values the report compares (rows, error rates, gaps between slices). Unset: the
+    # contract's category columns. Each must be a contract column of type category, string, bool or int.
+    slice_columns: list[str] | None = None
+    # A slice is flagged when one of its rates (binary: false-positive and false-negative rate; multiclass:
+    # error rate) is more than this away from the whole holdout's, in absolute terms (0.05 = 5 points);
+    # regression: when its mean absolute error differs from the whole holdout's by more than this fraction.
+    slice_gap_tolerance: float = Field(0.05, gt=0.0)
+    # Slices with fewer holdout rows are shown but not judged (too noisy).
+    min_slice_rows: int = Field(100, gt=0)
+    rows: int = Field(2_000, gt=0)  # holdout rows sampled for importance and partial dependence
+    top_features: int = Field(4, ge=1, le=20)  # columns shown with partial dependence
+
+    def slice_columns_for(self, contract: DatasetContract) -> list[str]:
+        if self.slice_columns is not None:
+            return list(self.slice_columns)
+        return [c.name for c in contract.features if c.type == "category"]
+
+
 class MonitoringSettings(Section):
     """The monitoring flow: which window of the prediction log it compares, and when it asks for retraining."""
 
@@ -321,6 +342,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     tuning: TuningSettings = Field(default_factory=TuningSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
 
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
@@ -404,6 +426,17 @@ class Settings(BaseSettings):
                 f"monitoring.column_weights names {stray}, not feature columns of contract '{contract.name}'; "
                 f"its feature columns are {features}"
             )
+        for column in self.report.slice_columns or []:
+            if column not in contract.input_columns:
+                faults.append(
+                    f"report.slice_columns names {column!r}, not an input column of contract '{contract.name}'; "
+                    f"its input columns are {contract.input_columns}"
+                )
+            elif contract.column(column).type not in ("category", "string", "bool", "int"):
+                faults.append(
+                    f"report.slice_columns names {column!r} of type {contract.column(column).type}: slices need "
+                    "a column of type category, string, bool or int"
+                )
         if self.splits.group_column is not None and self.splits.group_column not in contract.column_names:
             faults.append(
                 f"splits.group_column = {self.splits.group_column!r}: not a column of contract '{contract.name}'"

@@ -23,7 +23,7 @@ from serving.errors import validation_error
 from serving.middleware import LimitsAndMetrics
 from serving.model_store import ModelStore
 from serving.prediction_log import PredictionLog
-from serving.routes import admin, operations
+from serving.routes import admin, explanations, operations
 from serving.routes.feedback import feedback_router
 from serving.routes.predictions import predictions_router
 from serving.schemas import build_models
@@ -70,7 +70,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    routers = [predictions_router(models), feedback_router(models), operations.router, admin.router]
+    routers = [
+        predictions_router(models),
+        explanations.router,
+        feedback_router(models),
+        operations.router,
+        admin.router,
+    ]
     for router in routers:
         app.include_router(router)
     app.add_exception_handler(RequestValidationError, validation_error)

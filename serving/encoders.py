@@ -35,6 +35,7 @@ class Chunk:
     result: Prediction
     flagged: dict[int, list[str]]  # row within the chunk -> its flags, for flagged rows only
     flags: pa.Array  # '; '-joined flags per row, null where nothing is flagged
+    explanations: list[dict[str, Any]] | None = None  # per row, core.modeling.explain.top_reasons' answer
 
 
 def chunk_flags(unknown: dict[str, np.ndarray], chunk: Columns, offset: int, n: int) -> dict[int, list[str]]:
@@ -59,8 +60,9 @@ def flag_column(flagged: dict[int, list[str]], n: int) -> pa.Array:
 class Encoder(ABC):
     """Bytes for each chunk, in order, then `end()` once after the last."""
 
-    def __init__(self, classes: list[str]) -> None:
+    def __init__(self, classes: list[str], explain: int = 0) -> None:
         self.classes = classes
+        self.explain = explain
 
     @abstractmethod
     def chunk(self, chunk: Chunk) -> bytes: ...
@@ -82,6 +84,7 @@ class NdjsonEncoder(Encoder):
                     if probs is not None
                     else None,
                     "flags": chunk.flagged.get(i, []),
+                    **({"explanation": chunk.explanations[i]} if chunk.explanations is not None else {}),
                 }
             )
             + "\n"
@@ -92,8 +95,8 @@ class NdjsonEncoder(Encoder):
 class _TableEncoder(Encoder):
     """CSV and Arrow: the same columns (request_id, prediction, p_<class>..., flags) as one table."""
 
-    def __init__(self, classes: list[str]) -> None:
-        super().__init__(classes)
+    def __init__(self, classes: list[str], explain: int = 0) -> None:
+        super().__init__(classes, explain)
         self.sink = io.BytesIO()
 
     def _batch(self, chunk: Chunk, probs: np.ndarray | None) -> pa.RecordBatch:
@@ -101,6 +104,8 @@ class _TableEncoder(Encoder):
         if probs is not None:
             table.update({f"p_{c}": probs[:, k] for k, c in enumerate(self.classes)})
         table["flags"] = chunk.flags
+        if chunk.explanations is not None:
+            table.update(reason_columns(chunk.explanations, self.explain))
         return pa.record_batch(table)
 
     def _drain(self) -> bytes:
@@ -110,9 +115,38 @@ class _TableEncoder(Encoder):
         return out
 
 
+def reason_columns(explanations: list[dict[str, Any]], k: int) -> dict[str, pa.Array]:
+    """Reason codes as flat columns (the same set on every row and chunk, nulls where a row has fewer):
+    explain_method, explained_class, base_value, raw_output, reason_<i>_column/_value/_contribution, other,
+    explain_note.
+    Values are text: a column holds one contract column's value on one row and another's on the next."""
+    out: dict[str, list[Any]] = {"explain_method": [], "explained_class": [], "base_value": [], "raw_output": []}
+    for i in range(1, k + 1):
+        out |= {f"reason_{i}_column": [], f"reason_{i}_value": [], f"reason_{i}_contribution": []}
+    out |= {"other": [], "explain_note": []}
+    for e in explanations:
+        reasons = e.get("reasons", [])
+        out["explain_method"].append(e["method"])
+        out["explained_class"].append(e.get("explained_class"))
+        out["base_value"].append(e.get("base_value"))
+        out["raw_output"].append(e.get("raw_output"))
+        for i in range(1, k + 1):
+            r = reasons[i - 1] if i <= len(reasons) else None
+            out[f"reason_{i}_column"].append(r["column"] if r else None)
+            out[f"reason_{i}_value"].append(None if r is None or r["value"] is None else str(r["value"]))
+            out[f"reason_{i}_contribution"].append(r["contribution"] if r else None)
+        out["other"].append(e.get("other"))
+        out["explain_note"].append(e.get("reason"))
+    types = {"base_value": pa.float64(), "raw_output": pa.float64(), "other": pa.float64()}
+    return {
+        name: pa.array(values, types.get(name, pa.float64() if name.endswith("_contribution") else pa.string()))
+        for name, values in out.items()
+    }
+
+
 class CsvEncoder(_TableEncoder):
-    def __init__(self, classes: list[str]) -> None:
-        super().__init__(classes)
+    def __init__(self, classes: list[str], explain: int = 0) -> None:
+        super().__init__(classes, explain)
         self.header = True
 
     def chunk(self, chunk: Chunk) -> bytes:
@@ -125,8 +159,8 @@ class CsvEncoder(_TableEncoder):
 
 
 class ArrowEncoder(_TableEncoder):
-    def __init__(self, classes: list[str]) -> None:
-        super().__init__(classes)
+    def __init__(self, classes: list[str], explain: int = 0) -> None:
+        super().__init__(classes, explain)
         self.writer: pa.ipc.RecordBatchStreamWriter | None = None
 
     def chunk(self, chunk: Chunk) -> bytes:
@@ -143,6 +177,6 @@ class ArrowEncoder(_TableEncoder):
         return self._drain()
 
 
-def encoder_for(output: OutputFormat, classes: list[str]) -> Encoder:
+def encoder_for(output: OutputFormat, classes: list[str], explain: int = 0) -> Encoder:
     encoders: dict[str, type[Encoder]] = {"csv": CsvEncoder, "ndjson": NdjsonEncoder, "arrow": ArrowEncoder}
-    return encoders[output](classes)
+    return encoders[output](classes, explain)

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,8 @@ from serving import metrics
 from serving.predictor import Predictor
 
 log = logging.getLogger(__name__)
+
+_OTHER_VERSIONS_KEPT = 2  # earlier versions held in memory for GET /explain
 
 
 class RegistryError(RuntimeError):
@@ -79,6 +82,15 @@ class Registry:
         tags = {t["key"]: t["value"] for t in mv.get("tags", [])}
         return VersionInfo(name, str(mv["version"]), mv.get("run_id"), mv.get("description") or "", tags)
 
+    def version(self, name: str, version: str) -> VersionInfo:
+        """One registered version by number (GET /explain reloads the version that made a prediction)."""
+        if self._http is None:
+            mv = self._client().get_model_version(name, version)
+            return VersionInfo(name, str(mv.version), mv.run_id, mv.description or "", dict(mv.tags))
+        mv = self._get("/api/2.0/mlflow/model-versions/get", name=name, version=version)["model_version"]
+        tags = {t["key"]: t["value"] for t in mv.get("tags", [])}
+        return VersionInfo(name, str(mv["version"]), mv.get("run_id"), mv.get("description") or "", tags)
+
     def run_metrics(self, run_id: str | None) -> dict[str, float]:
         if not run_id:
             return {}
@@ -90,6 +102,16 @@ class Registry:
         except Exception as exc:  # metrics are for display; a model still serves without them
             log.warning("could not read metrics of run %s: %s", run_id, exc)
             return {}
+
+    def run_artifact(self, run_id: str, path: str) -> bytes:
+        """One artifact of a run (the version's report), as bytes."""
+        if self._http is None:
+            import mlflow
+
+            mlflow.set_tracking_uri(self.tracking_uri)
+            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)).read_bytes()
+        uri = self._get("/api/2.0/mlflow/runs/get", run_id=run_id)["run"]["info"]["artifact_uri"]
+        return self._fetch(uri, path)
 
     def download(self, info: VersionInfo, dest: Path) -> Path:
         """Download the MLmodel file and the serialized model into `dest`; return `dest`."""
@@ -166,6 +188,9 @@ class ModelStore:
         self.registry_reachable = False
         self.last_error: str | None = None
         self._lock = threading.Lock()  # one load at a time: the watcher and /admin/reload may race
+        # Earlier versions loaded to explain their logged predictions (GET /explain/{request_id}).
+        self._others: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._others_lock = threading.Lock()
 
     def refresh(self) -> bool:
         """Load the alias' version if it differs from the one serving. True when a new model swapped in."""
@@ -197,7 +222,25 @@ class ModelStore:
             log.info("serving %s v%s (%s)", loaded.name, loaded.version, loaded.predictor.runtime)
         if self.settings.serving.use_onnx:
             threading.Thread(target=self.upgrade, args=(loaded,), name="onnx-upgrade", daemon=True).start()
+        # TreeSHAP's set-up (importing shap, reading the trees) off the request path and after readiness.
+        threading.Thread(target=loaded.predictor.explainer.warm, name="explainer-warm", daemon=True).start()
         return True
+
+    def model_for_version(self, version: str) -> LoadedModel:
+        """The serving model if it is `version`, else that version loaded from the registry (the last few
+        kept). Raises RegistryError when the registry has no such version or cannot be reached."""
+        current = self.current
+        if current is not None and current.version == version:
+            return current
+        with self._others_lock:
+            if version in self._others:
+                self._others.move_to_end(version)
+                return self._others[version]
+            loaded = self._load(self.registry.version(self.settings.model_name, version))
+            self._others[version] = loaded
+            while len(self._others) > _OTHER_VERSIONS_KEPT:
+                self._others.popitem(last=False)
+            return loaded
 
     def upgrade(self, loaded: LoadedModel) -> bool:
         """Swap in an ONNX Runtime predictor for `loaded` once it converts and matches scikit-learn."""

@@ -25,6 +25,7 @@ import pandas as pd
 
 from core.contract import DatasetContract, label_text
 from core.modeling.compiled import Columns, CompiledFeatures, NotCompilableError
+from core.modeling.explain import Explanation, ModelExplainer
 from core.modeling.features import to_model_input
 from serving.sample import synthetic_frame
 
@@ -108,6 +109,7 @@ class Predictor:
     fallback_reason: str | None = None
     _features: CompiledFeatures | None = None
     _onnx: OnnxEstimator | None = None
+    _explainer: ModelExplainer | None = None
 
     @property
     def is_classifier(self) -> bool:
@@ -132,6 +134,8 @@ class Predictor:
     ) -> Predictor:
         """The fastest path that matches the Pipeline on `parity_rows` contract rows (see `_parity`)."""
         p = cls(pipeline, contract, threshold=threshold, positive_class=positive_class)
+        # Cheap (no TreeSHAP yet) and shared by every copy of this predictor, the ONNX one included.
+        p._explainer = ModelExplainer(pipeline, contract, positive_class=positive_class)
         sample = columns_from_frame(synthetic_frame(contract, parity_rows, seed=7), contract)
         expected = p._sklearn_scores(sample)
         try:
@@ -212,6 +216,27 @@ class Predictor:
 
     def predict(self, columns: Columns) -> Prediction:
         return self._decide(self._scores(columns))
+
+    @property
+    def explainer(self) -> ModelExplainer:
+        """Reason codes for this model (core.modeling.explain), built on first use and then kept."""
+        if self._explainer is None:
+            self._explainer = ModelExplainer(self.pipeline, self.contract, positive_class=self.positive_class)
+        return self._explainer
+
+    def feature_matrix(self, columns: Columns) -> np.ndarray:
+        """The preprocessed rows the estimator sees: the compiled path when it serves, else the Pipeline's."""
+        if self._features is not None and self.runtime != "sklearn":
+            return self._features.transform(columns)
+        X = to_model_input(frame_from_columns(columns), self.contract)
+        return np.asarray(self.pipeline[:-1].transform(X), dtype=np.float64)
+
+    def explain(self, columns: Columns, result: Prediction) -> Explanation:
+        """Why each row got its score: the positive class's (binary), the predicted class's (multiclass)."""
+        explainer = self.explainer
+        if not explainer.available:
+            return explainer.explain(np.zeros((len(result.labels), 0)))
+        return explainer.explain(self.feature_matrix(columns), result.labels if self.is_classifier else None)
 
     def _decide(self, scores: np.ndarray) -> Prediction:
         if not self.is_classifier:

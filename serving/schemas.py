@@ -171,11 +171,49 @@ def build_models(contract: DatasetContract) -> ContractModels:
 Label = bool | int | float | str
 
 
+class ReasonOut(_Out):
+    column: str = Field(description="The contract's column (an encoded category or time feature counts for it).")
+    value: Any = Field(description="The record's value of that column.")
+    contribution: float = Field(description="Signed contribution to the explained output (positive: raises it).")
+
+
+class ExplanationOut(_Out):
+    """Why the model scored this record as it did: base_value + every column's contribution == raw_output.
+
+    `reasons` are the k largest contributions by size; `other` is the sum of the rest. method `linear`
+    (coefficients) and `tree_shap` (TreeSHAP) are exact; `unavailable` (SVM, MLP) says why instead of
+    returning an approximation.
+    """
+
+    method: Literal["linear", "tree_shap", "unavailable"]
+    output: Literal["log_odds", "logit", "probability", "value"] | None = Field(
+        None,
+        description="What is explained: log-odds of the positive class (binary), logit of the explained class "
+        "(multiclass), a random forest's probability, or the predicted value (regression).",
+    )
+    explained_class: str | None = Field(None, description="The class whose output is explained (classifiers).")
+    base_value: float | None = Field(None, description="The output before any column is considered.")
+    raw_output: float | None = None
+    reasons: list[ReasonOut] = Field(default_factory=list)
+    other: float | None = Field(None, description="The sum of the contributions not listed in reasons.")
+    reason: str | None = Field(None, description="Why there is no explanation (method unavailable).")
+
+
 class PredictionOut(_Out):
     request_id: str = Field(description="Send this id with the true label to POST /feedback.")
     prediction: Label
     probabilities: dict[str, float] | None = Field(None, description="Class probabilities (classifiers only).")
     flags: list[str] = Field(default_factory=list, description="Accepted but unusual input, e.g. unknown categories.")
+    explanation: ExplanationOut | None = Field(None, description="Reason codes, with ?explain=k.")
+
+
+class ExplainOut(_Out):
+    request_id: str
+    model_name: str
+    model_version: str = Field(description="The version that made the logged prediction (and explains it).")
+    timestamp: datetime = Field(description="When the prediction was made.")
+    prediction: Label | None
+    explanation: ExplanationOut
 
 
 class PredictOut(_Out):
@@ -216,6 +254,9 @@ class ModelOut(_Out):
     data_window_end: str | None
     tags: dict[str, str]
     card: str
+    report_url: str | None = Field(
+        None, description="The version's stakeholder report (self-contained HTML), an artifact of its run in MLflow."
+    )
     loaded_at: datetime
 
 

@@ -9,10 +9,13 @@ sends the notification. The train, tune and promote flows all promote through :f
 
 from __future__ import annotations
 
-from dataclasses import replace
+import logging
+from dataclasses import dataclass, replace
 from typing import Any
 
 import mlflow
+import numpy as np
+import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from core.modeling.gate import Decision, GateConfig, baseline_scores, decide
@@ -32,8 +35,11 @@ from core.notify import notify
 from core.registry import aliases as registry
 from core.registry.artefact import load_version
 from core.registry.cards import model_card
+from core.registry.report import ReportInputs, attach_report, render_report
 from core.registry.tracking import LoggedCandidate, log_candidate_model, log_run_batch, provenance_tags
 from core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def gate_config(settings: Settings) -> GateConfig:
@@ -56,13 +62,27 @@ def _holdout_window(data: TrainingData) -> tuple[str, str]:
     return str(info.get("start", "")), str(info.get("end", ""))
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """The gate's verdict and what it was made from (the report reads it all)."""
+
+    decision: Decision
+    holdout_metrics: dict[str, float]
+    slices: dict[str, dict[str, float]]
+    reference_metrics: dict[str, float]
+    holdout: pd.DataFrame
+    y: np.ndarray
+    scores: np.ndarray
+    classes: list[Any]
+
+
 def evaluate_and_decide(
     model: Any,
     threshold: float,
     version: str,
     data: TrainingData,
     settings: Settings,
-) -> tuple[Decision, dict[str, float], dict[str, dict[str, float]]]:
+) -> Evaluation:
     """Score candidate and reference on the holdout and apply the gate."""
     contract = settings.contract
     holdout = labelled_rows(data["holdout"], contract)
@@ -104,7 +124,78 @@ def evaluate_and_decide(
     slices = slice_metrics(
         contract.task, y, candidate, masks, threshold=threshold, min_rows=settings.gate.min_slice_rows
     )
-    return decision, holdout_metrics, slices
+    reference_metrics = compute_metrics(contract.task, y, reference, ref_threshold)
+    return Evaluation(decision, holdout_metrics, slices, reference_metrics, holdout, y, candidate, classes)
+
+
+def write_report(
+    evaluation: Evaluation,
+    model: Any,
+    version: str,
+    *,
+    family: str,
+    threshold: float | None,
+    run_id: str,
+    data: TrainingData,
+    settings: Settings,
+) -> str | None:
+    """The version's stakeholder report (core.registry.report), logged on its run; None without a run.
+
+    A report that fails does not stop the gate: the failure is logged and tagged on the version
+    (``report_error``), so it is seen rather than lost.
+    """
+    if not run_id:
+        return None
+    contract = settings.contract
+    train_labels = data["train"][contract.target.name].dropna().to_numpy()
+    try:
+        return _render_and_attach(evaluation, model, version, family, threshold, run_id, data, settings, train_labels)
+    except Exception as exc:
+        log.exception("the model report of %s v%s failed", settings.model_name, version)
+        registry.client().set_model_version_tag(settings.model_name, version, "report_error", str(exc)[:500])
+        return None
+
+
+def _render_and_attach(  # noqa: PLR0917 - the private half of write_report
+    evaluation: Evaluation,
+    model: Any,
+    version: str,
+    family: str,
+    threshold: float | None,
+    run_id: str,
+    data: TrainingData,
+    settings: Settings,
+    train_labels: np.ndarray,
+) -> str:
+    contract = settings.contract
+    page = render_report(
+        ReportInputs(
+            contract=contract,
+            model_name=settings.model_name,
+            version=version,
+            family=family,
+            pipeline=model,
+            threshold=threshold if contract.task == "binary" else None,
+            holdout=evaluation.holdout.reset_index(drop=True),
+            y=evaluation.y,
+            scores=evaluation.scores,
+            classes=evaluation.classes,
+            holdout_metrics=evaluation.holdout_metrics,
+            reference_metrics=evaluation.reference_metrics,
+            decision=evaluation.decision,
+            data_version=data.version,
+            splits=data.info,
+            train_labels=train_labels,
+            slice_columns=settings.report.slice_columns_for(contract),
+            slice_gap_tolerance=settings.report.slice_gap_tolerance,
+            min_slice_rows=settings.report.min_slice_rows,
+            confidence=settings.gate.confidence,
+            max_rows=settings.report.rows,
+            top_features=settings.report.top_features,
+            seed=settings.seed,
+        )
+    )
+    return attach_report(page, model_name=settings.model_name, version=version, run_id=run_id)
 
 
 def record_decision(
@@ -191,12 +282,23 @@ def gate_candidate(logged: LoggedCandidate, data: TrainingData, settings: Settin
     mv = registry.register(logged.model_uri, settings.model_name, tags)
     version = str(mv.version)
     with threadpool_limits(limits=settings.training.n_threads):
-        decision, holdout_metrics, slices = evaluate_and_decide(cand.pipeline, cand.threshold, version, data, settings)
+        evaluation = evaluate_and_decide(cand.pipeline, cand.threshold, version, data, settings)
+        write_report(
+            evaluation,
+            cand.pipeline,
+            version,
+            family=cand.family,
+            threshold=cand.threshold,
+            run_id=logged.run_id,
+            data=data,
+            settings=settings,
+        )
+    decision, holdout_metrics = evaluation.decision, evaluation.holdout_metrics
     record_decision(
         version,
         decision,
         holdout_metrics,
-        slices,
+        evaluation.slices,
         family=cand.family,
         params=cand.params,
         threshold=cand.threshold,
@@ -216,9 +318,20 @@ def gate_version(version: str, settings: Settings) -> dict[str, Any]:
     model, _ = load_version(f"models:/{settings.model_name}/{version}")
     threshold = float(mv.tags.get("threshold", 0.5))
     data = load_training_data(settings)
-    with threadpool_limits(limits=settings.training.n_threads):
-        decision, holdout_metrics, slices = evaluate_and_decide(model, threshold, version, data, settings)
     run_id = mv.run_id or mv.tags.get("run_id", "")
+    with threadpool_limits(limits=settings.training.n_threads):
+        evaluation = evaluate_and_decide(model, threshold, version, data, settings)
+        write_report(
+            evaluation,
+            model,
+            version,
+            family=mv.tags.get("family", "?"),
+            threshold=threshold,
+            run_id=run_id,
+            data=data,
+            settings=settings,
+        )
+    decision, holdout_metrics, slices = evaluation.decision, evaluation.holdout_metrics, evaluation.slices
     run = client.get_run(run_id) if run_id else None
     metrics = run.data.metrics if run else {}
     record_decision(

@@ -1,11 +1,17 @@
 """Operations: liveness, readiness, what model serves, Prometheus metrics. Open without a key."""
 
-from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+import asyncio
 
+from fastapi import APIRouter, HTTPException, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from core.registry.report import REPORT_TAG
 from serving import metrics
 from serving.deps import ModelDep, StoreDep
+from serving.model_store import RegistryError
 from serving.schemas import ErrorOut, HealthOut, ModelOut, ReadyOut
+
+REPORT_URL = "/model/report"
 
 router = APIRouter(tags=["operations"])
 
@@ -44,8 +50,26 @@ async def model_info(model: ModelDep) -> ModelOut:
         data_window_end=model.tags.get("data_window_end"),
         tags=model.tags,
         card=model.card,
+        report_url=REPORT_URL if model.tags.get(REPORT_TAG) and model.run_id else None,
         loaded_at=model.loaded_at,
     )
+
+
+@router.get(
+    REPORT_URL,
+    response_class=HTMLResponse,
+    responses={404: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+    summary="The serving version's stakeholder report (self-contained HTML, from the registry)",
+)
+async def model_report(model: ModelDep, store: StoreDep) -> HTMLResponse:
+    path = model.tags.get(REPORT_TAG)
+    if not path or not model.run_id:
+        raise HTTPException(404, f"{model.name} v{model.version} has no report (a version registered by the gate has)")
+    try:
+        page = await asyncio.to_thread(store.registry.run_artifact, model.run_id, path)
+    except RegistryError as exc:
+        raise HTTPException(503, f"the report could not be read from the registry: {exc}") from None
+    return HTMLResponse(page.decode("utf-8"))
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -21,6 +21,7 @@ from pydantic import Discriminator, Field, Tag
 
 from core.contract import label_text
 from core.modeling.compiled import Columns
+from core.modeling.explain import top_reasons
 from serving import metrics
 from serving.batch import BatchInputError, chunks, parse_and_check, read_body
 from serving.deps import LogDep, ModelDep, PredictKey, SettingsDep
@@ -61,6 +62,14 @@ _BATCH_DOC: dict[str, Any] = {
 }
 
 
+EXPLAIN_DOC = (
+    "Add reason codes: the k columns that moved this record's score most, each with the record's value and its "
+    "signed contribution, plus the base value (exact for linear models and tree ensembles; method 'unavailable' "
+    "with the reason for the other families). 0: none."
+)
+ExplainK = Annotated[int, Query(ge=0, le=50, description=EXPLAIN_DOC)]
+
+
 def predictions_router(models: ContractModels) -> APIRouter:
     """A function of the contract's models: the request body's type is generated from the contract."""
     router = APIRouter(tags=["predictions"], dependencies=[PredictKey])
@@ -74,12 +83,18 @@ def predictions_router(models: ContractModels) -> APIRouter:
     @router.post(
         "/predict", response_model=PredictOut, responses=ERROR_RESPONSES, summary="Predict one record or a list"
     )
-    async def predict(body: Annotated[body_type, Body()], model: ModelDep, plog: LogDep) -> PredictOut:
+    async def predict(
+        body: Annotated[body_type, Body()], model: ModelDep, plog: LogDep, explain: ExplainK = 0
+    ) -> PredictOut:
         started = time.perf_counter()
         items = body if isinstance(body, list) else [body]
         records = [models.values(r) for r in items]
         columns = columns_from_records(records, model.predictor.contract)
         result = model.predictor.predict(columns)
+        reasons: list[Any] = [None] * len(records)
+        if explain:
+            values = {name: [r.get(name) for r in records] for name in model.predictor.contract.input_columns}
+            reasons = top_reasons(model.predictor.explain(columns, result), values, explain)
         request_id = uuid.uuid4().hex
         ids = [request_id] if len(records) == 1 else [f"{request_id}-{i}" for i in range(len(records))]
         flags = [models.flags(r) for r in records] if models.unknown_allowed else [[] for _ in records]
@@ -91,6 +106,7 @@ def predictions_router(models: ContractModels) -> APIRouter:
                 prediction=result.labels[i],
                 probabilities=dict(zip(keys, probs[i].tolist(), strict=True)) if probs is not None else None,
                 flags=flags[i],
+                explanation=reasons[i],
             )
             for i in range(len(records))
         ]
@@ -109,7 +125,7 @@ def predictions_router(models: ContractModels) -> APIRouter:
         response_class=StreamingResponse,
         **_BATCH_DOC,
     )
-    async def predict_batch(
+    async def predict_batch(  # noqa: PLR0917 - FastAPI passes the request's parts by name
         request: Request,
         model: ModelDep,
         plog: LogDep,
@@ -118,6 +134,16 @@ def predictions_router(models: ContractModels) -> APIRouter:
             OutputFormat,
             Query(alias="format", description="csv (default), ndjson, or arrow: an Arrow IPC stream"),
         ] = "csv",
+        explain: Annotated[
+            int,
+            Query(
+                ge=0,
+                le=50,
+                description=EXPLAIN_DOC + " CSV and Arrow gain the columns explain_method, explained_class, "
+                "base_value, raw_output, reason_<i>_column, reason_<i>_value, reason_<i>_contribution (i = 1..k), "
+                "other and explain_note; NDJSON an 'explanation' object per row.",
+            ),
+        ] = 0,
     ) -> StreamingResponse:
         contract = model.predictor.contract
         limits = settings.serving
@@ -135,7 +161,7 @@ def predictions_router(models: ContractModels) -> APIRouter:
             metrics.UNKNOWN_CATEGORIES.labels(column).inc(int(mask.sum()))
         request_id = uuid.uuid4().hex
         stream = _predict_chunks(
-            model, columns, table.num_rows, request_id, limits.batch_chunk_rows, output, plog, unknown
+            model, columns, table.num_rows, request_id, limits.batch_chunk_rows, output, plog, unknown, explain
         )
         return StreamingResponse(stream, media_type=MEDIA_TYPES[output], headers={"X-Request-ID": request_id})
 
@@ -151,10 +177,11 @@ def _predict_chunks(  # noqa: PLR0917 - one call site, all arguments are needed
     output: OutputFormat,
     plog: PredictionLog,
     unknown: dict[str, np.ndarray],
+    explain: int = 0,
 ) -> Iterator[bytes]:
     """Predict chunk by chunk, log each chunk, yield its encoded results; a sync generator, so Starlette
     runs it in a thread."""
-    encoder = encoder_for(output, [label_text(c) for c in model.predictor.classes])
+    encoder = encoder_for(output, [label_text(c) for c in model.predictor.classes], explain)
     for offset, columns_chunk in chunks(columns, n_rows, chunk_rows):
         started = time.perf_counter()
         result = model.predictor.predict(columns_chunk)
@@ -163,7 +190,10 @@ def _predict_chunks(  # noqa: PLR0917 - one call site, all arguments are needed
             request_id, pc.cast(pa.array(np.arange(offset, offset + n)), pa.string()), "-"
         )
         flagged = chunk_flags(unknown, columns_chunk, offset, n)
-        chunk = Chunk(ids=ids, result=result, flagged=flagged, flags=flag_column(flagged, n))
+        reasons = (
+            top_reasons(model.predictor.explain(columns_chunk, result), columns_chunk, explain) if explain else None
+        )
+        chunk = Chunk(ids=ids, result=result, flagged=flagged, flags=flag_column(flagged, n), explanations=reasons)
         yield encoder.chunk(chunk)
         latency_ms = (time.perf_counter() - started) * 1000 / max(n, 1)
         _log_block(plog, model, columns_chunk, ids, result, chunk.flags, latency_ms)

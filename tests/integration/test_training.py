@@ -76,6 +76,10 @@ def test_train_flow_records_registers_gates_and_is_reproducible(small_data: str,
     assert mv.tags["family"] == first.best_family
     for section in ("## Intended use", "## Data", "## Metrics", "## Slices (holdout)", "## Decision"):
         assert section in mv.description
+    # The stakeholder report: an artifact of the version's run, named by the version's `report` tag.
+    report = _report(mv)
+    assert "was promoted: it now serves" in report and "against the baseline" not in report
+    assert "Results per slice" in report and "channel" in report and "<script" not in report
 
     # Serving's view: a plain sklearn Pipeline loaded with skops, threshold in the MLmodel metadata.
     info = mlflow.models.get_model_info(f"models:/{name}@champion")
@@ -93,6 +97,16 @@ def test_train_flow_records_registers_gates_and_is_reproducible(small_data: str,
     assert second.decision is not None and second.decision["decision"] == "challenger"
     assert second.decision["ci_low"] == 0.0 and second.decision["ci_high"] == 0.0
     assert _alias(client, name, "champion") == "1" and _alias(client, name, "challenger") == "2"
+    rejected = _report(client.get_model_version(name, "2"))
+    assert "was not promoted" in rejected and "for the champion" in rejected
+
+
+def _report(mv: object) -> str:
+    from core.registry.report import REPORT_TAG
+
+    path = mv.tags[REPORT_TAG]  # type: ignore[attr-defined]
+    local = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=path)  # type: ignore[attr-defined]
+    return Path(local).read_text(encoding="utf-8")
 
 
 def test_promote_and_rollback_flows(small_data: str) -> None:
