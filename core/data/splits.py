@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from itertools import groupby
@@ -40,6 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.contract import DatasetContract
@@ -118,18 +120,19 @@ class _SplitStats:
 
     classes: Counter[str] = field(default_factory=Counter)
 
-    def add(self, rows: pd.DataFrame, table: pa.Table, contract: DatasetContract) -> None:
-        if rows.empty:
+    def add(self, table: pa.Table, contract: DatasetContract) -> None:
+        if not table.num_rows:
             return
-        self.rows += len(rows)
+        self.rows += table.num_rows
         if contract.is_classification:
-            labels = rows[contract.target.name]
+            labels = table.column(contract.target.name).to_pandas()
             self.positives += int((labels == contract.target.positive_class).sum())
             self.classes.update({str(k): int(v) for k, v in labels.value_counts().items()})
         if contract.timestamp_column is not None:
-            ts = rows[contract.timestamp_column]
-            self.start = ts.min() if self.start is None else min(self.start, ts.min())
-            self.end = ts.max() if self.end is None else max(self.end, ts.max())
+            bounds = pc.min_max(table.column(contract.timestamp_column))
+            low, high = pd.Timestamp(bounds["min"].value), pd.Timestamp(bounds["max"].value)
+            self.start = low if self.start is None else min(self.start, low)
+            self.end = high if self.end is None else max(self.end, high)
         self.fingerprint.update(table)
 
     def to_dict(self, contract: DatasetContract) -> dict[str, Any]:
@@ -146,6 +149,17 @@ class _SplitStats:
 def _unique_keys(files: list[Path], key_column: str) -> int:
     keys = pa.concat_tables([pq.read_table(f, columns=[key_column]) for f in files]).column(0)
     return len(keys.unique())
+
+
+def _read_table(files: list[Path], contract: DatasetContract, schema: pa.Schema) -> pa.Table:
+    """:func:`_read_rows` in Arrow: a day's rows deduplicated by key and ordered by (time, key), no pandas
+    unless a key repeats (then the pandas path decides which copy stays, as it always has)."""
+    table = pa.concat_tables([pq.read_table(f, schema=schema) for f in files]).combine_chunks()
+    key = contract.key_column
+    if pc.count_distinct(table.column(key), mode="all").as_py() != table.num_rows:
+        return to_arrow(_read_rows(files, contract), schema)
+    order = [(c, "ascending") for c in (contract.timestamp_column, key) if c]
+    return table.take(pc.sort_indices(table, sort_keys=order))
 
 
 def _read_rows(files: list[Path], contract: DatasetContract) -> pd.DataFrame:
@@ -253,9 +267,8 @@ def build_splits(settings: Settings) -> dict[str, Any]:
             for w in writers.values():
                 w.close()
         warnings += check_classes(stats, contract)
-        reference_table = to_arrow(reference, schema)
-        pq.write_table(reference_table, tmp / f"{REFERENCE}.parquet", **PARQUET_OPTIONS)
-        stats[REFERENCE].add(reference, reference_table, contract)
+        pq.write_table(reference, tmp / f"{REFERENCE}.parquet", **PARQUET_OPTIONS)
+        stats[REFERENCE].add(reference, contract)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -275,7 +288,7 @@ def build_splits(settings: Settings) -> dict[str, Any]:
             "note": ("newest rows" if strategy == "time" else f"a {strategy} share of the rows")
             + ", reserved for promotion decisions; this version directory is never rewritten",
         },
-        "reference": {"sampled_from": "train", "seed": settings.seed, "rows": len(reference)},
+        "reference": {"sampled_from": "train", "seed": settings.seed, "rows": reference.num_rows},
         "inputs": {"raw_files": len(files), "raw_fingerprints": [f.stem.removeprefix("part-") for f in files]},
         "warnings": warnings,
     }
@@ -305,7 +318,7 @@ def _window_warning(every_file: list[Path], kept: list[Path], settings: Settings
     ]
 
 
-_Splits = tuple[int, dict[str, _SplitStats], pd.DataFrame]
+_Splits = tuple[int, dict[str, _SplitStats], pa.Table]
 
 
 def _bounds(total: int, settings: Settings) -> dict[str, tuple[int, int]]:
@@ -330,25 +343,32 @@ def _time_splits(
     rng = np.random.default_rng(settings.seed)
     reference_pos = np.sort(rng.choice(train_rows, size=min(settings.splits.reference_rows, train_rows), replace=False))
     stats = {name: _SplitStats() for name in (*SPLITS, REFERENCE)}
-    reference_parts: list[pd.DataFrame] = []
+    reference_parts: list[pa.Table] = []
     offset = 0
-    # Pass 2: route each date's rows (already in time order) to the splits they fall in.
-    for (_, group), n in zip(by_date, counts, strict=True):
-        frame = _read_rows(group, contract)
-        if len(frame) != n:
-            raise PreprocessError(f"raw partition {group[0].parent} changed while preprocessing")
-        for name, (lo, hi) in bounds.items():
-            a, b = max(lo, offset) - offset, min(hi, offset + n) - offset
-            if a < b:
-                rows = frame.iloc[a:b]
-                table = to_arrow(rows, schema)
-                writers[name].write_table(table)
-                stats[name].add(rows, table, contract)
-        picked = reference_pos[(reference_pos >= offset) & (reference_pos < offset + n)] - offset
-        if picked.size:
-            reference_parts.append(frame.iloc[picked])
-        offset += n
-    return total, stats, pd.concat(reference_parts, ignore_index=True)
+    # Pass 2: route each date's rows (already in time order) to the splits they fall in. A day is read
+    # while the previous one is written (Parquet reads and writes run outside the GIL).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess-reader") as pool:
+        days = iter(by_date)
+        ahead = pool.submit(_read_table, next(days)[1], contract, schema)
+        for (_, group), n in zip(by_date, counts, strict=True):
+            table = ahead.result()
+            following = next(days, None)
+            if following is not None:
+                ahead = pool.submit(_read_table, following[1], contract, schema)
+            if table.num_rows != n:
+                raise PreprocessError(f"raw partition {group[0].parent} changed while preprocessing")
+            for name, (lo, hi) in bounds.items():
+                a, b = max(lo, offset) - offset, min(hi, offset + n) - offset
+                if a < b:
+                    rows = table.slice(a, b - a)
+                    writers[name].write_table(rows)
+                    stats[name].add(rows, contract)
+            picked = reference_pos[(reference_pos >= offset) & (reference_pos < offset + n)] - offset
+            if picked.size:
+                reference_parts.append(table.take(pa.array(picked)))
+            offset += n
+            del table
+    return total, stats, pa.concat_tables(reference_parts).combine_chunks()
 
 
 def _unordered_splits(
@@ -368,11 +388,11 @@ def _unordered_splits(
             raise PreprocessError(f"{total} collected rows left the {name} split empty ({strategy} splits {shares})")
         table = to_arrow(rows, schema)
         writers[name].write_table(table)
-        stats[name].add(rows, table, contract)
+        stats[name].add(table, contract)
     train = frame[assigned == 0]
     rng = np.random.default_rng(settings.seed)
     picked = np.sort(rng.choice(len(train), size=min(settings.splits.reference_rows, len(train)), replace=False))
-    return total, stats, train.iloc[picked].reset_index(drop=True)
+    return total, stats, to_arrow(train.iloc[picked].reset_index(drop=True), schema)
 
 
 def _point_latest(processed: Path, version: str) -> None:
