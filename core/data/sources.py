@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ from core.contract import DatasetContract
 from core.data.rules import arrow_from_pandas, timestamps_of, to_timestamps
 from core.databases import engine_for, sqlite_path
 from core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -110,13 +113,33 @@ def _rechunk(pieces: Iterable[pa.Table | pa.RecordBatch], chunk_rows: int) -> It
         pending.append(table)
         held += table.num_rows
         while held >= chunk_rows:
-            whole = pa.concat_tables(pending, promote_options="permissive") if len(pending) > 1 else pending[0]
+            whole = _concat(pending)
             yield whole.slice(0, chunk_rows).combine_chunks()
             rest = whole.slice(chunk_rows)
             pending, held = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
     if held:
-        whole = pa.concat_tables(pending, promote_options="permissive") if len(pending) > 1 else pending[0]
-        yield whole.combine_chunks()
+        yield _concat(pending).combine_chunks()
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """One table; a column whose pieces disagree on type (SQLite: a batch where text met numbers, typed as
+    text, beside a batch of numbers) becomes text, for the checker to type value by value."""
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        names = tables[0].column_names
+        mixed = {n for n in names if len({t.schema.field(n).type for t in tables}) > 1}
+        return pa.concat_tables(
+            [
+                t.select(names).cast(
+                    pa.schema([(n, pa.string() if n in mixed else t.schema.field(n).type) for n in names])
+                )
+                for t in tables
+            ],
+            promote_options="permissive",
+        )
 
 
 def frame_to_arrow(frame: pd.DataFrame) -> pa.Table:
@@ -247,6 +270,7 @@ class SqlSource:
             except OSError as exc:  # adbc's "Type mismatch in column": SQLite holds mixed types
                 if "mismatch" not in str(exc).lower():
                     raise
+                log.info("%s: %s; reading on from row %d through SQLite's driver", self.description, exc, done)
             # From the first row not yet returned, through the driver that reads values as they are.
             skipped = 0
             for frame in self._read_sqlite(sql, bounds, chunk_rows):
