@@ -1,0 +1,124 @@
+"""The prediction log's sustained write rate: one PredictionLog (the writer one API worker runs), fed
+prediction blocks as the API hands them over, until every row is in the store.
+
+``python -m benchmarks.log_rate --rows 200000`` measures PostgreSQL (a throwaway database on
+127.0.0.1:5432) with COPY and with the batched INSERT it replaces, and SQLite; bench-serving reports the
+same figures. Each figure is rows / seconds from the first block queued to the last row committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from core.predictions import PREDICTIONS
+from core.settings import Settings
+
+BLOCK_ROWS = 1_000  # a 1,000-row batch request, the API's usual block
+
+
+def _blocks(settings: Settings, rows: int) -> list[tuple[dict[str, Any], int]]:
+    from serving.sample import synthetic_frame
+
+    frame = synthetic_frame(settings.contract, BLOCK_ROWS, seed=1)
+    inputs = {c: frame[c].to_numpy() for c in settings.contract.input_columns}
+    rng = np.random.default_rng(0)
+    out = []
+    for b in range(-(-rows // BLOCK_ROWS)):
+        n = min(BLOCK_ROWS, rows - b * BLOCK_ROWS)
+        block: dict[str, Any] = {c: v[:n] for c, v in inputs.items()}
+        block |= {
+            "request_id": [f"bench-{b}-{i}" for i in range(n)],
+            "model_name": "bench",
+            "model_version": "1",
+            "timestamp": datetime.now(UTC),
+            "latency_ms": 1.5,
+            "prediction": rng.integers(0, 2, n),
+            "probability": rng.random(n),
+            "flags": None,
+        }
+        out.append((block, n))
+    return out
+
+
+def measure(url: str, settings: Settings, rows: int, *, copy: bool = True) -> dict[str, Any]:
+    """Rows a second one PredictionLog sustains into ``url`` (``copy=False``: PostgreSQL's INSERT path)."""
+    from serving.prediction_log import PredictionLog
+
+    blocks = _blocks(settings, rows)
+    with tempfile.TemporaryDirectory() as spool:
+        plog = PredictionLog(url, settings.contract, Path(spool), batch_rows=500, flush_s=0.05)
+        plog._copy = plog._copy and copy
+        plog.start()
+        try:
+            plog.log_block(*blocks[0])  # creates the tables: not timed
+            if not plog.flush(60):
+                raise RuntimeError("the prediction log did not drain its first block")
+            started = time.perf_counter()
+            for block in blocks[1:]:
+                plog.log_block(*block)
+            if not plog.flush(600):
+                raise RuntimeError("the prediction log did not drain in 600 s")
+            seconds = time.perf_counter() - started
+        finally:
+            plog.stop()
+        engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+        try:
+            with engine.connect() as conn:
+                stored = conn.execute(sa.text(f"SELECT COUNT(*) FROM {PREDICTIONS}")).scalar()
+        finally:
+            engine.dispose()
+    if stored != rows:
+        raise RuntimeError(f"the log holds {stored} rows, {rows} were logged")
+    timed = rows - blocks[0][1]
+    return {"rows": timed, "seconds": round(seconds, 3), "rows_per_s": round(timed / seconds)}
+
+
+@contextlib.contextmanager
+def postgres_database(host: str = "127.0.0.1", port: int = 5432, user: str = "postgres") -> Iterator[str]:
+    """A throwaway PostgreSQL database; its URL."""
+    import psycopg
+
+    name = f"bench_log_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(host=host, port=port, user=user, dbname="postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://{user}@{host}:{port}/{name}"
+    finally:
+        with psycopg.connect(host=host, port=port, user=user, dbname="postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def log_rates(settings: Settings, rows: int) -> dict[str, Any]:
+    """PostgreSQL with COPY and with INSERT, and SQLite, each into an empty log."""
+    out: dict[str, Any] = {}
+    for name, copy in (("postgres_copy", True), ("postgres_insert", False)):
+        with postgres_database() as url:
+            out[name] = measure(url, settings, rows, copy=copy)
+    with tempfile.TemporaryDirectory() as folder:
+        out["sqlite"] = measure(f"sqlite:///{folder}/log.db", settings, rows)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=200_000)
+    args = parser.parse_args(argv)
+    from core.settings import get_settings
+
+    print(json.dumps(log_rates(get_settings(), args.rows), indent=2))
+
+
+if __name__ == "__main__":
+    main()
