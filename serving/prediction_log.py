@@ -188,17 +188,53 @@ class PredictionLog:
 
     def _take(self, max_rows: int) -> list[Row]:
         out: list[Row] = []
-        while self._queue and len(out) < max_rows:
+        taken = 0
+        while self._queue and taken < max_rows:
             table, item = self._queue.popleft()
             if table == FEEDBACK:
                 out.append((FEEDBACK, item))
+                taken += 1
                 continue
+            if self._copy:  # kept as columns until COPY writes them; rows only if they must be spooled
+                out.append((_BLOCK, item))
+                taken += item[1]
+                continue
+            taken += item[1]
             try:
                 out.extend((PREDICTIONS, row) for row in self._rows(*item))
             except Exception as exc:  # a block that cannot become rows must not stop the writer
                 log.exception("prediction-log block dropped to the rejected file")
                 self._reject([(PREDICTIONS, _jsonable_block(item[0]))], exc)
         return out
+
+    def _expand(self, batch: list[Row]) -> list[Row]:
+        """The batch with its blocks as rows (what the spool and the rejected file hold)."""
+        out: list[Row] = []
+        for table, item in batch:
+            if table != _BLOCK:
+                out.append((table, item))
+                continue
+            try:
+                out.extend((PREDICTIONS, row) for row in self._rows(*item))
+            except Exception as exc:
+                log.exception("prediction-log block dropped to the rejected file")
+                self._reject([(PREDICTIONS, _jsonable_block(item[0]))], exc)
+        return out
+
+    def _block_csv(self, block: Block, n: int) -> bytes:
+        """One block as COPY's CSV, column by column (numpy and Arrow arrays as they are, no row built)."""
+        probs, classes = block.get("probabilities"), block.get("classes")
+        arrays = []
+        for key in self._keys:
+            value = block.get(key)
+            if key.startswith("proba:"):
+                value = None
+                if probs is not None and classes is not None:
+                    value = np.asarray(probs)[:, [label_text(c) for c in classes].index(key.removeprefix("proba:"))]
+            elif key == "prediction" and self.schema.label_is_text:
+                value = [self.schema.label_value(v) for v in self._values(value, n)]
+            arrays.append(_arrow_column(value, n))
+        return _write_csv(arrays)
 
     def _rows(self, block: Block, n: int) -> list[tuple[Any, ...]]:
         probs, classes = block.get("probabilities"), block.get("classes")
@@ -248,43 +284,46 @@ class PredictionLog:
         if not batch:
             return
         if not self.store_up and time.monotonic() < self._next_retry:
-            self._spool(batch)
+            self._spool(self._expand(batch))
             return
         try:
             self._insert(batch)
             self.store_up = True
-            metrics.LOG_ROWS.labels(outcome="written").inc(len(batch))
+            metrics.LOG_ROWS.labels(outcome="written").inc(sum(i[1] if t == _BLOCK else 1 for t, i in batch))
         except Exception as exc:
             if not _store_unavailable(exc):
-                self._reject(batch, exc)
+                self._reject(self._expand(batch), exc)
                 return
             if self.store_up:
                 log.warning("prediction store %s unavailable, spooling to %s: %s", self.url, self.spool_dir, exc)
             self.store_up = False
             self._next_retry = time.monotonic() + self.retry_s
-            self._spool(batch)
+            self._spool(self._expand(batch))
 
     def _insert(self, batch: list[Row]) -> None:
         preds = [r for t, r in batch if t == PREDICTIONS]
+        blocks = [r for t, r in batch if t == _BLOCK]
         fb = [r for t, r in batch if t == FEEDBACK]
         with self._engine.begin() as conn:
             if not self._schema_ready:
                 self._metadata.create_all(conn)
                 self._schema_ready = True
-            if preds and self._copy:
-                self._copy_rows(conn, preds)
+            if (preds or blocks) and self._copy:
+                parts = [self._block_csv(*b) for b in blocks]
+                if preds:  # rows replayed from the spool
+                    parts.append(_csv(preds, len(self._columns)))
+                self._copy_rows(conn, b"".join(parts))
             elif preds:
                 conn.exec_driver_sql(self._insert_sql, [tuple(r) for r in preds])
             if fb:
                 conn.execute(self.feedback.insert(), fb)
 
-    def _copy_rows(self, conn: sa.Connection, rows: list[Any]) -> None:
+    def _copy_rows(self, conn: sa.Connection, payload: bytes) -> None:
         import psycopg
 
         direct, create, copy_sql, move = self._copy_sql
         driver = conn.connection.driver_connection  # psycopg's own connection, in this transaction
         assert driver is not None
-        payload = _csv(rows, len(self._columns))
         with driver.cursor() as cur:
             try:
                 with driver.transaction(), cur.copy(direct) as copy:  # a savepoint: undone alone
@@ -358,16 +397,40 @@ class PredictionLog:
                 orphan.rename(self.spool_dir / f"spool-orphan-{orphan.name}")
 
 
+_BLOCK = "predictions-block"  # a queued block kept as columns (the COPY path)
+
+
 def _csv(rows: list[Any], width: int) -> bytes:
-    """Rows as the CSV COPY reads, written by Arrow's CSV writer (no Python per value): every value
-    quoted, so an empty string stays a string and only a missing value (an empty field) is NULL."""
+    """Rows (replayed from the spool) as the CSV COPY reads."""
     columns = list(zip(*rows, strict=True)) if rows else [()] * width
-    arrays = []
-    for values in columns:
-        array = pa.array(values)
-        if pa.types.is_boolean(array.type):  # the log stores booleans as numbers
-            array = array.cast(pa.int8())
-        arrays.append(array)
+    return _write_csv([_arrow_column(list(values), len(rows)) for values in columns])
+
+
+def _arrow_column(value: Any, n: int) -> pa.Array:
+    """A block's value for one column as n Arrow values: an array as it is, a scalar repeated, NaN/NaT as
+    missing, booleans as numbers (the log stores them so)."""
+    if value is None:
+        return pa.nulls(n)
+    if isinstance(value, pa.ChunkedArray):
+        array = value.combine_chunks()
+    elif isinstance(value, pa.Array):
+        array = value
+    elif isinstance(value, np.ndarray):
+        if value.dtype.kind == "M":
+            value = value.astype("datetime64[us]")
+        array = pa.array(value if value.dtype.kind != "U" else value.astype(object), from_pandas=True)
+    elif isinstance(value, list):
+        array = pa.array(value, from_pandas=True)
+    else:
+        array = pa.array([value.item() if isinstance(value, np.generic) else value] * n, from_pandas=True)
+    if pa.types.is_boolean(array.type):
+        array = array.cast(pa.int8())
+    return array
+
+
+def _write_csv(arrays: list[pa.Array]) -> bytes:
+    """Columns as the CSV COPY reads, written by Arrow (no Python per value): every value quoted, so an
+    empty string stays a string and only a missing value (an empty field) is NULL."""
     table = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
     sink = pa.BufferOutputStream()
     pa_csv.write_csv(table, sink, pa_csv.WriteOptions(include_header=False, quoting_style="all_valid"))
