@@ -70,9 +70,9 @@ def measure(url: str, settings: Settings, rows: int, *, copy: bool = True) -> di
                 plog.log_block(*block)
             if not plog.flush(600):
                 raise RuntimeError("the prediction log did not drain in 600 s")
-            seconds = time.perf_counter() - started
         finally:
-            plog.stop()
+            plog.stop(timeout=600)  # returns once the last batch is committed
+        seconds = time.perf_counter() - started
         engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
         try:
             with engine.connect() as conn:
