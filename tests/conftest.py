@@ -1,19 +1,90 @@
 """Fixtures shared by every kind of test.
 
-Servers are real and started once per session (MLflow takes several seconds to start); every test
-that changes settings does it through the environment, as a user would, in its own state directory.
+Servers are real and started once per test run; every test that changes settings does it through the
+environment, as a user would, in its own state directory.
+
+One MLflow server and one Prefect server serve the whole run, however many pytest-xdist workers share it
+(`make test` runs two). Prefect reads its settings once, when it is first imported, and its clients and
+event workers stay bound to that server for the life of the process, so the server's address is fixed
+here, in the process that starts the run, before anything imports Prefect; the workers inherit it. A
+server starts the first time a test asks for it (under a file lock, so workers share one) and is stopped
+by the process that started the run, when the run ends.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
+
+from core.servers import Server, free_port, stop_process_group
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+if "MLOPS_TESTS_RUN_DIR" not in os.environ:  # the process that starts the run; xdist workers inherit this
+    os.environ["MLOPS_TESTS_RUN_DIR"] = tempfile.mkdtemp(prefix="mlops-tests-")
+    os.environ["PREFECT_HOME"] = str(Path(os.environ["MLOPS_TESTS_RUN_DIR"]) / "prefect-home")
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{free_port()}/api"
+    _STARTS_THE_RUN = True
+else:
+    _STARTS_THE_RUN = False
+RUN_DIR = Path(os.environ["MLOPS_TESTS_RUN_DIR"])
+
+
+def _shared_server(name: str, start: Callable[[Path], Server]) -> str:
+    """The run's one `name` server: started by the first test process that needs it; returns its URL."""
+    record = RUN_DIR / f"{name}.json"
+    with FileLock(str(RUN_DIR / f"{name}.lock")):
+        if not record.exists():
+            server = start(RUN_DIR / name)
+            record.write_text(json.dumps({"url": server.url, "pid": server.proc.pid}))
+        return str(json.loads(record.read_text())["url"])
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Each process flushes Prefect's event and log workers; the run's first process stops the servers."""
+    import sys
+
+    if "prefect" in sys.modules:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
+    if not _STARTS_THE_RUN:
+        return
+    for record in RUN_DIR.glob("*.json"):
+        stop_process_group(int(json.loads(record.read_text())["pid"]))
+    shutil.rmtree(RUN_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> str:
+    """The run's Prefect server (SQLite under the run's PREFECT_HOME); its API URL."""
+    from core.servers import start_prefect
+
+    port = int(os.environ["PREFECT_API_URL"].rsplit(":", 1)[1].split("/")[0])
+    home = Path(os.environ["PREFECT_HOME"])
+    return _shared_server("prefect", lambda root: start_prefect(home, root / "server.log", port=port)) + "/api"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server() -> str:
+    """The run's MLflow tracking server (SQLite backend, local artifacts) on 127.0.0.1."""
+    from core.servers import start_mlflow
+
+    def start(root: Path) -> Server:
+        root.mkdir(parents=True, exist_ok=True)
+        return start_mlflow(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", root / "server.log")
+
+    return _shared_server("mlflow", start)
 
 
 @pytest.fixture
@@ -24,19 +95,6 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     monkeypatch.setenv("MLOPS_STATE_DIR", str(state))
     monkeypatch.setenv("MLOPS_ENVIRONMENT", "test")
     yield state
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real MLflow tracking server (SQLite backend, local artifacts) on 127.0.0.1 for the session."""
-    from core.servers import start_mlflow
-
-    root = tmp_path_factory.mktemp("mlflow")
-    server = start_mlflow(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", root / "server.log")
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The collect and preprocess flows against real stores: SQLite, PostgreSQL, CSV and Parquet files.
 
-The flows run for real under a temporary Prefect server (one per module); the bad-input cases call
+The flows run for real against the test run's Prefect server (tests/conftest.py); the bad-input cases call
 core.data.collection.run_collection, the very function chain the flow's tasks call, to stay fast.
 Every run checks the accounting: loaded + quarantined == pulled.
 """
@@ -25,15 +25,6 @@ from core.settings import Settings, get_settings
 from demo.simulator import simulate, write_warehouse
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    """One temporary Prefect server for the module's flow runs (starting one costs ~15-30 s here)."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -99,7 +90,7 @@ def matured(url: str, delay_days: float = 3.0) -> pd.DataFrame:
 
 # ---- the flows, end to end ------------------------------------------------------------------------
 def test_flows_collect_incrementally_and_preprocess(
-    prefect_server: None, env: pytest.MonkeyPatch, warehouse_url: str
+    prefect_server: str, env: pytest.MonkeyPatch, warehouse_url: str
 ) -> None:
     from pipelines.collect import collect
     from pipelines.preprocess import preprocess
@@ -147,7 +138,7 @@ def test_flows_collect_incrementally_and_preprocess(
 
 
 def test_a_refused_batch_fails_the_flow_without_moving_the_watermark(
-    prefect_server: None, env: pytest.MonkeyPatch, warehouse_url: str
+    prefect_server: str, env: pytest.MonkeyPatch, warehouse_url: str
 ) -> None:
     from pipelines.collect import collect
 
