@@ -30,8 +30,8 @@ import json
 import logging
 import os
 import shutil
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from itertools import groupby
@@ -158,8 +158,28 @@ def _read_table(files: list[Path], contract: DatasetContract, schema: pa.Schema)
     key = contract.key_column
     if pc.count_distinct(table.column(key), mode="all").as_py() != table.num_rows:
         return to_arrow(_read_rows(files, contract), schema)
+    if _in_order(table, contract):  # the usual case: collection wrote the day in (time, key) order
+        return table
     order = [(c, "ascending") for c in (contract.timestamp_column, key) if c]
     return table.take(pc.sort_indices(table, sort_keys=order))
+
+
+def _in_order(table: pa.Table, contract: DatasetContract) -> bool:
+    """Whether the rows are already ordered by (time, key) (keys compared only where times tie)."""
+    key = table.column(contract.key_column)
+    ts_col = contract.timestamp_column
+    if ts_col is None or table.num_rows < 2:
+        return table.num_rows < 2
+    ts = np.asarray(table.column(ts_col).combine_chunks().view(pa.int64()).to_numpy(zero_copy_only=False))
+    step = np.diff(ts)
+    if (step < 0).any():
+        return False
+    ties = np.flatnonzero(step == 0)
+    if not ties.size:
+        return True
+    before = key.take(pa.array(ties))
+    after = key.take(pa.array(ties + 1))
+    return bool(pc.all(pc.less(before, after)).as_py())
 
 
 def _read_rows(files: list[Path], contract: DatasetContract) -> pd.DataFrame:
@@ -335,8 +355,10 @@ def _time_splits(
 ) -> _Splits:
     contract = settings.contract
     by_date = [(day, list(group)) for day, group in groupby(files, key=lambda p: p.parent.name)]
-    # Pass 1: unique keys per date (key column only), to place every row in time order.
-    counts = [_unique_keys(group, contract.key_column) for _, group in by_date]
+    # Pass 1: unique keys per date (key column only), to place every row in time order; two dates at a
+    # time (Parquet reads and Arrow's hashing run outside the GIL).
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess-keys") as pool:
+        counts = list(pool.map(lambda day: _unique_keys(day[1], contract.key_column), by_date))
     total = sum(counts)
     bounds = _bounds(total, settings)
     train_rows = bounds["train"][1]
@@ -345,9 +367,14 @@ def _time_splits(
     stats = {name: _SplitStats() for name in (*SPLITS, REFERENCE)}
     reference_parts: list[pa.Table] = []
     offset = 0
-    # Pass 2: route each date's rows (already in time order) to the splits they fall in. A day is read
-    # while the previous one is written (Parquet reads and writes run outside the GIL).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess-reader") as pool:
+    # Pass 2: route each date's rows (already in time order) to the splits they fall in. Three threads
+    # overlap: one reads and orders the next day, one writes Parquet (in order, at most a few slices
+    # behind), this one fingerprints and counts (Parquet and sha256 run outside the GIL).
+    written: deque[Future[None]] = deque()
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess-reader") as pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess-writer") as writer,
+    ):
         days = iter(by_date)
         ahead = pool.submit(_read_table, next(days)[1], contract, schema)
         for (_, group), n in zip(by_date, counts, strict=True):
@@ -361,13 +388,17 @@ def _time_splits(
                 a, b = max(lo, offset) - offset, min(hi, offset + n) - offset
                 if a < b:
                     rows = table.slice(a, b - a)
-                    writers[name].write_table(rows)
+                    written.append(writer.submit(writers[name].write_table, rows))
                     stats[name].add(rows, contract)
+            while len(written) > 2:
+                written.popleft().result()
             picked = reference_pos[(reference_pos >= offset) & (reference_pos < offset + n)] - offset
             if picked.size:
                 reference_parts.append(table.take(pa.array(picked)))
             offset += n
             del table
+        while written:
+            written.popleft().result()
     return total, stats, pa.concat_tables(reference_parts).combine_chunks()
 
 
