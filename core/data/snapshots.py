@@ -197,14 +197,20 @@ class QuarantineWriter:
         frame["_collected_at"] = self.collected_at
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self.path, self.schema, **PARQUET_OPTIONS)
+            self._writer = pq.ParquetWriter(self._partial, self.schema, **PARQUET_OPTIONS)
         self._writer.write_table(pa.Table.from_pandas(frame[self.columns], schema=self.schema, preserve_index=False))
         self.rows += len(frame)
+
+    @property
+    def _partial(self) -> Path:
+        """Where rows go until close: a run killed half-way leaves a hidden partial file, not a broken one."""
+        return self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            self._partial.replace(self.path)
 
 
 # ---- watermark ----------------------------------------------------------------------------------
