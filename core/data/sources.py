@@ -292,6 +292,8 @@ class SqlSource:
         path = sqlite_path(str(self.engine.url))
         params = [bounds[k].strftime("%Y-%m-%d %H:%M:%S.%f") for k in _bound_names(sql)]
         with adbc_sqlite.connect(str(path)) as conn, conn.cursor() as cur:
+            cur.execute("PRAGMA busy_timeout = 5000")  # wait for a writer's lock, as the engine's connections do
+            cur.fetchall()
             cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(_ADBC_BATCH_ROWS)})
             cur.execute(_positional(sql, "?"), params or None)
             yield from cur.fetch_record_batch()
