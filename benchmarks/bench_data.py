@@ -10,7 +10,9 @@
    Prefect flows' tasks call, and samples the peak RSS of its process tree.
 4. The same rows exported to Parquet files (not timed) are collected and preprocessed again from a
    Parquet source (parquet_source_rows_per_s).
-5. Writes benchmarks/results/data.json {rows, seconds, rows_per_s, peak_rss_mb, raw_read_rows_per_s,
+5. Kill safety: the same collection in a child process, SIGKILLed half-way through its pull, then run
+   again: kill_rerun.same_version_and_split_fingerprints says whether it gave the timed run's snapshot.
+6. Writes benchmarks/results/data.json {rows, seconds, rows_per_s, peak_rss_mb, raw_read_rows_per_s,
    parquet_source_rows_per_s, ...} and prints it.
 
 Run: ``make bench-data`` (10M rows), ``make bench-data BENCH_ARGS="--rows 1000000"`` (quick), or
@@ -156,6 +158,41 @@ def collect_and_preprocess(settings: Any) -> dict[str, Any]:
     return {"manifest": manifest, "processed": processed, "collect": t1 - t0, "preprocess": t2 - t1, "cpu": c2 - c0}
 
 
+def killed_and_rerun(settings: Any, files: int) -> dict[str, Any]:
+    """A collection of the same warehouse in a child process, SIGKILLed once it has staged half of the
+    ``files`` part files an uninterrupted run writes, then run again here: its processed version and
+    split fingerprints."""
+    state = WORK / "killed"
+    env = {
+        **os.environ,
+        "MLOPS_STATE_DIR": str(state),
+        "MLOPS_WAREHOUSE_URL": settings.warehouse_url,
+        "MLOPS_SPLITS__WINDOW_DAYS": "null",
+        "MLOPS_COLLECTION__CHUNK_ROWS": str(settings.collection.chunk_rows),
+    }
+    code = (
+        "from core.settings import get_settings; from core.data.collection import run_collection; "
+        f"run_collection(get_settings(), as_of={AS_OF!r})"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
+    staging = state / "data" / "staging"
+    deadline = time.monotonic() + 3600
+    while child.poll() is None and time.monotonic() < deadline:
+        if len(list(staging.rglob("part-*.parquet"))) >= max(1, files // 2):
+            break
+        time.sleep(0.01)
+    child.kill()
+    child.wait()
+    staged = len(list(staging.rglob("part-*.parquet")))
+    killed = child.returncode == -9 and not list((state / "data").glob("manifests/*.json"))
+    from core.settings import Settings
+
+    rerun = Settings(state_dir=state, warehouse_url=settings.warehouse_url, splits={"window_days": None})
+    rerun.collection.chunk_rows = settings.collection.chunk_rows
+    timed = collect_and_preprocess(rerun)
+    return {"killed_mid_run": killed, "files_staged_when_killed": staged, "processed": timed["processed"]}
+
+
 def run(rows: int, days: int | None, chunk_rows: int | None, keep: bool) -> dict[str, Any]:
     if WORK.exists():
         shutil.rmtree(WORK)
@@ -197,6 +234,12 @@ def run(rows: int, days: int | None, chunk_rows: int | None, keep: bool) -> dict
     if from_parquet["processed"]["rows"] != processed["rows"]:
         raise RuntimeError("the parquet source gave other splits than the warehouse")
     parquet_seconds = from_parquet["collect"] + from_parquet["preprocess"]
+    # Kill safety: killed half-way through its pull, then rerun, the same snapshot as the timed run.
+    kill = killed_and_rerun(settings, files=len(manifest["files"]))
+    fingerprints = {n: s["fingerprint"] for n, s in processed["splits"].items()}
+    same_snapshot = kill["processed"]["version"] == processed["version"] and fingerprints == {
+        n: s["fingerprint"] for n, s in kill["processed"]["splits"].items()
+    }
     result = {
         "rows": rows,
         "seconds": round(seconds, 2),
@@ -213,6 +256,13 @@ def run(rows: int, days: int | None, chunk_rows: int | None, keep: bool) -> dict
         "simulate_rows_per_s": round(rows / sim["seconds"]),
         "simulate_peak_rss_mb": round(sim_peak_mb, 1),
         "days": days,
+        "kill_rerun": {
+            "killed_mid_run": kill["killed_mid_run"],
+            "files_staged_when_killed": kill["files_staged_when_killed"],
+            "files_of_a_whole_run": len(manifest["files"]),
+            "same_version_and_split_fingerprints": same_snapshot,
+            "version": processed["version"],
+        },
         "rows_loaded": manifest["rows"]["loaded"],
         "rows_quarantined": manifest["rows"]["quarantined"],
         "raw_files": len(manifest["files"]),
