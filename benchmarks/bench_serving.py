@@ -60,6 +60,7 @@ TARGETS = {
     "rss_mb": ("<=", 400.0),
     # One worker's prediction log into PostgreSQL (COPY), rows a second (benchmarks/log_rate.py).
     "prediction_log_postgres_rows_per_s": (">=", 100_000.0),
+    "prediction_log_postgres_predict_slowdown": ("<=", 0.10),
 }
 
 
@@ -417,6 +418,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["prediction_log_postgres_rows_per_s"] = log_rates["postgres_copy"]["rows_per_s"]
     result["prediction_log_postgres_insert_rows_per_s"] = log_rates["postgres_insert"]["rows_per_s"]
     result["prediction_log_sqlite_rows_per_s"] = log_rates["sqlite"]["rows_per_s"]
+    result["prediction_log_postgres_predict_slowdown"] = log_rates["postgres_copy_predict"]["slowdown"]
+    result["prediction_log_postgres_insert_predict_slowdown"] = log_rates["postgres_insert_predict"]["slowdown"]
+    result["prediction_log"] = log_rates
     derived = {**result, "batch_vs_inprocess": inprocess_batch_s / batch_s}
     result["targets"] = {
         k: {"target": f"{op} {v:g}", "value": derived[k], "met": _met(op, derived[k], v)}

@@ -106,12 +106,61 @@ def postgres_database(host: str = "127.0.0.1", port: int = 5432, user: str = "po
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def predict_slowdown(url: str, settings: Settings, rows: int, *, copy: bool = True) -> dict[str, Any]:
+    """How much the writer thread slows the predictions that feed it: the same blocks predicted by a
+    model (a 150-tree random forest on one thread: about an API worker's batch rate here) with the log
+    writing every block into ``url`` (``copy=False``: PostgreSQL's INSERT path), and with no log,
+    alternately, 3 rounds each. On a 2-core machine the database server's own CPU counts in it too."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from serving.prediction_log import PredictionLog
+
+    blocks = _blocks(settings, rows)
+    numeric = [c for c in settings.contract.input_columns if blocks[0][0][c].dtype.kind in "fiub"]
+    features = [np.column_stack([np.nan_to_num(b[c].astype(float)) for c in numeric]) for b, _ in blocks]
+    rng = np.random.default_rng(0)
+    model = RandomForestClassifier(n_estimators=150, max_depth=10, n_jobs=1, random_state=0)
+    model.fit(features[0], rng.integers(0, 2, len(features[0])))
+
+    def round_(plog: PredictionLog | None, tag: str) -> float:
+        ids = [[f"{tag}-{i}-{j}" for j in range(n)] for i, (_, n) in enumerate(blocks)]  # not timed
+        started = time.perf_counter()
+        for (block, n), x, block_ids in zip(blocks, features, ids, strict=True):
+            proba = model.predict_proba(x)
+            if plog is not None:
+                plog.log_block({**block, "request_id": block_ids, "probability": proba[:, 1]}, n)
+        return rows / (time.perf_counter() - started)
+
+    with tempfile.TemporaryDirectory() as spool:
+        plog = PredictionLog(url, settings.contract, Path(spool), batch_rows=500, flush_s=0.05)
+        plog._copy = plog._copy and copy
+        plog.start()
+        try:
+            with_log, without = [], []
+            for r in range(3):
+                without.append(round_(None, f"off{r}"))
+                with_log.append(round_(plog, f"on{r}"))
+                plog.flush(600)
+        finally:
+            plog.stop(timeout=600)
+    best_with, best_without = max(with_log), max(without)
+    return {
+        "predict_rows_per_s_without_log": round(best_without),
+        "predict_rows_per_s_with_log": round(best_with),
+        "slowdown": round(1 - best_with / best_without, 3),
+    }
+
+
 def log_rates(settings: Settings, rows: int) -> dict[str, Any]:
-    """PostgreSQL with COPY and with INSERT, and SQLite, each into an empty log."""
+    """PostgreSQL with COPY and with INSERT, and SQLite, each into an empty log; and the slowdown of the
+    predictions feeding a COPY log."""
     out: dict[str, Any] = {}
     for name, copy in (("postgres_copy", True), ("postgres_insert", False)):
         with postgres_database() as url:
             out[name] = measure(url, settings, rows, copy=copy)
+    for name, copy in (("postgres_copy_predict", True), ("postgres_insert_predict", False)):
+        with postgres_database() as url:
+            out[name] = predict_slowdown(url, settings, rows, copy=copy)
     with tempfile.TemporaryDirectory() as folder:
         out["sqlite"] = measure(f"sqlite:///{folder}/log.db", settings, rows)
     return out
