@@ -16,7 +16,8 @@
    parquet_source_rows_per_s, ...} and prints it.
 
 Run: ``make bench-data`` (10M rows), ``make bench-data BENCH_ARGS="--rows 1000000"`` (quick), or
-``make bench-data BENCH_ARGS="--rows 100000000"`` (about 25 GB of disk under benchmarks/.work).
+``make bench-data BENCH_ARGS="--rows 100000000"`` (about 35 GB of disk under
+benchmarks/.work: SQLite 21 GB, the Parquet copies the rest).
 """
 
 from __future__ import annotations
