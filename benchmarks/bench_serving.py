@@ -14,7 +14,9 @@ The first family listed (logistic by default) is also measured in depth, as the 
   and as an Arrow stream (mlflow: dataframe_split JSON), plus five back to back (the sustained rate);
 - in process: one-row predict time (the floor), and the same batch through the same predict path,
   timed in the same rounds as the service's batches (and back to back, for reference);
-- resident memory per worker.
+- resident memory per worker;
+- the prediction log's write rate from one worker's writer into PostgreSQL (COPY, and the INSERT path it
+  replaced) and SQLite (benchmarks/log_rate.py, ``--log-rows`` rows).
 For logistic and hist_gradient_boosting, also the cost of reason codes in the same run: the p50 that
 ?explain=3 adds to a single-record /predict (explain_added_p50_ms_logistic, explain_added_p50_ms_hgb).
 Writes benchmarks/results/serving.json: the headline figures, a `families` section (per family: rps,
@@ -42,6 +44,7 @@ import psutil
 import pyarrow as pa
 
 from benchmarks.loadgen import build_request, load, send_once
+from benchmarks.log_rate import log_rates as measure_log_rates
 from benchmarks.record import write_result
 from core.servers import HOST, VENV_BIN, free_port, spawn, start_mlflow, stop_process_group, wait_http
 from core.settings import PROJECT_ROOT, get_settings
@@ -57,6 +60,9 @@ TARGETS = {
     "batch_vs_inprocess": (">=", 0.5),
     "cold_start_s": ("<=", 5.0),
     "rss_mb": ("<=", 400.0),
+    # One worker's prediction log into PostgreSQL (COPY), rows a second (benchmarks/log_rate.py).
+    "prediction_log_postgres_rows_per_s": (">=", 100_000.0),
+    "prediction_log_postgres_predict_slowdown": ("<=", 0.10),
 }
 
 
@@ -330,6 +336,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="comma-separated model families (default: every family the training flow can register); "
         "the first is also measured in depth (cold start, batches, memory)",
     )
+    parser.add_argument(
+        "--log-rows", type=int, default=200_000, help="rows logged to measure the prediction log's write rate"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -436,6 +445,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cold_start_s": statistics.median(deep["cold_starts_s"]),
         "rss_mb": deep["rss_mb"],
     }
+    _say(f"prediction log: {args.log_rows} rows into PostgreSQL (COPY, then INSERT) and SQLite")
+    log_rates = measure_log_rates(settings, args.log_rows)
+    result["prediction_log_postgres_rows_per_s"] = log_rates["postgres_copy"]["rows_per_s"]
+    result["prediction_log_postgres_insert_rows_per_s"] = log_rates["postgres_insert"]["rows_per_s"]
+    result["prediction_log_sqlite_rows_per_s"] = log_rates["sqlite"]["rows_per_s"]
+    result["prediction_log_postgres_predict_slowdown"] = log_rates["postgres_copy_predict"]["slowdown"]
+    result["prediction_log_postgres_insert_predict_slowdown"] = log_rates["postgres_insert_predict"]["slowdown"]
+    result["prediction_log"] = log_rates
     derived = {**result, "batch_vs_inprocess": inprocess_batch_s / batch_s}
     result["targets"] = {
         k: {"target": f"{op} {v:g}", "value": derived[k], "met": _met(op, derived[k], v)}

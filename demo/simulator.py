@@ -30,6 +30,7 @@ later append moves ``as_of`` past their maturity, as an operational system would
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from core.contract import DatasetContract
-from core.databases import engine_for
+from core.databases import engine_for, normalise_url, sqlite_path
 from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -501,6 +502,14 @@ def _pending_table(contract: DatasetContract, table: str, metadata: sa.MetaData)
     )
 
 
+def _append(conn: sa.Connection | None, bulk: _AdbcSqliteAppender | None, table: sa.Table, frame: pd.DataFrame) -> None:
+    if bulk is not None:
+        bulk.insert(table, frame)
+    else:
+        assert conn is not None
+        _insert(conn, table, frame)
+
+
 def _insert(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> None:
     """Append rows; NaN/NA become NULL."""
     if conn.dialect.name == "sqlite":
@@ -530,6 +539,36 @@ def _insert_sqlite(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) ->
         f"VALUES ({', '.join('?' for _ in names)})"
     )
     conn.exec_driver_sql(sql, list(clean[names].itertuples(index=False, name=None)))
+
+
+class _AdbcSqliteAppender:
+    """Appends to SQLite tables through ADBC's bulk ingest (Arrow columns bound in C: about three times
+    the rows a second of executemany over Python tuples), all appends in one transaction.
+
+    Used when every value has its column's type; the data_quality scenario's wrong types (text in a REAL
+    column) cannot be Arrow columns and go through SQLite's own driver instead.
+    """
+
+    def __init__(self, path: str) -> None:
+        import adbc_driver_sqlite.dbapi as adbc_sqlite
+
+        self.conn = adbc_sqlite.connect(path)
+
+    def insert(self, table: sa.Table, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+
+        out = frame[[c.name for c in table.columns]].copy()
+        for c in table.columns:
+            if isinstance(c.type, sa.DateTime) and pd.api.types.is_datetime64_any_dtype(out[c.name]):
+                out[c.name] = out[c.name].dt.strftime("%Y-%m-%d %H:%M:%S.%f")
+        with self.conn.cursor() as cur:
+            cur.adbc_ingest(table.name, pa.Table.from_pandas(out, preserve_index=False), mode="append")
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def write_warehouse(
@@ -585,7 +624,12 @@ def write_warehouse(
         delay = timedelta(days=contract.target.label_delay_days)
         cutoff = np.datetime64(as_of_dt - delay, "ns")
         written = 0
-        with engine.begin() as conn:
+        path = sqlite_path(normalise_url(url))
+        bulk = _AdbcSqliteAppender(str(path)) if path is not None and scenario != "data_quality" else None
+        with contextlib.ExitStack() as stack:
+            slow = None if bulk is not None else stack.enter_context(engine.begin())
+            if bulk is not None:
+                stack.callback(bulk.close)
             for chunk in iter_simulate(
                 n_rows,
                 seed=seed,
@@ -609,10 +653,13 @@ def write_warehouse(
                             "known_at": chunk.loc[immature, ts_col] + delay,
                         }
                     )
-                    _insert(conn, pending, feed)
+                    _append(slow, bulk, pending, feed)
                     chunk[target] = chunk[target].mask(immature)
-                _insert(conn, main, chunk)
+                _append(slow, bulk, main, chunk)
                 written += len(chunk)
+            if bulk is not None:
+                bulk.commit()
+        with engine.begin() as conn:
             backfilled = _backfill_labels(conn, main, pending, contract, as_of_dt)
     finally:
         engine.dispose()

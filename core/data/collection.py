@@ -22,20 +22,27 @@ Always checked: loaded + quarantined == pulled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import queue
 import shutil
+import threading
 import uuid
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from core.contract import ROW_KEY
-from core.data.rules import row_keys, to_timestamps
+from core.data.rules import row_keys, timestamps_of
 from core.data.snapshots import (
     PartFile,
     QuarantineWriter,
@@ -47,10 +54,11 @@ from core.data.snapshots import (
     write_watermark,
 )
 from core.data.sources import Watermark, Window, open_source
-from core.data.validation import SchemaMismatchError, check_columns, validate_batch
+from core.data.validation import SchemaMismatchError, check_columns, validate_table
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class CollectionError(RuntimeError):
@@ -162,7 +170,13 @@ def plan_window(settings: Settings, as_of: str | None = None, run_id: str | None
 
 
 def pull_and_stage(settings: Settings, plan: CollectionPlan) -> PullResult:
-    """Read the window chunk by chunk, validate each chunk, stage valid rows and quarantine the rest."""
+    """Read the window chunk by chunk, validate each chunk, stage valid rows and quarantine the rest.
+
+    Three stages overlap, each in its own thread, joined by bounded queues (a few chunks in memory at
+    any time, whatever the source's size): the source's reader (ADBC / pyarrow, outside the GIL), the
+    checker (this thread), and the writer (fingerprints and Parquet, outside the GIL). The writer takes
+    chunks in the order they were read, so the same source gives the same part files in every run.
+    """
     contract = settings.contract
     paths = _paths(settings, plan.run_id)
     # A retried attempt starts clean: staged files of a failed attempt are not half-counted.
@@ -171,32 +185,30 @@ def pull_and_stage(settings: Settings, plan: CollectionPlan) -> PullResult:
     quarantine = QuarantineWriter(paths["quarantine"], contract.column_names, plan.run_id, plan.started_at)
     source = open_source(settings)
     seen_keys: dict[int, int] = {}  # row-key occurrence counts across this run's chunks
+    writer = _StagingWriter(paths["staging"], contract, quarantine)
     try:
-        for chunk in source.read(plan.window, settings.collection.chunk_rows):
-            checked = validate_batch(chunk, contract)
-            if contract.id_column is None and len(checked.valid):
-                table = checked.valid_table
-                assert table is not None
-                checked.valid[ROW_KEY] = row_keys(table, contract.column_names, seen_keys).to_numpy(
-                    zero_copy_only=False
-                )
-            if checked.rows != len(chunk):
-                raise RuntimeError(f"accounting broke: {len(chunk)} rows pulled, {checked.rows} validated")
-            result.pulled += len(chunk)
-            result.loaded += len(checked.valid)
+        for chunk in prefetch(source.read_arrow(plan.window, settings.collection.chunk_rows), depth=2):
+            checked = validate_table(chunk, contract)
+            valid = checked.valid
+            if contract.id_column is None and valid.num_rows:
+                valid = valid.append_column(ROW_KEY, row_keys(valid, contract.column_names, seen_keys))
+            if checked.rows != chunk.num_rows:
+                raise RuntimeError(f"accounting broke: {chunk.num_rows} rows pulled, {checked.rows} validated")
+            result.pulled += chunk.num_rows
+            result.loaded += valid.num_rows
             result.quarantined += len(checked.quarantined)
             result.fault_counts.update(checked.fault_counts)
             result.column_counts.update(checked.column_counts)
             for col, counts in checked.unknown_categories.items():
                 result.unknown_categories.setdefault(col, Counter()).update(counts)
-            result.parts.extend(write_partitions(checked.valid, paths["staging"], contract))
-            quarantine.write(checked.quarantined)
+            writer.submit(valid, checked.quarantined)
             if contract.timestamp_column is not None:
-                result.newest = _newest(result.newest, chunk, settings)
-            # Let this chunk go before the reader builds the next one: halves the peak memory.
-            del chunk, checked
-        result.unplaceable_ids = _quarantine_unplaceable(settings, source, quarantine)
+                result.newest = _newest(result.newest, chunk, checked.timestamps, contract)
+            del chunk, checked, valid
+        result.parts = writer.drain()
+        result.unplaceable_ids = _quarantine_unplaceable(settings, source, quarantine, plan.unusable_timestamps)
     finally:
+        writer.close()
         quarantine.close()
         source.close()
     if quarantine.rows:
@@ -208,17 +220,95 @@ def pull_and_stage(settings: Settings, plan: CollectionPlan) -> PullResult:
     return result
 
 
+_DONE = object()
+
+
+def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
+    """``items``, produced in a background thread at most ``depth`` ahead of the consumer.
+
+    An error in the producer is raised in the consumer; a consumer that stops early stops the producer.
+    """
+    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(_DONE)
+        except BaseException as exc:
+            slots.put(exc)
+
+    thread = threading.Thread(target=produce, name="collect-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                slots.get(timeout=0.1)
+        thread.join()
+
+
+class _StagingWriter:
+    """Writes checked chunks (part files by date, quarantined rows) in one thread, in submission order,
+    with at most two chunks waiting."""
+
+    def __init__(self, staging: Path, contract: Any, quarantine: QuarantineWriter) -> None:
+        self.staging = staging
+        self.contract = contract
+        self.quarantine = quarantine
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collect-writer")
+        self.pending: deque[Future[list[PartFile]]] = deque()
+        self.parts: list[PartFile] = []
+
+    def _write(self, valid: pa.Table, quarantined: pd.DataFrame) -> list[PartFile]:
+        parts = write_partitions(valid, self.staging, self.contract)
+        self.quarantine.write(quarantined)
+        return parts
+
+    def submit(self, valid: pa.Table, quarantined: pd.DataFrame) -> None:
+        while len(self.pending) >= 2:
+            self.parts.extend(self.pending.popleft().result())
+        self.pending.append(self.pool.submit(self._write, valid, quarantined))
+
+    def drain(self) -> list[PartFile]:
+        while self.pending:
+            self.parts.extend(self.pending.popleft().result())
+        return self.parts
+
+    def close(self) -> None:
+        for future in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True)
+
+
 def _unplaceable_path(settings: Settings) -> Path:
     return settings.data_dir / "state" / "unplaceable_ids.json"
 
 
-def _quarantine_unplaceable(settings: Settings, source: Any, quarantine: QuarantineWriter) -> list[str]:
+def _quarantine_unplaceable(settings: Settings, source: Any, quarantine: QuarantineWriter, expected: int) -> list[str]:
     """Quarantine source rows whose timestamp is NULL or not a time, once each (ids kept in state).
 
     No window can hold them, so without this they would sit in the source unseen by every run.
+    ``expected`` is the plan's count of such rows: none (the usual case) spares a scan of the source.
     """
     contract = settings.contract
-    if contract.timestamp_column is None:
+    if contract.timestamp_column is None or expected == 0:
         return []
     rows = source.unusable_rows()
     if rows.empty:
@@ -252,15 +342,17 @@ def _remember_unplaceable(settings: Settings, ids: list[str]) -> None:
         write_json_atomic(_unplaceable_path(settings), {"ids": sorted(_unplaceable_seen(settings) | set(ids))})
 
 
-def _newest(current: Watermark, chunk: pd.DataFrame, settings: Settings) -> Watermark:
-    contract = settings.contract
-    ts = to_timestamps(chunk[contract.timestamp_column])
-    if ts.isna().all():
+def _newest(current: Watermark, chunk: pa.Table, stamps: np.ndarray | None, contract: Any) -> Watermark:
+    """The newest (timestamp, id) of the pulled rows so far; ``stamps`` are the chunk's times as checked."""
+    ts = stamps if stamps is not None else timestamps_of(chunk.column(contract.timestamp_column))
+    usable = ~np.isnat(ts)
+    if not usable.any():
         return current
-    top = ts.max()
+    top = ts[usable].max()
     newest_id = None
     if contract.id_column is not None:
-        newest_id = str(chunk.loc[(ts == top).to_numpy(), contract.id_column].astype(str).max())
+        tied = chunk.column(contract.id_column).take(pa.array(np.flatnonzero(ts == top)))
+        newest_id = str(tied.to_pandas().astype(str).max())
     candidate = Watermark(timestamp=pd.Timestamp(top).to_pydatetime(), id=newest_id)
     if current.timestamp is None or (candidate.timestamp, candidate.id or "") > (current.timestamp, current.id or ""):
         return candidate

@@ -252,7 +252,7 @@ class ContractChecker:
         for name in self.columns:
             if name in missing:
                 continue
-            raw = data.column(name) if isinstance(data, pa.Table) else _arrow_from_pandas(data[name])
+            raw = data.column(name) if isinstance(data, pa.Table) else arrow_from_pandas(data[name])
             if isinstance(raw, pa.ChunkedArray):
                 raw = raw.combine_chunks()
             result.typed[name] = self._check_column(self.rules[name], raw, n, result)
@@ -387,7 +387,7 @@ def _mask(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(a.to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _arrow_from_pandas(s: pd.Series) -> pa.Array:
+def arrow_from_pandas(s: pd.Series) -> pa.Array:
     """A pandas column as one Arrow array; a mixed object column (numbers and text from a database that
     stores what it is given) becomes text, so each value is typed by the rules, not by the reader."""
     if isinstance(s.dtype, pd.CategoricalDtype):
@@ -453,6 +453,12 @@ def _as_bool(raw: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 _NS_LIMIT = np.iinfo(np.int64).max // 1_000_000_000  # seconds from the epoch that nanoseconds can hold
 
 
+def timestamps_of(raw: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Raw values as naive-UTC datetime64[ns] (NaT where a value is not a time): the checker's reading,
+    for callers that place rows in time (collection's window and watermark, partitions)."""
+    return _as_timestamps(raw.combine_chunks() if isinstance(raw, pa.ChunkedArray) else raw)
+
+
 def _as_timestamps(raw: pa.Array) -> np.ndarray:
     t = raw.type
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
@@ -478,8 +484,15 @@ def _as_timestamps(raw: pa.Array) -> np.ndarray:
     if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)):
         # Lists, structs, binary... (a JSON batch can send anything): not a timestamp, never a crash.
         return np.full(len(raw), np.datetime64("NaT"), dtype="datetime64[ns]")
+    text = raw.cast(pa.string())
+    try:
+        # The usual case, every value plain ISO 8601 without an offset: Arrow's parser, no Python per value.
+        fast = text.cast(pa.timestamp("ns"))
+        return np.asarray(fast.view(pa.int64()).fill_null(np.iinfo(np.int64).min).to_numpy(), dtype="datetime64[ns]")
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass  # an offset, epoch seconds, spaces, junk, a time past 2262: the reading below
     # Text: each distinct value is parsed once.
-    encoded = pc.dictionary_encode(raw.cast(pa.string()))
+    encoded = pc.dictionary_encode(text)
     parsed = to_timestamps(pd.Series(encoded.dictionary.to_pylist(), dtype=object)).to_numpy(dtype="datetime64[ns]")
     parsed = np.append(parsed, np.datetime64("NaT", "ns"))
     codes = encoded.indices.fill_null(len(encoded.dictionary)).to_numpy(zero_copy_only=False)

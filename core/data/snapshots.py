@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.ipc
@@ -104,27 +105,50 @@ class PartFile:
 UNORDERED_PARTITION = "all"
 
 
-def write_partitions(frame: pd.DataFrame, root: Path, contract: DatasetContract) -> list[PartFile]:
-    """Write ``frame`` as one file per event date under ``root`` (one ``all`` partition for a contract
-    without a timestamp); existing identical files are kept."""
-    if frame.empty:
+def write_partitions(
+    rows: pd.DataFrame | pa.Table, root: Path, contract: DatasetContract, timestamps: np.ndarray | None = None
+) -> list[PartFile]:
+    """Write ``rows`` as one file per event date under ``root`` (one ``all`` partition for a contract
+    without a timestamp); existing identical files are kept.
+
+    ``rows`` is a checked Arrow table (collection) or a typed DataFrame; ``timestamps`` may give the rows'
+    times already read (datetime64[ns]), else they are taken from the timestamp column.
+    """
+    if len(rows) == 0:
         return []
     schema = arrow_schema(contract)
+    table = rows.select(schema.names).cast(schema) if isinstance(rows, pa.Table) else to_arrow(rows, schema)
     if contract.timestamp_column is None:
-        groups: list[tuple[str, pd.DataFrame]] = [(UNORDERED_PARTITION, frame)]
+        groups: list[tuple[str, pa.Table]] = [(UNORDERED_PARTITION, table)]
     else:
-        dates = frame[contract.timestamp_column].dt.strftime("%Y-%m-%d")
-        groups = [(str(day), group) for day, group in frame.groupby(dates.to_numpy(), sort=True)]
+        if timestamps is None:
+            column = table.column(contract.timestamp_column).combine_chunks()
+            timestamps = np.asarray(column.view(pa.int64()).to_numpy(zero_copy_only=False)).view("datetime64[ns]")
+        days = timestamps.astype("datetime64[D]")
+        first, last = days.min(), days.max()
+        if first == last:  # one day in the chunk: no reordering
+            groups = [(str(first), table)]
+        elif (days[1:] >= days[:-1]).all():  # rows in time order (a SQL source): each day is a slice, no copy
+            starts = np.flatnonzero(np.r_[True, days[1:] != days[:-1]])
+            ends = np.r_[starts[1:], len(days)]
+            groups = [(str(days[a]), table.slice(a, b - a)) for a, b in zip(starts, ends, strict=True)]
+        else:
+            order = np.argsort(days, kind="stable")  # rows of a day keep their order
+            sorted_days = days[order]
+            starts = np.flatnonzero(np.r_[True, sorted_days[1:] != sorted_days[:-1]])
+            ends = np.r_[starts[1:], len(order)]
+            groups = [
+                (str(sorted_days[a]), table.take(pa.array(order[a:b]))) for a, b in zip(starts, ends, strict=True)
+            ]
     parts: list[PartFile] = []
     for day, group in groups:
-        table = to_arrow(group, schema)
-        fp = fingerprint(table)
+        fp = fingerprint(group)
         folder = UNORDERED_PARTITION if day == UNORDERED_PARTITION else f"date={day}"
         rel = f"{folder}/part-{fp[:24]}.parquet"
         target = root / rel
         if not target.exists():
-            write_parquet_atomic(table, target)
-        parts.append(PartFile(path=rel, date=day, rows=table.num_rows, fingerprint=fp))
+            write_parquet_atomic(group, target)
+        parts.append(PartFile(path=rel, date=day, rows=group.num_rows, fingerprint=fp))
     return parts
 
 
@@ -173,14 +197,20 @@ class QuarantineWriter:
         frame["_collected_at"] = self.collected_at
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self.path, self.schema, **PARQUET_OPTIONS)
+            self._writer = pq.ParquetWriter(self._partial, self.schema, **PARQUET_OPTIONS)
         self._writer.write_table(pa.Table.from_pandas(frame[self.columns], schema=self.schema, preserve_index=False))
         self.rows += len(frame)
+
+    @property
+    def _partial(self) -> Path:
+        """Where rows go until close: a run killed half-way leaves a hidden partial file, not a broken one."""
+        return self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            self._partial.replace(self.path)
 
 
 # ---- watermark ----------------------------------------------------------------------------------

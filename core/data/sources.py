@@ -7,7 +7,15 @@ what is its newest timestamp (its clock), and which rows fall in a window
 raw values (strings stay strings): typing is the checker's job, so that a wrong type becomes a
 quarantined row with a reason instead of a crashed read.
 
-The watermark tie-break on the id column is applied in pandas, not SQL, so that string collation
+Rows are read as Arrow columns: SQLite and PostgreSQL through ADBC (no Python object per value),
+Parquet through pyarrow datasets; other SQL dialects and CSV through pandas, converted once per chunk.
+SQLite stores whatever it is given: when a column holds values of two types (text in a FLOAT column),
+ADBC refuses the batch and the read continues from that row through SQLite's own driver, which returns
+the values as they are, for the checker to type and quarantine. Chunks hold exactly ``chunk_rows``
+rows of the ordered read (before the window's fine filter), so the same source gives the same chunks
+and the same part files in every run.
+
+The watermark tie-break on the id column is applied in Python's string order, not SQL, so that string collation
 differences between databases cannot skip or repeat rows. Without an id column the window starts *at*
 the watermark's time, so rows that share the newest time of the last run are read again rather than
 missed; the row keys collection derives make the second copy a duplicate that preprocessing drops.
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -24,14 +33,19 @@ from datetime import datetime
 from typing import Any, Literal
 
 import fsspec
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from core.contract import DatasetContract
-from core.data.rules import to_timestamps
-from core.databases import engine_for
+from core.data.rules import arrow_from_pandas, timestamps_of, to_timestamps
+from core.databases import engine_for, sqlite_path
 from core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,77 @@ class Window:
 
 class SourceError(RuntimeError):
     """The source cannot be read as configured."""
+
+
+def _select_window_arrow(table: pa.Table, window: Window | None, contract: DatasetContract) -> pa.Table:
+    """The rows of ``table`` inside the window (rows whose timestamp is unusable are left out)."""
+    if window is None or contract.timestamp_column is None or not table.num_rows:
+        return table
+    ts = timestamps_of(table.column(contract.timestamp_column))
+    keep = ~np.isnat(ts) & (ts <= _ns(window.until))
+    since = window.since
+    if since.timestamp is not None:
+        wm = _ns(since.timestamp)
+        if contract.id_column is None:
+            keep &= ts >= wm
+        else:
+            tie = np.flatnonzero(keep & (ts == wm))
+            keep &= ts > wm
+            if tie.size:  # the id decides, in Python's string order, for the rows at the watermark's time
+                ids = table.column(contract.id_column).take(pa.array(tie)).to_pandas().astype(str)
+                keep[tie[(ids > (since.id or "")).to_numpy()]] = True
+    if keep.all():  # the usual case: no copy
+        return table
+    return table.filter(pa.array(keep))
+
+
+def _ns(moment: datetime) -> np.datetime64:
+    return np.datetime64(pd.Timestamp(moment).value, "ns")
+
+
+def _rechunk(pieces: Iterable[pa.Table | pa.RecordBatch], chunk_rows: int) -> Iterator[pa.Table]:
+    """Exactly ``chunk_rows`` rows per chunk (the last one fewer), whatever sizes the reader returns."""
+    pending: list[pa.Table] = []
+    held = 0
+    for piece in pieces:
+        if not piece.num_rows:
+            continue
+        table = pa.Table.from_batches([piece]) if isinstance(piece, pa.RecordBatch) else piece
+        pending.append(table)
+        held += table.num_rows
+        while held >= chunk_rows:
+            whole = _concat(pending)
+            yield whole.slice(0, chunk_rows).combine_chunks()
+            rest = whole.slice(chunk_rows)
+            pending, held = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
+    if held:
+        yield _concat(pending).combine_chunks()
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """One table; a column whose pieces disagree on type (SQLite: a batch where text met numbers, typed as
+    text, beside a batch of numbers) becomes text, for the checker to type value by value."""
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        names = tables[0].column_names
+        mixed = {n for n in names if len({t.schema.field(n).type for t in tables}) > 1}
+        return pa.concat_tables(
+            [
+                t.select(names).cast(
+                    pa.schema([(n, pa.string() if n in mixed else t.schema.field(n).type) for n in names])
+                )
+                for t in tables
+            ],
+            promote_options="permissive",
+        )
+
+
+def frame_to_arrow(frame: pd.DataFrame) -> pa.Table:
+    """A raw pandas chunk as Arrow, column by column; a mixed object column becomes text (the checker types it)."""
+    return pa.Table.from_arrays([arrow_from_pandas(frame[c]) for c in frame.columns], names=[str(c) for c in frame])
 
 
 def _select_window(frame: pd.DataFrame, window: Window | None, contract: DatasetContract) -> tuple[pd.DataFrame, int]:
@@ -153,6 +238,11 @@ class SqlSource:
             return self.rename.frame(pd.read_sql(sa.text(f"SELECT * FROM {self._from} WHERE {self._unusable}"), conn))
 
     def read(self, window: Window | None, chunk_rows: int) -> Iterator[pd.DataFrame]:
+        for table in self.read_arrow(window, chunk_rows):
+            yield table.to_pandas()
+
+    def read_arrow(self, window: Window | None, chunk_rows: int) -> Iterator[pa.Table]:
+        """The window's rows as Arrow tables of raw values under the contract's names."""
         bounds: dict[str, datetime] = {}
         sql = f"SELECT * FROM {self._from}"
         if window is not None and self._ts is not None:
@@ -163,13 +253,59 @@ class SqlSource:
                 f"{self._ts} {op} :{name}" for name, op in (("until", "<="), ("since", ">=")) if name in bounds
             )
             sql += f" WHERE {where} ORDER BY {self._order}"
-        chunks = self._read_sqlite(sql, bounds, chunk_rows) if self.engine.dialect.name == "sqlite" else None
-        if chunks is None:
-            chunks = self._read_sqlalchemy(sql, bounds, chunk_rows)
-        for chunk in chunks:
-            rows, _ = _select_window(self.rename.frame(chunk), window, self.contract)
-            if len(rows):
+        for chunk in self._chunks(sql, bounds, chunk_rows):
+            rows = _select_window_arrow(self.rename.table(chunk), window, self.contract)
+            if rows.num_rows:
                 yield rows
+
+    def _chunks(self, sql: str, bounds: dict[str, datetime], chunk_rows: int) -> Iterator[pa.Table]:
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite" and sqlite_path(str(self.engine.url)) is not None:
+            done = 0
+            try:
+                for chunk in _rechunk(self._read_adbc_sqlite(sql, bounds), chunk_rows):
+                    yield chunk
+                    done += chunk.num_rows
+                return
+            except OSError as exc:  # adbc's "Type mismatch in column": SQLite holds mixed types
+                if "mismatch" not in str(exc).lower():
+                    raise
+                log.info("%s: %s; reading on from row %d through SQLite's driver", self.description, exc, done)
+            # From the first row not yet returned, through the driver that reads values as they are.
+            skipped = 0
+            for frame in self._read_sqlite(sql, bounds, chunk_rows):
+                if skipped + len(frame) <= done:
+                    skipped += len(frame)
+                    continue
+                yield frame_to_arrow(frame.iloc[max(0, done - skipped) :].reset_index(drop=True))
+                skipped += len(frame)
+            return
+        if dialect == "postgresql":
+            yield from _rechunk(self._read_adbc_postgresql(sql, bounds), chunk_rows)
+            return
+        for frame in self._read_sqlalchemy(sql, bounds, chunk_rows):
+            yield frame_to_arrow(frame)
+
+    def _read_adbc_sqlite(self, sql: str, bounds: dict[str, datetime]) -> Iterator[pa.RecordBatch]:
+        import adbc_driver_sqlite.dbapi as adbc_sqlite
+
+        path = sqlite_path(str(self.engine.url))
+        params = [bounds[k].strftime("%Y-%m-%d %H:%M:%S.%f") for k in _bound_names(sql)]
+        with adbc_sqlite.connect(str(path)) as conn, conn.cursor() as cur:
+            cur.execute("PRAGMA busy_timeout = 5000")  # wait for a writer's lock, as the engine's connections do
+            cur.fetchall()
+            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(_ADBC_BATCH_ROWS)})
+            cur.execute(_positional(sql, "?"), params or None)
+            yield from cur.fetch_record_batch()
+
+    def _read_adbc_postgresql(self, sql: str, bounds: dict[str, datetime]) -> Iterator[pa.RecordBatch]:
+        import adbc_driver_postgresql.dbapi as adbc_pg
+
+        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        params = [bounds[k] for k in _bound_names(sql)]
+        with adbc_pg.connect(url) as conn, conn.cursor() as cur:
+            cur.execute(_positional(sql, "$"), params or None)
+            yield from cur.fetch_record_batch()
 
     def _read_sqlalchemy(self, sql: str, bounds: dict[str, datetime], chunk_rows: int) -> Iterator[pd.DataFrame]:
         query = sa.text(sql)
@@ -191,6 +327,22 @@ class SqlSource:
             yield from pd.read_sql(sql, driver, params=params, chunksize=chunk_rows)  # type: ignore[arg-type]
         finally:
             raw.close()
+
+
+_ADBC_BATCH_ROWS = 65_536
+_BIND = re.compile(r":(since|until)\b")
+
+
+def _bound_names(sql: str) -> list[str]:
+    return _BIND.findall(sql)
+
+
+def _positional(sql: str, style: str) -> str:
+    """``:since`` / ``:until`` as ``?`` (SQLite) or ``$1, $2`` (PostgreSQL), in order of appearance."""
+    if style == "?":
+        return _BIND.sub("?", sql)
+    counter = iter(range(1, 100))
+    return _BIND.sub(lambda _: f"${next(counter)}", sql)
 
 
 # ---- files --------------------------------------------------------------------------------------
@@ -297,9 +449,20 @@ class FileSource:
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=self.columns())
 
     def read(self, window: Window | None, chunk_rows: int) -> Iterator[pd.DataFrame]:
-        for chunk in self._chunks(chunk_rows):
-            rows, _ = _select_window(chunk, window, self.contract)
-            if len(rows):
+        for table in self.read_arrow(window, chunk_rows):
+            yield table.to_pandas()
+
+    def read_arrow(self, window: Window | None, chunk_rows: int) -> Iterator[pa.Table]:
+        """The window's rows as Arrow tables of raw values (CSV: every value as text) under the contract's names."""
+        if self.kind == "csv":
+            chunks: Iterable[pa.Table] = (frame_to_arrow(c) for c in self._chunks(chunk_rows))
+        else:
+            dataset = pads.dataset(self.files, format="parquet", filesystem=self.fs)
+            batches = dataset.to_batches(batch_size=chunk_rows, batch_readahead=2, fragment_readahead=1)
+            chunks = (self.rename.table(c) for c in _rechunk(batches, chunk_rows))
+        for chunk in chunks:
+            rows = _select_window_arrow(chunk, window, self.contract)
+            if rows.num_rows:
                 yield rows
 
 
@@ -318,6 +481,9 @@ class Renamer:
 
     def frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         return frame.rename(columns=self.to_contract) if self.to_contract else frame
+
+    def table(self, table: pa.Table) -> pa.Table:
+        return table.rename_columns(self.names(table.column_names)) if self.to_contract else table
 
 
 Source = SqlSource | FileSource

@@ -30,7 +30,8 @@ import json
 import logging
 import os
 import shutil
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from itertools import groupby
@@ -40,6 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.contract import DatasetContract
@@ -118,18 +120,19 @@ class _SplitStats:
 
     classes: Counter[str] = field(default_factory=Counter)
 
-    def add(self, rows: pd.DataFrame, table: pa.Table, contract: DatasetContract) -> None:
-        if rows.empty:
+    def add(self, table: pa.Table, contract: DatasetContract) -> None:
+        if not table.num_rows:
             return
-        self.rows += len(rows)
+        self.rows += table.num_rows
         if contract.is_classification:
-            labels = rows[contract.target.name]
+            labels = table.column(contract.target.name).to_pandas()
             self.positives += int((labels == contract.target.positive_class).sum())
             self.classes.update({str(k): int(v) for k, v in labels.value_counts().items()})
         if contract.timestamp_column is not None:
-            ts = rows[contract.timestamp_column]
-            self.start = ts.min() if self.start is None else min(self.start, ts.min())
-            self.end = ts.max() if self.end is None else max(self.end, ts.max())
+            bounds = pc.min_max(table.column(contract.timestamp_column))
+            low, high = pd.Timestamp(bounds["min"].value), pd.Timestamp(bounds["max"].value)
+            self.start = low if self.start is None else min(self.start, low)
+            self.end = high if self.end is None else max(self.end, high)
         self.fingerprint.update(table)
 
     def to_dict(self, contract: DatasetContract) -> dict[str, Any]:
@@ -146,6 +149,37 @@ class _SplitStats:
 def _unique_keys(files: list[Path], key_column: str) -> int:
     keys = pa.concat_tables([pq.read_table(f, columns=[key_column]) for f in files]).column(0)
     return len(keys.unique())
+
+
+def _read_table(files: list[Path], contract: DatasetContract, schema: pa.Schema) -> pa.Table:
+    """:func:`_read_rows` in Arrow: a day's rows deduplicated by key and ordered by (time, key), no pandas
+    unless a key repeats (then the pandas path decides which copy stays, as it always has)."""
+    table = pa.concat_tables([pq.read_table(f, schema=schema) for f in files]).combine_chunks()
+    key = contract.key_column
+    if pc.count_distinct(table.column(key), mode="all").as_py() != table.num_rows:
+        return to_arrow(_read_rows(files, contract), schema)
+    if _in_order(table, contract):  # the usual case: collection wrote the day in (time, key) order
+        return table
+    order = [(c, "ascending") for c in (contract.timestamp_column, key) if c]
+    return table.take(pc.sort_indices(table, sort_keys=order))
+
+
+def _in_order(table: pa.Table, contract: DatasetContract) -> bool:
+    """Whether the rows are already ordered by (time, key) (keys compared only where times tie)."""
+    key = table.column(contract.key_column)
+    ts_col = contract.timestamp_column
+    if ts_col is None or table.num_rows < 2:
+        return table.num_rows < 2
+    ts = np.asarray(table.column(ts_col).combine_chunks().view(pa.int64()).to_numpy(zero_copy_only=False))
+    step = np.diff(ts)
+    if (step < 0).any():
+        return False
+    ties = np.flatnonzero(step == 0)
+    if not ties.size:
+        return True
+    before = key.take(pa.array(ties))
+    after = key.take(pa.array(ties + 1))
+    return bool(pc.all(pc.less(before, after)).as_py())
 
 
 def _read_rows(files: list[Path], contract: DatasetContract) -> pd.DataFrame:
@@ -253,9 +287,8 @@ def build_splits(settings: Settings) -> dict[str, Any]:
             for w in writers.values():
                 w.close()
         warnings += check_classes(stats, contract)
-        reference_table = to_arrow(reference, schema)
-        pq.write_table(reference_table, tmp / f"{REFERENCE}.parquet", **PARQUET_OPTIONS)
-        stats[REFERENCE].add(reference, reference_table, contract)
+        pq.write_table(reference, tmp / f"{REFERENCE}.parquet", **PARQUET_OPTIONS)
+        stats[REFERENCE].add(reference, contract)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -275,7 +308,7 @@ def build_splits(settings: Settings) -> dict[str, Any]:
             "note": ("newest rows" if strategy == "time" else f"a {strategy} share of the rows")
             + ", reserved for promotion decisions; this version directory is never rewritten",
         },
-        "reference": {"sampled_from": "train", "seed": settings.seed, "rows": len(reference)},
+        "reference": {"sampled_from": "train", "seed": settings.seed, "rows": reference.num_rows},
         "inputs": {"raw_files": len(files), "raw_fingerprints": [f.stem.removeprefix("part-") for f in files]},
         "warnings": warnings,
     }
@@ -305,7 +338,7 @@ def _window_warning(every_file: list[Path], kept: list[Path], settings: Settings
     ]
 
 
-_Splits = tuple[int, dict[str, _SplitStats], pd.DataFrame]
+_Splits = tuple[int, dict[str, _SplitStats], pa.Table]
 
 
 def _bounds(total: int, settings: Settings) -> dict[str, tuple[int, int]]:
@@ -322,33 +355,51 @@ def _time_splits(
 ) -> _Splits:
     contract = settings.contract
     by_date = [(day, list(group)) for day, group in groupby(files, key=lambda p: p.parent.name)]
-    # Pass 1: unique keys per date (key column only), to place every row in time order.
-    counts = [_unique_keys(group, contract.key_column) for _, group in by_date]
+    # Pass 1: unique keys per date (key column only), to place every row in time order; two dates at a
+    # time (Parquet reads and Arrow's hashing run outside the GIL).
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess-keys") as pool:
+        counts = list(pool.map(lambda day: _unique_keys(day[1], contract.key_column), by_date))
     total = sum(counts)
     bounds = _bounds(total, settings)
     train_rows = bounds["train"][1]
     rng = np.random.default_rng(settings.seed)
     reference_pos = np.sort(rng.choice(train_rows, size=min(settings.splits.reference_rows, train_rows), replace=False))
     stats = {name: _SplitStats() for name in (*SPLITS, REFERENCE)}
-    reference_parts: list[pd.DataFrame] = []
+    reference_parts: list[pa.Table] = []
     offset = 0
-    # Pass 2: route each date's rows (already in time order) to the splits they fall in.
-    for (_, group), n in zip(by_date, counts, strict=True):
-        frame = _read_rows(group, contract)
-        if len(frame) != n:
-            raise PreprocessError(f"raw partition {group[0].parent} changed while preprocessing")
-        for name, (lo, hi) in bounds.items():
-            a, b = max(lo, offset) - offset, min(hi, offset + n) - offset
-            if a < b:
-                rows = frame.iloc[a:b]
-                table = to_arrow(rows, schema)
-                writers[name].write_table(table)
-                stats[name].add(rows, table, contract)
-        picked = reference_pos[(reference_pos >= offset) & (reference_pos < offset + n)] - offset
-        if picked.size:
-            reference_parts.append(frame.iloc[picked])
-        offset += n
-    return total, stats, pd.concat(reference_parts, ignore_index=True)
+    # Pass 2: route each date's rows (already in time order) to the splits they fall in. Three threads
+    # overlap: one reads and orders the next day, one writes Parquet (in order, at most a few slices
+    # behind), this one fingerprints and counts (Parquet and sha256 run outside the GIL).
+    written: deque[Future[None]] = deque()
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess-reader") as pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess-writer") as writer,
+    ):
+        days = iter(by_date)
+        ahead = pool.submit(_read_table, next(days)[1], contract, schema)
+        for (_, group), n in zip(by_date, counts, strict=True):
+            table = ahead.result()
+            following = next(days, None)
+            if following is not None:
+                ahead = pool.submit(_read_table, following[1], contract, schema)
+            if table.num_rows != n:
+                raise PreprocessError(f"raw partition {group[0].parent} changed while preprocessing")
+            for name, (lo, hi) in bounds.items():
+                a, b = max(lo, offset) - offset, min(hi, offset + n) - offset
+                if a < b:
+                    rows = table.slice(a, b - a)
+                    written.append(writer.submit(writers[name].write_table, rows))
+                    stats[name].add(rows, contract)
+            while len(written) > 2:
+                written.popleft().result()
+            picked = reference_pos[(reference_pos >= offset) & (reference_pos < offset + n)] - offset
+            if picked.size:
+                reference_parts.append(table.take(pa.array(picked)))
+            offset += n
+            del table
+        while written:
+            written.popleft().result()
+    return total, stats, pa.concat_tables(reference_parts).combine_chunks()
 
 
 def _unordered_splits(
@@ -368,11 +419,11 @@ def _unordered_splits(
             raise PreprocessError(f"{total} collected rows left the {name} split empty ({strategy} splits {shares})")
         table = to_arrow(rows, schema)
         writers[name].write_table(table)
-        stats[name].add(rows, table, contract)
+        stats[name].add(table, contract)
     train = frame[assigned == 0]
     rng = np.random.default_rng(settings.seed)
     picked = np.sort(rng.choice(len(train), size=min(settings.splits.reference_rows, len(train)), replace=False))
-    return total, stats, train.iloc[picked].reset_index(drop=True)
+    return total, stats, to_arrow(train.iloc[picked].reset_index(drop=True), schema)
 
 
 def _point_latest(processed: Path, version: str) -> None:

@@ -12,15 +12,26 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from core.contract import DatasetContract
 from core.data.rules import ContractChecker, Fault, arrow_schema, to_timestamps, typed_frame
 
-__all__ = ["REASON", "BatchValidation", "SchemaMismatchError", "check_columns", "to_timestamps", "validate_batch"]
+__all__ = [
+    "REASON",
+    "BatchValidation",
+    "SchemaMismatchError",
+    "TableValidation",
+    "check_columns",
+    "to_timestamps",
+    "validate_batch",
+    "validate_table",
+]
 
 REASON = "_reason"
 
@@ -73,12 +84,54 @@ def validate_batch(frame: pd.DataFrame, contract: DatasetContract) -> BatchValid
         raise SchemaMismatchError(missing, extra)
     default_index = isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1
     raw = frame if default_index else frame.reset_index(drop=True)
-    result = ContractChecker(contract).check(raw)
+    checked = _check(raw, contract, extra, lambda bad: raw.loc[bad, contract.column_names])
+    return BatchValidation(
+        valid=typed_frame(checked.valid, contract),
+        quarantined=checked.quarantined,
+        fault_counts=checked.fault_counts,
+        column_counts=checked.column_counts,
+        unknown_categories=checked.unknown_categories,
+        extra_columns=extra,
+        valid_table=checked.valid,
+    )
+
+
+@dataclass
+class TableValidation:
+    """One Arrow batch split into typed valid rows (Arrow) and quarantined rows (text + reason)."""
+
+    valid: pa.Table
+    quarantined: pd.DataFrame
+    fault_counts: Counter[str] = field(default_factory=Counter)
+    column_counts: Counter[str] = field(default_factory=Counter)
+    unknown_categories: dict[str, Counter[str]] = field(default_factory=dict)
+    extra_columns: list[str] = field(default_factory=list)
+    timestamps: np.ndarray | None = None  # every row's time as the checker read it (NaT where none)
+
+    @property
+    def rows(self) -> int:
+        return self.valid.num_rows + len(self.quarantined)
+
+
+def validate_table(table: pa.Table, contract: DatasetContract) -> TableValidation:
+    """:func:`validate_batch` on Arrow, with no pandas round trip for the valid rows (collection's path)."""
+    missing, extra = check_columns(table.column_names, contract)
+    if missing:
+        raise SchemaMismatchError(missing, extra)
+    columns = contract.column_names
+    return _check(table, contract, extra, lambda bad: table.filter(pa.array(bad)).select(columns).to_pandas())
+
+
+def _check(
+    data: pa.Table | pd.DataFrame, contract: DatasetContract, extra: list[str], bad_rows: Any
+) -> TableValidation:
+    """The checker's verdict on every row; ``bad_rows(mask)`` gives the raw values of the rows to quarantine."""
+    n = data.num_rows if isinstance(data, pa.Table) else len(data)
+    result = ContractChecker(contract).check(data)
     faults = result.faults
-    if contract.id_column is not None and len(raw):
-        ids = result.typed[contract.id_column].to_pandas()
-        dupes = (ids.duplicated(keep="last") & ids.notna()).to_numpy()
-        if dupes.any():
+    if contract.id_column is not None and n:
+        dupes = _duplicates(result.typed[contract.id_column])
+        if dupes is not None:
             faults.append(
                 Fault(
                     contract.id_column,
@@ -91,7 +144,8 @@ def validate_batch(frame: pd.DataFrame, contract: DatasetContract) -> BatchValid
     bad = result.bad
     good = ~bad
     schema = arrow_schema(contract, contract.column_names)
-    valid_table = result.table(schema, good)
+    any_bad = bool(bad.any())
+    valid_table = result.table(schema, good if any_bad else None)
     unknown = {
         col: Counter({str(k): int(v) for k, v in _values(result.typed[col], mask & good).value_counts().items()})
         for col, mask in result.unknown.items()
@@ -101,18 +155,37 @@ def validate_batch(frame: pd.DataFrame, contract: DatasetContract) -> BatchValid
     column_rows: dict[str, np.ndarray] = {}
     for f in faults:
         fault_counts[f"{f.column} {f.kind}"] += f.rows
-        column_rows[f.column] = f.mask | column_rows.get(f.column, np.zeros(len(raw), dtype=bool))
-    quarantined = _as_text(raw.loc[bad, contract.column_names], contract)
-    quarantined[REASON] = result.reasons().reindex(np.flatnonzero(bad)).to_numpy()
-    return BatchValidation(
-        valid=typed_frame(valid_table, contract),
-        quarantined=quarantined.reset_index(drop=True),
+        column_rows[f.column] = f.mask | column_rows.get(f.column, np.zeros(n, dtype=bool))
+    if any_bad:
+        quarantined = _as_text(bad_rows(bad), contract)
+        quarantined[REASON] = result.reasons().reindex(np.flatnonzero(bad)).to_numpy()
+        quarantined = quarantined.reset_index(drop=True)
+    else:
+        quarantined = pd.DataFrame({**{c: pd.Series(dtype=object) for c in contract.column_names}, REASON: []})
+    ts_col = contract.timestamp_column
+    stamps = None
+    if ts_col is not None and ts_col in result.typed:
+        stamps = np.asarray(result.typed[ts_col].view(pa.int64()).fill_null(np.iinfo(np.int64).min).to_numpy())
+        stamps = stamps.view("datetime64[ns]")
+    return TableValidation(
+        valid=valid_table,
+        quarantined=quarantined,
         fault_counts=fault_counts,
         column_counts=Counter({c: int(rows.sum()) for c, rows in column_rows.items()}),
         unknown_categories=unknown,
         extra_columns=extra,
-        valid_table=valid_table,
+        timestamps=stamps,
     )
+
+
+def _duplicates(ids: pa.Array) -> np.ndarray | None:
+    """Rows whose id a later row repeats (None when every id is distinct, the usual case: one Arrow kernel)."""
+    present = len(ids) - ids.null_count
+    if pc.count_distinct(ids, mode="only_valid").as_py() == present:
+        return None
+    series = ids.to_pandas()
+    dupes = (series.duplicated(keep="last") & series.notna()).to_numpy()
+    return dupes if dupes.any() else None
 
 
 def _values(array: pa.Array, mask: np.ndarray) -> pd.Series:

@@ -1,0 +1,152 @@
+"""The prediction log on a real PostgreSQL: COPY writes every value as the INSERT path did, a request id
+already logged is skipped (never duplicated, never a refused batch), and monitoring's window is a
+bounded query that PostgreSQL answers from the timestamp index."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import sqlalchemy as sa
+
+from core.contract import parse_contract
+from core.predictions import PREDICTIONS, read_predictions
+from core.settings import get_settings
+from serving.prediction_log import PredictionLog
+
+
+def _log(url: str, spool: Path, contract: Any = None) -> PredictionLog:
+    plog = PredictionLog(url, contract or get_settings().contract, spool, batch_rows=50, flush_s=0.05, retry_s=0.1)
+    assert plog._copy, "psycopg 3 on PostgreSQL: the COPY path"
+    plog.start()
+    return plog
+
+
+def _fraud_block(ids: list[str], when: datetime) -> dict[str, Any]:
+    contract = get_settings().contract
+    n = len(ids)
+    block: dict[str, Any] = {name: np.array([contract.column(name).example] * n) for name in contract.input_columns}
+    block["amount"] = np.where(np.arange(n) % 3 == 0, np.nan, np.arange(n) * 1.25)  # NaN: stored as NULL
+    block["event_time"] = np.array([np.datetime64("2026-01-15T13:45:00.123456")] * n)
+    block |= {
+        "request_id": pa.array(ids),
+        "model_name": "card-fraud",
+        "model_version": "7",
+        "timestamp": when,
+        "latency_ms": 0.75,
+        "prediction": np.arange(n) % 2,
+        "probability": np.linspace(0, 1, n),
+        "flags": [None if i % 2 else "" for i in range(n)],  # an empty string is not a missing value
+    }
+    return block
+
+
+def test_copy_writes_every_value_and_skips_request_ids_already_logged(postgres_url: str, tmp_path: Path) -> None:
+    when = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    plog = _log(postgres_url, tmp_path / "spool")
+    try:
+        plog.log_block(_fraud_block([f"a-{i}" for i in range(1_000)], when), 1_000)
+        assert plog.flush()
+        # The same ids again beside new ones (a replay, a client reusing ids): the new ones only.
+        again = [f"a-{i}" for i in range(990, 1_000)] + [f"b-{i}" for i in range(20)]
+        plog.log_block(_fraud_block(again, when + timedelta(seconds=1)), len(again))
+        assert plog.flush()
+    finally:
+        plog.stop()
+    frame = read_predictions(postgres_url)
+    assert len(frame) == 1_020 and frame["request_id"].is_unique
+    first = frame.set_index("request_id").loc[[f"a-{i}" for i in range(1_000)]]
+    assert first["amount"].isna().sum() == 334  # every third NaN
+    assert first["amount"].iloc[1] == 1.25
+    assert first["prediction"].tolist() == [i % 2 for i in range(1_000)]
+    assert np.allclose(first["probability"], np.linspace(0, 1, 1_000))
+    assert first["flags"].iloc[0] == "" and first["flags"].iloc[1] is None
+    assert str(first["event_time"].iloc[0]) == "2026-01-15 13:45:00.123456"
+    assert (first["model_version"] == "7").all()
+    assert (_utc(first["timestamp"]) == when).all()
+    assert not list(plog.spool_dir.glob("rejected-*.jsonl"))  # nothing refused
+
+
+def _utc(values: Any) -> Any:
+    stamps = pd.to_datetime(values)
+    return stamps.dt.tz_convert("UTC") if stamps.dt.tz is not None else stamps.dt.tz_localize("UTC")
+
+
+def test_multiclass_text_labels_and_awkward_names_go_through_copy(postgres_url: str, tmp_path: Path) -> None:
+    contract = parse_contract(
+        {
+            "name": "penguins",
+            "task": "multiclass",
+            "target": {"name": "species", "classes": ["Adelie", "Chinstrap", "Gentoo"]},
+            "columns": [
+                {"name": "Body mass (g)", "type": "float", "nullable": True},
+                {"name": "2nd island", "type": "category", "categories": ["Biscoe", "Dream"], "nullable": True},
+                {"name": "ringed?", "type": "bool", "nullable": True},
+                {"name": "species", "type": "category", "categories": ["Adelie", "Chinstrap", "Gentoo"]},
+            ],
+        }
+    )
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    block = {
+        "Body mass (g)": np.array([4200.5, np.nan]),
+        "2nd island": np.array(["Dream", None], dtype=object),
+        "ringed?": np.array([True, False]),
+        "request_id": ["p-0", "p-1"],
+        "model_name": "penguins",
+        "model_version": "1",
+        "timestamp": datetime.now(UTC),
+        "latency_ms": 2.0,
+        "prediction": np.array(["Adelie", "Gentoo"], dtype=object),
+        "probability": None,
+        "flags": None,
+        "probabilities": probs,
+        "classes": ["Adelie", "Chinstrap", "Gentoo"],
+    }
+    plog = _log(postgres_url, tmp_path / "spool", contract)
+    try:
+        plog.log_block(block, 2)
+        assert plog.flush()
+    finally:
+        plog.stop()
+    frame = read_predictions(postgres_url).set_index("request_id")
+    assert frame.loc["p-0", "Body_mass_g"] == 4200.5 and np.isnan(frame.loc["p-1", "Body_mass_g"])
+    assert frame.loc["p-0", "c_2nd_island"] == "Dream" and frame.loc["p-1", "c_2nd_island"] is None
+    assert frame["ringed"].tolist() == [1.0, 0.0]
+    assert frame["prediction"].tolist() == ["Adelie", "Gentoo"]
+    assert frame[["p_Adelie", "p_Chinstrap", "p_Gentoo"]].to_numpy().tolist() == probs.tolist()
+
+
+def test_monitorings_window_is_a_bounded_index_scan(postgres_url: str, tmp_path: Path) -> None:
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    plog = _log(postgres_url, tmp_path / "spool")
+    try:
+        for b in range(20):  # 20,000 rows, one block a minute
+            ids = [f"w-{b}-{i}" for i in range(1_000)]
+            plog.log_block(_fraud_block(ids, start + timedelta(minutes=b)), len(ids))
+        assert plog.flush(60)
+    finally:
+        plog.stop()
+    window = read_predictions(postgres_url, since=start + timedelta(minutes=5), limit=2_500, newest=True)
+    assert len(window) == 2_500
+    assert window["request_id"].str.startswith(("w-17-", "w-18-", "w-19-")).all()  # the newest rows
+    engine = sa.create_engine(postgres_url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(f"ANALYZE {PREDICTIONS}"))
+            plan = "\n".join(
+                r[0]
+                for r in conn.execute(
+                    sa.text(
+                        f"EXPLAIN SELECT * FROM {PREDICTIONS} WHERE timestamp >= :since "
+                        "ORDER BY timestamp DESC LIMIT 2500"
+                    ),
+                    {"since": start + timedelta(minutes=5)},
+                )
+            )
+    finally:
+        engine.dispose()
+    assert "Limit" in plan and "Index Scan Backward" in plan, plan  # not a scan and sort of the whole log
