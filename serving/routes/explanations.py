@@ -6,6 +6,7 @@ longer serves). A prediction is in the log once the writer has flushed it (`serv
 """
 
 import asyncio
+from datetime import datetime
 from typing import Annotated, Any
 
 import pandas as pd
@@ -50,7 +51,7 @@ def _explain_logged(store: ModelStore, url: str, request_id: str, k: int) -> Exp
         request_id=request_id,
         model_name=str(logged["model_name"]),
         model_version=version,
-        timestamp=pd.Timestamp(logged["timestamp"]).to_pydatetime(),
+        timestamp=_utc(logged["timestamp"]),
         prediction=_plain(logged["prediction"]),
         explanation=ExplanationOut(**answer),
     )
@@ -87,3 +88,9 @@ async def explain_logged(
     k: Annotated[int, Query(ge=1, le=50, description="How many reasons (largest contributions) to list.")] = 3,
 ) -> ExplainOut:
     return await asyncio.to_thread(_explain_logged, store, settings.prediction_log_url, request_id, k)
+
+
+def _utc(value: object) -> datetime:
+    """The log keeps naive UTC times; the API answers with an explicit offset (RFC 3339 date-time)."""
+    ts = pd.Timestamp(value)  # type: ignore[arg-type]
+    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()

@@ -58,7 +58,11 @@ async def model_info(model: ModelDep) -> ModelOut:
 @router.get(
     REPORT_URL,
     response_class=HTMLResponse,
-    responses={404: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+    # Errors are JSON even though the page is HTML: say so, or the 404's content type is documented as HTML.
+    responses={
+        404: {"model": ErrorOut, "content": {"application/json": {}}},
+        503: {"model": ErrorOut, "content": {"application/json": {}}},
+    },
     summary="The serving version's stakeholder report (self-contained HTML, from the registry)",
 )
 async def model_report(model: ModelDep, store: StoreDep) -> HTMLResponse:
