@@ -440,7 +440,15 @@ def _write_csv(arrays: list[pa.Array]) -> bytes:
 def _store_unavailable(exc: Exception) -> bool:
     """An outage (connection refused, database locked or read-only, disk full), as opposed to rows the
     store refuses; only an outage is worth spooling and retrying."""
-    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.DisconnectionError | OSError)
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.DisconnectionError | OSError):
+        return True
+    # The COPY path talks to psycopg's own connection, so its errors arrive unwrapped by SQLAlchemy: a
+    # server shut down or a connection lost mid-COPY is an outage too, not rows the store refuses.
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 
 def _alive(pid: int) -> bool:
