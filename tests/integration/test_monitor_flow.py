@@ -147,8 +147,10 @@ def test_trigger_starts_the_retraining_deployment_with_the_reason(
 ) -> None:
     """A real Prefect server with a `retrain/retrain` deployment: the first run creates a flow run of it
     carrying the reason; the second, inside the cooldown, does not."""
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)  # the run's server, not the closed port
     from prefect import flow
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from pipelines.monitor import run_monitoring
 
@@ -156,17 +158,18 @@ def test_trigger_starts_the_retraining_deployment_with_the_reason(
     def retrain(reason: str = "") -> None:
         """Stands in for the retraining flow: only its deployment's name matters here."""
 
-    monkeypatch.setenv("PREFECT_API_URL", prefect_server)  # the run's server, not the closed port
     monkeypatch.setenv("MLOPS_MONITORING__COOLDOWN_HOURS", "24")
     write_reference(env)
     write_log(env, 2_000, drifted=True)
-    with get_client(sync_client=True) as client:
-        client.create_deployment(flow_id=client.create_flow(retrain), name="retrain")
-    first = run_monitoring(trigger=True, settings=get_settings())
-    second = run_monitoring(trigger=True, settings=get_settings())
-    assert first.triggered, first.record.get("trigger_error")
-    with get_client(sync_client=True) as client:
-        flow_run = client.read_flow_run(uuid.UUID(first.record["flow_run_id"]))
+    # Prefect read its settings when this process first imported it, maybe under the closed port.
+    with temporary_settings({PREFECT_API_URL: prefect_server}):
+        with get_client(sync_client=True) as client:
+            client.create_deployment(flow_id=client.create_flow(retrain), name="retrain")
+        first = run_monitoring(trigger=True, settings=get_settings())
+        second = run_monitoring(trigger=True, settings=get_settings())
+        assert first.triggered, first.record.get("trigger_error")
+        with get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(uuid.UUID(first.record["flow_run_id"]))
 
     assert "weighted drift share" in flow_run.parameters["reason"]
     assert flow_run.parameters["reason"] == "; ".join(first.record["reasons"])
