@@ -30,7 +30,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ import pandas as pd
 
 from benchmarks.chaos_support import (
     Api,
+    Context,
     Load,
     Reply,
     ScenarioResult,
@@ -61,14 +61,6 @@ from core.settings import PROJECT_ROOT, get_settings
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "chaos.json"
 WORK = PROJECT_ROOT / "benchmarks" / ".work" / "chaos"
-
-
-@dataclass
-class Context:
-    """Where a run keeps its files, and the MLflow server shared by scenarios that do not kill it."""
-
-    work: Path
-    tracking_uri: str
 
 
 def example_records(n: int = 3) -> list[dict[str, Any]]:

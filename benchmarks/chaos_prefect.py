@@ -24,8 +24,8 @@ from benchmarks.chaos_support import ScenarioResult, env_vars, say, wait_until
 from core.servers import VENV_BIN, free_port, start_prefect, stop_process_group
 from core.settings import PROJECT_ROOT, Settings, get_settings
 
-if TYPE_CHECKING:  # benchmarks.chaos imports this module
-    from benchmarks.chaos import Context
+if TYPE_CHECKING:
+    from benchmarks.chaos_support import Context
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # Small enough that a retraining run takes a minute here, big enough for the gate to judge.

@@ -329,3 +329,11 @@ def pg_take_down(url: str) -> None:
 
 def pg_bring_back(url: str) -> None:
     pg_admin(f'ALTER DATABASE "{url.rsplit("/", 1)[1]}" ALLOW_CONNECTIONS true')
+
+
+@dataclass
+class Context:
+    """Where a run keeps its files, and the MLflow server shared by scenarios that do not kill it."""
+
+    work: Path
+    tracking_uri: str

@@ -8,7 +8,7 @@ in-process registry is used.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from prometheus_client import (
@@ -21,9 +21,6 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-
-if TYPE_CHECKING:
-    from serving.model_store import LoadedModel
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
@@ -67,9 +64,10 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     histogram._sum.inc(float(values.sum()))
 
 
-def set_model(name: str, version: str, runtime: str, previous: LoadedModel | None) -> None:
+def set_model(name: str, version: str, runtime: str, previous: tuple[str, str, str] | None) -> None:
+    """The served model's info gauge; `previous` is the (name, version, runtime) it replaces."""
     if previous is not None:
-        MODEL_INFO.labels(previous.name, previous.version, previous.predictor.runtime).set(0)
+        MODEL_INFO.labels(*previous).set(0)
     MODEL_INFO.labels(name, version, runtime).set(1)
 
 

@@ -218,7 +218,7 @@ class ModelStore:
             self.current = loaded  # the swap: atomic, requests in flight keep their reference
             self.last_error = None
             metrics.RELOADS.labels(result="swapped").inc()
-            metrics.set_model(loaded.name, loaded.version, loaded.predictor.runtime, previous)
+            metrics.set_model(loaded.name, loaded.version, loaded.predictor.runtime, _labels(previous))
             log.info("serving %s v%s (%s)", loaded.name, loaded.version, loaded.predictor.runtime)
         if self.settings.serving.use_onnx:
             threading.Thread(target=self.upgrade, args=(loaded,), name="onnx-upgrade", daemon=True).start()
@@ -254,7 +254,7 @@ class ModelStore:
             if self.current is not loaded:  # a newer version swapped in meanwhile: leave it alone
                 return False
             self.current = replace(loaded, predictor=faster)
-            metrics.set_model(loaded.name, loaded.version, faster.runtime, loaded)
+            metrics.set_model(loaded.name, loaded.version, faster.runtime, _labels(loaded))
         log.info("%s v%s now runs on %s", loaded.name, loaded.version, faster.runtime)
         return True
 
@@ -295,3 +295,7 @@ class ModelStore:
                 await asyncio.to_thread(self.refresh)
             except Exception:  # the watcher must outlive any single failure
                 log.exception("model watcher iteration failed")
+
+
+def _labels(model: LoadedModel | None) -> tuple[str, str, str] | None:
+    return None if model is None else (model.name, model.version, model.predictor.runtime)
