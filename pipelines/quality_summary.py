@@ -4,7 +4,7 @@ For CI (.github/workflows/ci.yml, the model-quality job) and for people: it read
 works for any dataset contract and task (the metrics are whatever the training run logged as
 ``holdout_<metric>``). The candidate is the newest version (or ``--version``); it is compared with the
 version it was gated against: the champion, or, when the candidate itself became champion, the
-previous champion.
+previous champion; with no champion at all, the version registered before it.
 
     python -m pipelines.quality_summary              # appends to $GITHUB_STEP_SUMMARY when set, else prints
     python -m pipelines.quality_summary --version 4 --out summary.md
@@ -69,6 +69,10 @@ def compare(settings: Settings, version: str | None = None) -> Comparison:
     alias, reference_mv = CHAMPION, champion
     if champion is not None and str(champion.version) == str(candidate_mv.version):
         alias, reference_mv = PREVIOUS, version_by_alias(name, PREVIOUS, client)
+    if reference_mv is None and int(candidate_mv.version) > 1:
+        # No champion at all (every version so far was rejected): the version registered before it,
+        # in CI the base branch's model.
+        alias, reference_mv = "previous version", client.get_model_version(name, str(int(candidate_mv.version) - 1))
     reference = _side(client, name, reference_mv) if reference_mv is not None else None
     return Comparison(name, _side(client, name, candidate_mv), reference, alias)
 

@@ -103,3 +103,14 @@ def test_the_first_model_says_there_is_nothing_to_compare_with(registry: object)
 def test_an_empty_registry_is_a_clear_error(registry: object, capsys: pytest.CaptureFixture[str]) -> None:
     assert quality_summary.main([]) == 1
     assert f"no registered version of {model_name()}" in capsys.readouterr().err
+
+
+def test_without_any_champion_the_version_before_is_the_reference(registry: object) -> None:
+    from mlflow import MlflowClient
+
+    assert isinstance(registry, MlflowClient)
+    register(registry, model_name(), {"accuracy": 0.9}, {"decision": "rejected"})  # e.g. over the latency budget
+    second = register(registry, model_name(), {"accuracy": 0.8}, {"decision": "rejected"})
+    text = quality_summary.markdown(quality_summary.compare(get_settings()))
+    assert f"| candidate v{second} | previous version v1 |" in text
+    assert "| accuracy | 0.8000 | 0.9000 | -0.1000 | worse |" in text
