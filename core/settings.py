@@ -259,6 +259,9 @@ class MonitoringSettings(Section):
     trigger_follow_s: float = Field(20.0, ge=0.0)
     retrain_deployment: str = "retrain/retrain"
     schedule_cron: str = "0 * * * *"
+    # A Prometheus Pushgateway (e.g. http://pushgateway:9091): each run pushes its decision there for the
+    # alerting rules (deploy/prometheus/alerts.yml). Unset: nothing is pushed.
+    pushgateway_url: str | None = None
 
 
 class StackSettings(Section):

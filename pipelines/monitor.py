@@ -30,6 +30,7 @@ from core.notify import notify
 from core.settings import Settings, get_settings
 from monitoring import decisions
 from monitoring.drift import DriftError, DriftResult, compute_drift, sample_rows
+from monitoring.metrics import push_decision
 from monitoring.policy import Decision, Evidence, RetrainPolicy, decide
 from monitoring.reports import add_to_workspace, decision_tags, log_to_mlflow, report_dir, save_report
 from monitoring.sources import (
@@ -302,7 +303,19 @@ def _finish(
         )
     except Exception as exc:  # tracking being away must not lose the decision itself
         record["mlflow_error"] = f"{type(exc).__name__}: {exc}"
+    if settings.monitoring.pushgateway_url:
+        try:
+            push_decision(
+                settings.monitoring.pushgateway_url,
+                record,
+                model=settings.model_name,
+                threshold=settings.monitoring.drift_share_threshold,
+            )
+        except Exception as exc:  # alerting being away must not lose the decision either
+            record["push_error"] = f"{type(exc).__name__}: {exc}"
     decisions.record_decision(_path(settings), record)
+    if record.get("push_error"):
+        print(f"monitor: decision NOT pushed to {settings.monitoring.pushgateway_url}: {record['push_error']}")
     verdict = "RETRAIN" if record["retrain"] else "no retraining"
     print(f"monitor [{status}]: {verdict}; " + "; ".join(record.get("reasons", [])))
     for line in record.get("notes", []):

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from core.servers import free_port
 from core.settings import Settings, get_settings
 from demo.simulator import simulate
+from tests.prometheus_support import push_receiver
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -101,14 +102,23 @@ def _decisions(settings: Settings) -> list[dict[str, Any]]:
     return read_decisions(decisions_path(settings))
 
 
-def test_drifted_window_is_reported_logged_and_decided(env: Settings) -> None:
+def test_drifted_window_is_reported_logged_and_decided(env: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
 
     from pipelines.monitor import run_monitoring
 
     write_reference(env)
     write_log(env, 3_000, drifted=True, labelled=1_500)
-    outcome = run_monitoring(trigger=True, settings=get_settings())
+    with push_receiver() as gateway:
+        monkeypatch.setenv("MLOPS_MONITORING__PUSHGATEWAY_URL", gateway.url)
+        outcome = run_monitoring(trigger=True, settings=get_settings())
+        pushed = gateway.samples(f"/metrics/job/mlops-monitor/model/{env.model_name}")
+
+    # The decision reached the Pushgateway as the gauges deploy/prometheus/alerts.yml alerts on.
+    assert pushed[("mlops_monitoring_retrain_decision", ())] == 1.0
+    assert pushed[("mlops_monitoring_retrain_triggered", ())] == 0.0
+    assert pushed[("mlops_monitoring_drift_share", ())] == pytest.approx(outcome.record["weighted_drift_share"])
+    assert pushed[("mlops_monitoring_status", (("status", "ok"),))] == 1.0
 
     assert outcome.status == "ok"
     assert outcome.result is not None
@@ -264,12 +274,14 @@ def test_an_event_nobody_acts_on_is_recorded_as_not_triggered(
     [(100, None, timedelta()), (2_000, 1.0, timedelta(hours=48))],  # too few rows; rows too old for the window
 )
 def test_too_little_data_says_so_and_triggers_nothing(
-    env: Settings, rows: int, window_hours: float | None, age: timedelta
+    env: Settings, rows: int, window_hours: float | None, age: timedelta, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pipelines.monitor import run_monitoring
 
     write_reference(env)
     write_log(env, rows, drifted=True, age=age)
+    # A Pushgateway that does not answer is noted on the decision; the decision itself is kept.
+    monkeypatch.setenv("MLOPS_MONITORING__PUSHGATEWAY_URL", f"http://127.0.0.1:{free_port()}")
     outcome = run_monitoring(window_hours=window_hours, trigger=True, settings=get_settings())
 
     assert outcome.status == "too_little_data" and not outcome.retrain and not outcome.triggered
@@ -277,6 +289,7 @@ def test_too_little_data_says_so_and_triggers_nothing(
     assert not (env.state / "reports").exists()
     (rec,) = _decisions(env)
     assert rec["status"] == "too_little_data" and rec["retrain"] is False
+    assert "push_error" in rec
     (run,) = _runs(env)
     assert run.data.tags["monitor.status"] == "too_little_data"
 
