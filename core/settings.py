@@ -202,7 +202,8 @@ class GateSettings(Section):
     slice_tolerance: float = Field(0.05, ge=0.0)
     min_slice_rows: int = Field(200, gt=0)
     min_slice_positives: int = Field(5, gt=0)
-    # Median single-row predict latency of the whole pipeline, one thread.
+    # Median single-row predict time of the whole pipeline, one thread, in CPU time (a busy machine does
+    # not reject a model).
     latency_budget_ms: float = Field(50.0, gt=0)
 
 
