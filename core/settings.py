@@ -122,6 +122,15 @@ class ServingSettings(Section):
     # (httpx 5 s, requests/urllib3 until closed, AWS ALB 60 s), so the server never closes a connection a
     # client is reusing at that moment: with uvicorn's default 5 s, clients saw `httpx.ReadError` under load.
     keep_alive_s: int = Field(120, gt=0)
+    # Swaps the workers make together (serving/swaps.py): a worker that sees the alias move nudges the
+    # others through this folder (default <state_dir>/serving/swaps), each looks every `nudge_check_s`;
+    # a loaded version waits up to `swap_wait_s` for every worker to be ready, then all switch at once.
+    swap_dir: Path | None = None
+    nudge_check_s: float = Field(0.05, gt=0)
+    swap_wait_s: float = Field(10.0, ge=0)
+    # POST /webhooks/mlflow: MLflow's registry webhook (alias created/deleted), signed with this secret;
+    # unset, the route answers 403 and the poll alone follows the alias.
+    webhook_secret: SecretStr | None = None
     max_body_bytes: int = Field(1_000_000, gt=0)  # /predict and /feedback
     max_batch_bytes: int = Field(100_000_000, gt=0)  # /predict/batch uploads
     max_batch_rows: int = Field(200_000, gt=0)

@@ -6,6 +6,7 @@ mlops run train -p families='["logistic"]'
 mlops status                           # champion, challenger, last drift decision, recent runs
 mlops promote 4                        # run the promotion gate on registered version 4
 mlops rollback 3 --reason "v4 doubles false alarms in FR"
+mlops webhook register https://api.example.com/webhooks/mlflow   # the API follows alias moves at once
 mlops stack up | down | status         # the local servers `make demo` uses
 mlops demo [--stop]
 
@@ -226,6 +227,24 @@ def rollback(
     from pipelines.rollback import rollback as rollback_flow
 
     console.print_json(json.dumps(rollback_flow(version=version, reason=reason), default=str))
+
+
+webhook_app = typer.Typer(help="The registry webhook that tells the API an alias moved.", no_args_is_help=True)
+app.add_typer(webhook_app, name="webhook")
+
+
+@webhook_app.command("register")
+def webhook_register(
+    url: Annotated[str, typer.Argument(help="the API's webhook URL, e.g. https://api.example.com/webhooks/mlflow")],
+) -> None:
+    """Create (or update) the MLflow webhook that posts alias moves of the model to the API."""
+    from core.registry.webhooks import WebhookSetupError, ensure_alias_webhook
+
+    try:
+        hook = ensure_alias_webhook(settings_or_exit(), url)
+    except WebhookSetupError as exc:
+        fail(str(exc))
+    console.print(f"webhook {hook.name} ({hook.webhook_id}) -> {hook.url}: {', '.join(str(e) for e in hook.events)}")
 
 
 @stack_app.command("up")

@@ -23,7 +23,7 @@ from serving.errors import validation_error
 from serving.middleware import LimitsAndMetrics
 from serving.model_store import ModelStore
 from serving.prediction_log import PredictionLog
-from serving.routes import admin, explanations, operations
+from serving.routes import admin, explanations, operations, webhooks
 from serving.routes.feedback import feedback_router
 from serving.routes.predictions import predictions_router
 from serving.schemas import build_models
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         feedback_router(models),
         operations.router,
         admin.router,
+        webhooks.router,
     ]
     for router in routers:
         app.include_router(router)

@@ -29,6 +29,7 @@ from core.registry.artefact import load_pipeline, sklearn_flavor
 from core.settings import Settings
 from serving import metrics
 from serving.predictor import Predictor
+from serving.swaps import SwapBoard, sleep_until
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,14 @@ class ModelStore:
         # Earlier versions loaded to explain their logged predictions (GET /explain/{request_id}).
         self._others: OrderedDict[str, LoadedModel] = OrderedDict()
         self._others_lock = threading.Lock()
+        serving = settings.serving
+        self.board = SwapBoard(
+            serving.swap_dir or settings.state / "serving" / "swaps",
+            workers=serving.workers,
+            wait_s=serving.swap_wait_s,
+            check_s=serving.nudge_check_s,
+        )
+        self._nudged_for: str | None = None
 
     def refresh(self) -> bool:
         """Load the alias' version if it differs from the one serving. True when a new model swapped in."""
@@ -207,6 +216,9 @@ class ModelStore:
                 return False
             if self.current is not None and self.current.version == info.version:
                 return False
+            if self.current is not None and self._nudged_for != info.version:
+                self._nudged_for = info.version
+                self.board.nudge(f"{name}@{alias} -> v{info.version}")  # the other workers load it too, now
             try:
                 loaded = self._load(info)
             except Exception as exc:
@@ -215,7 +227,10 @@ class ModelStore:
                 log.exception("loading %s v%s failed; still serving %s", name, info.version, self.version)
                 return False
             previous = self.current
+            if previous is not None:
+                sleep_until(self.board.switch_time(loaded.version))  # with the other workers
             self.current = loaded  # the swap: atomic, requests in flight keep their reference
+            self.board.forget(keep_version=loaded.version)
             self.last_error = None
             metrics.RELOADS.labels(result="swapped").inc()
             metrics.set_model(loaded.name, loaded.version, loaded.predictor.runtime, _labels(previous))
@@ -287,14 +302,19 @@ class ModelStore:
         return loaded
 
     async def watch(self) -> None:
-        """Poll the alias forever; faster while nothing is loaded yet."""
+        """Check the alias every `reload_interval_s` (every 2 s while nothing is loaded), and at once when
+        nudged: by the MLflow webhook, /admin/reload, or another worker that saw the alias move."""
         interval = self.settings.serving.reload_interval_s
+        next_poll = time.monotonic() + (interval if self.current is not None else min(interval, 2.0))
         while True:
-            await asyncio.sleep(interval if self.current is not None else min(interval, 2.0))
+            await asyncio.sleep(self.board.check_s)
+            if not self.board.nudged() and time.monotonic() < next_poll:
+                continue
             try:
                 await asyncio.to_thread(self.refresh)
             except Exception:  # the watcher must outlive any single failure
                 log.exception("model watcher iteration failed")
+            next_poll = time.monotonic() + (interval if self.current is not None else min(interval, 2.0))
 
 
 def _labels(model: LoadedModel | None) -> tuple[str, str, str] | None:

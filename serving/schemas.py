@@ -266,6 +266,12 @@ class ReloadOut(_Out):
     detail: str | None = None
 
 
+class WebhookOut(_Out):
+    accepted: bool
+    nudged: bool  # the delivery was about the served alias: every worker checks the registry now
+    detail: str | None = None
+
+
 class ErrorOut(_Out):
     detail: str
     errors: list[dict[str, Any]] = Field(default_factory=list)

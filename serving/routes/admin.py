@@ -15,5 +15,7 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminKey])
     "/reload", response_model=ReloadOut, responses=ERROR_RESPONSES, summary="Check the alias now; swap if it moved"
 )
 async def reload_model(store: StoreDep) -> ReloadOut:
+    """Checks the alias in this worker now and nudges the service's other workers to do the same."""
+    store.board.nudge("POST /admin/reload")
     changed = await asyncio.to_thread(store.refresh)
     return ReloadOut(changed=changed, model_version=store.version, detail=store.last_error)
