@@ -134,7 +134,8 @@ class PredictionLog:
         """`n_rows` predictions as columns: the contract's input columns (by their contract names), the log's
         own columns, and for a multiclass model ``probabilities`` (n x k) with its ``classes``. ``role`` defaults
         to the champion's."""
-        block.setdefault("role", DEFAULT_ROLE)
+        if block.get("role") is None:
+            block["role"] = DEFAULT_ROLE
         self._queue.append((PREDICTIONS, (block, n_rows)))
         # No wake-up here: the writer runs every flush_s (or when many blocks queue up), not in the
         # middle of the response that produced the block.
@@ -144,7 +145,9 @@ class PredictionLog:
     def log_predictions(self, rows: Iterable[dict[str, Any]]) -> None:
         rows = list(rows)
         if rows:
-            self.log_block({k: [r.get(k) for r in rows] for k in self._keys}, len(rows))
+            block = {k: [r.get(k) for r in rows] for k in self._keys}
+            block["role"] = [r.get("role") or DEFAULT_ROLE for r in rows]
+            self.log_block(block, len(rows))
 
     def log_feedback(self, request_id: str, label: Any) -> None:
         row = {"request_id": request_id, "label": self.schema.label_value(label), "received_at": datetime.now(UTC)}
