@@ -102,9 +102,10 @@ def churn(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 def logged_rows(url: str, n: int, roles: tuple[str, ...] | None = ("champion", "canary")) -> pd.DataFrame:
     """The prediction log once it holds `n` rows of `roles` (the writer flushes in the background)."""
-    frame = wait_for(lambda: len(read_predictions(url, roles=roles)) >= n and read_predictions(url, roles=roles))
+    wait_for(lambda: len(read_predictions(url, roles=roles)) >= n)
+    frame = read_predictions(url, roles=roles)
     assert len(frame) == n, len(frame)
-    return frame  # type: ignore[no-any-return]
+    return frame
 
 
 def churn_record(customer: str, i: int) -> dict[str, Any]:
