@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 _WINDOW_MAX = 200_000  # observations kept per worker, whatever the window's length
 _PSI_BINS = 10
 _MIN_CHAMPION_FOR_PSI = 50  # champion scores needed in the window before the distance is judged
+_SHADOW_BATCH = 256  # queued requests scored together by the shadow thread
 
 
 @dataclass(frozen=True)
@@ -196,14 +197,17 @@ class Rollout:
     def set_state(self, mode: str, canary_share: float, reason: str) -> RolloutState:
         """Change the mode for every worker (the file), and for this one at once."""
         new = RolloutState(mode, canary_share, _now(), reason)
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_name(f".{self.state_file.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({**asdict(new), "configured": self._configured()}))
-        tmp.replace(self.state_file)  # atomic: a worker never reads half a file
-        self._state_mtime = self.state_file.stat().st_mtime_ns
         if (mode, canary_share) != (self.state.mode, self.state.canary_share):
             self._clear_window()
-        self.state = new
+        self.state = new  # this worker first: a rollback must not wait for the disk
+        try:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_file.with_name(f".{self.state_file.name}.{os.getpid()}")
+            tmp.write_text(json.dumps({**asdict(new), "configured": self._configured()}))
+            tmp.replace(self.state_file)  # atomic: a worker never reads half a file
+            self._state_mtime = self.state_file.stat().st_mtime_ns
+        except OSError as exc:
+            log.error("rollout state not shared with the other workers (%s unwritable): %s", self.state_file, exc)
         return new
 
     # ---- the request path ----------------------------------------------------------------------------
@@ -252,34 +256,50 @@ class Rollout:
             self._thread.join(timeout)
 
     def _shadow_loop(self) -> None:
+        """Score what the queue holds, up to _SHADOW_BATCH requests in one prediction: under load the
+        challenger's cost per request falls, and the event loop loses less time to this thread."""
         while True:
             item = self._queue.get()
             if item is None:
                 return
-            challenger = self.challenger.current
-            if challenger is None or self.state.mode != "shadow":
-                continue
-            columns, ids, labels, flags = item
-            started = time.perf_counter()
-            try:
-                result = challenger.predictor.predict(columns)
-            except Exception:  # a failing challenger must not stop the thread; it is counted and logged
-                log.exception("shadow prediction by %s v%s failed", challenger.name, challenger.version)
-                metrics.SHADOW.labels(outcome="error").inc()
-                self.observe("shadow", challenger, None, (time.perf_counter() - started) * 1000)
-                continue
-            latency_ms = (time.perf_counter() - started) * 1000
-            try:
-                log_result(self.plog, challenger, columns, ids, result, flags, latency_ms, role="shadow")
-            except Exception:
-                log.exception("shadow prediction could not be logged")
-            agreed = sum(label_text(a) == label_text(b) for a, b in zip(labels, result.labels, strict=False))
-            obs = _Observation(
-                time.monotonic(), "shadow", latency_ms, False, _scores(challenger, result), agreed, len(ids)
-            )
-            with self._window_lock:
-                self._window.append(obs)
-            metrics.SHADOW.labels(outcome="scored").inc()
+            items = [item]
+            while len(items) < _SHADOW_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._score_shadow(items)
+                    return
+                items.append(more)
+            self._score_shadow(items)
+
+    def _score_shadow(self, items: list[tuple[Any, ...]]) -> None:
+        challenger = self.challenger.current
+        if challenger is None or self.state.mode != "shadow":
+            return
+        columns = {k: np.concatenate([it[0][k] for it in items]) for k in items[0][0]}
+        ids = [i for it in items for i in it[1]]
+        labels = [v for it in items for v in it[2]]
+        flags = [f for it in items for f in it[3]]
+        started = time.perf_counter()
+        try:
+            result = challenger.predictor.predict(columns)
+        except Exception:  # a failing challenger must not stop the thread; it is counted and logged
+            log.exception("shadow prediction by %s v%s failed", challenger.name, challenger.version)
+            metrics.SHADOW.labels(outcome="error").inc(len(items))
+            self.observe("shadow", challenger, None, (time.perf_counter() - started) * 1000)
+            return
+        latency_ms = (time.perf_counter() - started) * 1000 / len(items)
+        try:
+            log_result(self.plog, challenger, columns, ids, result, flags, latency_ms, role="shadow")
+        except Exception:
+            log.exception("shadow predictions could not be logged")
+        agreed = sum(label_text(a) == label_text(b) for a, b in zip(labels, result.labels, strict=False))
+        obs = _Observation(time.monotonic(), "shadow", latency_ms, False, _scores(challenger, result), agreed, len(ids))
+        with self._window_lock:
+            self._window.append(obs)
+        metrics.SHADOW.labels(outcome="scored").inc(len(items))
 
     # ---- the window, the statistics and the rollback rule --------------------------------------------
     def _clear_window(self) -> None:
@@ -364,9 +384,12 @@ class Rollout:
             "stats": stats,
         }
         self.set_state("off", 0.0, f"automatic rollback: {decision['reason']}")
-        self.decisions_file.parent.mkdir(parents=True, exist_ok=True)
-        with self.decisions_file.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(decision, default=str, sort_keys=True) + "\n")
+        try:
+            self.decisions_file.parent.mkdir(parents=True, exist_ok=True)
+            with self.decisions_file.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(decision, default=str, sort_keys=True) + "\n")
+        except OSError as exc:  # the log line below still records it
+            log.error("rollout decision not written to %s: %s", self.decisions_file, exc)
         for limit, _ in crossed:
             metrics.ROLLBACKS.labels(limit=limit).inc()
         log.warning("canary rolled back: %s", json.dumps(decision, default=str, sort_keys=True))
