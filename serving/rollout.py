@@ -68,7 +68,7 @@ class _Observation:
     error: bool
     scores: np.ndarray | None  # one value per row (see _scores)
     agreed: int = 0  # shadow rows whose label matched the champion's
-    rows: int = 0
+    requests: int = 1  # the shadow thread scores several requests at once
 
 
 def bucket(key: str) -> float:
@@ -227,10 +227,12 @@ class Rollout:
     def active(self) -> bool:
         return self.state.mode != "off"
 
-    def observe(self, role: str, model: LoadedModel, result: Prediction | None, latency_ms: float) -> None:
+    def observe(
+        self, role: str, model: LoadedModel, result: Prediction | None, latency_ms: float, requests: int = 1
+    ) -> None:
         """One answer (or, with `result` None, a failed prediction) into this worker's window."""
         scores = _scores(model, result) if result is not None else None
-        obs = _Observation(time.monotonic(), role, latency_ms, result is None, scores)
+        obs = _Observation(time.monotonic(), role, latency_ms, result is None, scores, requests=requests)
         with self._window_lock:
             self._window.append(obs)
 
@@ -288,7 +290,7 @@ class Rollout:
         except Exception:  # a failing challenger must not stop the thread; it is counted and logged
             log.exception("shadow prediction by %s v%s failed", challenger.name, challenger.version)
             metrics.SHADOW.labels(outcome="error").inc(len(items))
-            self.observe("shadow", challenger, None, (time.perf_counter() - started) * 1000)
+            self.observe("shadow", challenger, None, (time.perf_counter() - started) * 1000, len(items))
             return
         latency_ms = (time.perf_counter() - started) * 1000 / len(items)
         try:
@@ -296,7 +298,9 @@ class Rollout:
         except Exception:
             log.exception("shadow predictions could not be logged")
         agreed = sum(label_text(a) == label_text(b) for a, b in zip(labels, result.labels, strict=False))
-        obs = _Observation(time.monotonic(), "shadow", latency_ms, False, _scores(challenger, result), agreed, len(ids))
+        obs = _Observation(
+            time.monotonic(), "shadow", latency_ms, False, _scores(challenger, result), agreed, len(items)
+        )
         with self._window_lock:
             self._window.append(obs)
         metrics.SHADOW.labels(outcome="scored").inc(len(items))
@@ -323,16 +327,17 @@ class Rollout:
             if not rows:
                 continue
             ok = np.array([o.latency_ms for o in rows if not o.error])
-            errors = sum(o.error for o in rows)
+            requests = sum(o.requests for o in rows)
+            errors = sum(o.requests for o in rows if o.error)
             figures: dict[str, Any] = {
-                "requests": len(rows),
+                "requests": requests,
                 "errors": errors,
-                "error_rate": errors / len(rows),
+                "error_rate": errors / requests,
                 "p50_ms": float(np.percentile(ok, 50)) if len(ok) else None,
                 "p99_ms": float(np.percentile(ok, 99)) if len(ok) else None,
             }
-            if role == "shadow":
-                compared = sum(o.rows for o in rows)
+            if role == "shadow":  # rows (a request may hold several records) whose label the champion's matched
+                compared = sum(len(o.scores) for o in rows if o.scores is not None)
                 figures["agreement"] = sum(o.agreed for o in rows) / compared if compared else None
             parts = [o.scores for o in rows if o.scores is not None]
             if parts:
@@ -426,8 +431,9 @@ class Rollout:
         """A new challenger version starts a fresh window: its figures are not its predecessor's."""
         version = self.challenger.version
         if version != self._challenger_version:
+            if self._challenger_version is not None:
+                self._clear_window()
             self._challenger_version = version
-            self._clear_window()
 
 
 def _now() -> str:
