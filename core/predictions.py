@@ -192,7 +192,14 @@ def _needs_roles(conn: sa.Connection) -> bool:
         return False
     has_role = "role" in {c["name"] for c in inspector.get_columns(PREDICTIONS)}
     key = set(inspector.get_pk_constraint(PREDICTIONS).get("constrained_columns") or [])
-    return not has_role or key != {"request_id", "role"}
+    if has_role and key != {"request_id", "role"}:
+        # Both changes are made in one transaction, so this `role` is an input column of a contract, logged
+        # before the log had roles (it is `role_in` now): not something to reinterpret silently.
+        raise ValueError(
+            f"the {PREDICTIONS} table has an input column 'role' from before the log had roles; rename it to "
+            f"'role_in' (ALTER TABLE {PREDICTIONS} RENAME COLUMN role TO role_in) and restart the service"
+        )
+    return not has_role
 
 
 def _only(table: sa.Table, query: sa.Select[Any], roles: tuple[str, ...] | None) -> sa.Select[Any]:
