@@ -2,6 +2,8 @@
 
 Both hand the predictor column arrays, log what they predicted from in one block per request or
 chunk, and count predictions for /metrics a block at a time: no per-row Python beyond the response.
+/predict also follows the rollout (serving.rollout): the canary may answer, the shadow is queued after the
+answer is built; /predict/batch is the champion's alone.
 """
 
 import asyncio
