@@ -412,12 +412,16 @@ class Rollout:
         """Follow the state file (0.5 s), judge the canary (1 s), poll the challenger's alias."""
         interval = self.settings.serving.reload_interval_s
         next_poll = 0.0 if self.active else time.monotonic() + interval
+        was_active = self.active
         tick = 0
         while True:
             await asyncio.sleep(0.5)
             tick += 1
             try:
                 self._sync_state()
+                if self.active and not was_active:  # switched on (maybe by another worker): load it now
+                    next_poll = 0.0
+                was_active = self.active
                 if self.active and time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + interval
                     await asyncio.to_thread(self.challenger.refresh)

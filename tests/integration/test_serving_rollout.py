@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import mlflow
 import pandas as pd
 import pytest
@@ -195,3 +196,38 @@ def test_a_bad_canary_is_rolled_back_within_seconds_and_the_decision_recorded(
         after = c.post("/predict", json=churn_record("bad-0", 0)).json()
         assert (after["role"], after["model_version"]) == ("champion", "1")
         assert "canary rolled back" in svc.log.read_text()
+
+
+def test_every_worker_follows_a_switch_within_a_second(mlflow_server: str, tmp_path: Path) -> None:
+    name = unique_model_name("rollout-workers")
+    assert register(mlflow_server, name, seed=1) == "1"
+    assert register(mlflow_server, name, seed=2, alias="challenger") == "2"
+    with serve(mlflow_server, name, tmp_path, {"MLOPS_SERVING__WORKERS": "2"}) as svc:
+        assert httpx.put(f"{svc.url}/admin/rollout", json={"mode": "shadow"}, headers=ADMIN, timeout=60).is_success
+        # Every worker loads the challenger: the one that took the PUT at once, the others when they see the
+        # switch (not at their next alias poll).
+        r = httpx.put(
+            f"{svc.url}/admin/rollout", json={"mode": "canary", "canary_share": 1.0}, headers=ADMIN, timeout=60
+        )
+        assert r.status_code == 200, r.text
+        switched = time.monotonic()
+        seen: dict[int, str] = {}
+
+        def both_workers_canary() -> bool:
+            # A new connection each time: the kernel spreads them over the workers.
+            status = httpx.get(f"{svc.url}/admin/rollout", headers=ADMIN, timeout=10).json()
+            seen[status["stats"]["worker_pid"]] = f"{status['mode']} v{status['challenger_version']}"
+            return len(seen) == 2 and set(seen.values()) == {"canary v2"}
+
+        wait_for(both_workers_canary, timeout=30, interval=0.05)
+        print(f"both workers in canary mode {time.monotonic() - switched:.2f} s after the PUT")
+        answers: Counter[tuple[str, str]] = Counter()
+        for _ in range(60):
+            body = httpx.post(f"{svc.url}/predict", json=record(), timeout=30).json()
+            answers[(body["role"], body["model_version"])] += 1
+        assert answers == {("canary", "2"): 60}, answers
+        assert httpx.put(f"{svc.url}/admin/rollout", json={"mode": "off"}, headers=ADMIN, timeout=60).is_success
+        time.sleep(1.0)
+        for _ in range(20):
+            body = httpx.post(f"{svc.url}/predict", json=record(), timeout=30).json()
+            assert (body["role"], body["model_version"]) == ("champion", "1")
