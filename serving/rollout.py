@@ -162,6 +162,7 @@ class Rollout:
         self._window_lock = threading.Lock()
         self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=self.config.shadow_queue)
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._challenger_version: str | None = None
         self.dropped = 0
         self.last_decision: dict[str, Any] | None = None
@@ -252,7 +253,8 @@ class Rollout:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        with contextlib.suppress(queue.Full):
+        self._stopping.set()
+        with contextlib.suppress(queue.Full):  # a full queue: the thread sees _stopping within 0.5 s
             self._queue.put_nowait(None)
         if self._thread is not None:
             self._thread.join(timeout)
@@ -260,8 +262,11 @@ class Rollout:
     def _shadow_loop(self) -> None:
         """Score what the queue holds, up to _SHADOW_BATCH requests in one prediction: under load the
         challenger's cost per request falls, and the event loop loses less time to this thread."""
-        while True:
-            item = self._queue.get()
+        while not self._stopping.is_set():
+            try:
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
             if item is None:
                 return
             items = [item]
