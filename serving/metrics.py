@@ -49,6 +49,12 @@ SHADOW = Counter(
 )
 ROLLBACKS = Counter("serving_rollout_rollbacks_total", "Canaries stopped automatically, by limit crossed.", ["limit"])
 LOG_ROWS = Counter("serving_prediction_log_rows_total", "Prediction-log rows by outcome.", ["outcome"])
+# The spool directory is shared by the workers, so each reports the same size; the most recent wins.
+LOG_SPOOL_BYTES = Gauge(
+    "serving_prediction_log_spool_bytes",
+    "Bytes of prediction-log rows spooled while the store is unavailable, waiting to be replayed.",
+    multiprocess_mode="mostrecent",
+)
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:
