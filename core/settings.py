@@ -153,6 +153,10 @@ class ServingSettings(Section):
     threads_per_worker: int = Field(1, ge=1)
     model_alias: str = "champion"
     reload_interval_s: float = Field(30.0, gt=0)
+    # How long an idle keep-alive connection stays open. Longer than clients and load balancers keep theirs
+    # (httpx 5 s, requests/urllib3 until closed, AWS ALB 60 s), so the server never closes a connection a
+    # client is reusing at that moment: with uvicorn's default 5 s, clients saw `httpx.ReadError` under load.
+    keep_alive_s: int = Field(120, gt=0)
     max_body_bytes: int = Field(1_000_000, gt=0)  # /predict and /feedback
     max_batch_bytes: int = Field(100_000_000, gt=0)  # /predict/batch uploads
     max_batch_rows: int = Field(200_000, gt=0)
@@ -238,7 +242,8 @@ class GateSettings(Section):
     slice_tolerance: float = Field(0.05, ge=0.0)
     min_slice_rows: int = Field(200, gt=0)
     min_slice_positives: int = Field(5, gt=0)
-    # Median single-row predict latency of the whole pipeline, one thread.
+    # Median single-row predict time of the whole pipeline, one thread, in CPU time (a busy machine does
+    # not reject a model).
     latency_budget_ms: float = Field(50.0, gt=0)
 
 
