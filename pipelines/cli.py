@@ -5,6 +5,7 @@ mlops run collect                      # any flow, in this process (recorded by 
 mlops run train -p families='["logistic"]'
 mlops status                           # champion, challenger, last drift decision, recent runs
 mlops promote 4                        # run the promotion gate on registered version 4
+mlops challenger 4                     # point `challenger` at version 4 (shadow/canary serve it); --clear
 mlops rollback 3 --reason "v4 doubles false alarms in FR"
 mlops webhook register https://api.example.com/webhooks/mlflow   # the API follows alias moves at once
 mlops stack up | down | status         # the local servers `make demo` uses
@@ -216,6 +217,32 @@ def promote(version: Annotated[int, typer.Argument(help="registered model versio
     with console.status(f"gating version {version} on the holdout"):
         result = promote_flow(version=version)
     console.print_json(json.dumps(result, default=str))
+
+
+@app.command()
+def challenger(
+    version: Annotated[int | None, typer.Argument(help="the version the service shadows or canaries")] = None,
+    clear: Annotated[bool, typer.Option(help="remove the alias: no challenger")] = False,
+) -> None:
+    """Point the `challenger` alias at a version (or remove it): what the service's shadow and canary serve."""
+    from mlflow import MlflowClient
+
+    settings = settings_or_exit()
+    if (version is None) == (not clear):
+        fail("give a VERSION, or --clear to remove the alias")
+    uri = settings.mlflow_tracking_uri
+    c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    alias = settings.serving.rollout.alias
+    try:
+        if clear:
+            c.delete_registered_model_alias(settings.model_name, alias)
+            console.print(f"{settings.model_name}: alias {alias!r} removed")
+            return
+        c.get_model_version(settings.model_name, str(version))  # a clear error for a version that is not there
+        c.set_registered_model_alias(settings.model_name, alias, str(version))
+    except Exception as exc:
+        fail(f"{settings.model_name} at {settings.mlflow_tracking_uri}: {exc}")
+    console.print(f"{settings.model_name}: {alias} -> version {version} (served within the poll interval)")
 
 
 @app.command()

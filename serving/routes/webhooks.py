@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 
-from serving.deps import SettingsDep, StoreDep
+from serving.deps import RolloutDep, SettingsDep, StoreDep
 from serving.errors import ERROR_RESPONSES
 from serving.schemas import WebhookOut
 
@@ -54,7 +54,7 @@ def _verify(request: Request, body: bytes, secret: str) -> None:
     responses=ERROR_RESPONSES,
     summary="MLflow registry webhook: an alias of the served model moved; every worker checks now",
 )
-async def mlflow_webhook(request: Request, settings: SettingsDep, store: StoreDep) -> WebhookOut:
+async def mlflow_webhook(request: Request, settings: SettingsDep, store: StoreDep, rollout: RolloutDep) -> WebhookOut:
     if settings.serving.webhook_secret is None:
         raise HTTPException(403, "webhooks are disabled: set MLOPS_SERVING__WEBHOOK_SECRET")
     body = await request.body()
@@ -65,9 +65,11 @@ async def mlflow_webhook(request: Request, settings: SettingsDep, store: StoreDe
         name, alias = str(data["name"]), str(data["alias"])
     except (ValueError, KeyError, TypeError) as exc:
         raise HTTPException(422, f"not an MLflow alias webhook payload: {exc!r}") from None
-    watched = entity == ALIAS_ENTITY and name == settings.model_name and alias == settings.serving.model_alias
+    # The champion's alias, or the rollout's second model's (shadow or canary): each has its own board.
+    boards = {settings.serving.model_alias: store.board, settings.serving.rollout.alias: rollout.challenger.board}
+    watched = entity == ALIAS_ENTITY and name == settings.model_name and alias in boards
     if watched:
-        store.board.nudge(f"webhook {entity}.{action} {name}@{alias} -> v{data.get('version')}")
+        boards[alias].nudge(f"webhook {entity}.{action} {name}@{alias} -> v{data.get('version')}")
     return WebhookOut(
         accepted=True, nudged=watched, detail=None if watched else f"not watched: {entity} {name}@{alias}"
     )
