@@ -98,6 +98,9 @@ def spawn(
         )
 
 
+WEBHOOK_CACHE_TTL_S = 5
+
+
 def start_mlflow(
     backend_uri: str, artifacts_dir: Path, log: Path, port: int | None = None, timeout: float = 180
 ) -> Server:
@@ -117,6 +120,9 @@ def start_mlflow(
         # protection against server-side request forgery refuses by default. Loopback stacks only.
         "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
         "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        # The server reads its webhook list at most this often (MLflow's default: 60 s, so a webhook
+        # registered now would miss the alias moves of the next minute).
+        "MLFLOW_WEBHOOK_CACHE_TTL": str(WEBHOOK_CACHE_TTL_S),
     }
     proc = spawn("mlflow", cmd, log, env)
     url = f"http://{HOST}:{port}"

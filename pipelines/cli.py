@@ -272,6 +272,7 @@ def webhook_register(
     except WebhookSetupError as exc:
         fail(str(exc))
     console.print(f"webhook {hook.name} ({hook.webhook_id}) -> {hook.url}: {', '.join(str(e) for e in hook.events)}")
+    console.print("the MLflow server reads its webhooks every MLFLOW_WEBHOOK_CACHE_TTL seconds (default 60)")
 
 
 @stack_app.command("up")

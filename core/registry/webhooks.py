@@ -4,6 +4,8 @@
 events, signed with `serving.webhook_secret`. MLflow refuses plain-http and private addresses unless its
 server runs with MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https and MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true
 (the local stack's server does: core/servers.py); in production, point it at the service's https URL.
+An MLflow server reads its webhook list at most every MLFLOW_WEBHOOK_CACHE_TTL seconds (default 60; the
+local stack's: 5): a webhook registered now may miss the alias moves of that long, which the poll catches.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from core.servers import WEBHOOK_CACHE_TTL_S
 from core.settings import get_settings
 from serving.routes.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 from serving.sample import synthetic_frame
@@ -102,6 +103,7 @@ def test_an_alias_move_reaches_both_workers_at_once_through_the_webhook(
     ensure_alias_webhook(settings, f"{service.url}/webhooks/mlflow")  # idempotent: updated, not doubled
     hooks = [h for h in mlflow.MlflowClient(mlflow_server).list_webhooks() if h.name == f"{name}-serving"]
     assert len(hooks) == 1
+    time.sleep(WEBHOOK_CACHE_TTL_S + 1)  # the server's cached (empty) webhook list from the fixture expires
 
     records = _records(64)
     stop = threading.Event()
