@@ -1,9 +1,11 @@
 """The prediction log's schema and its readers: what serving writes and monitoring reads.
 
 Two tables. ``predictions``: request_id, model_name, model_version, timestamp, latency_ms, one column per
-contract input column, prediction, probability, flags. ``feedback``: request_id, label, received_at (a
-label arrives after its prediction; the latest per request id wins). The writer (a background thread
-with a spool for store outages) lives in serving/prediction_log.py; monitoring reads through
+contract input column, prediction, probability, flags, source (``online`` from the API, ``batch`` from
+the scoring flow; NULL in a log written before the column existed, read as ``online``). ``feedback``:
+request_id, label, received_at (a label arrives after its prediction; the latest per request id wins).
+The writer (a background thread with a spool for store outages) lives in serving/prediction_log.py;
+monitoring reads through
 :func:`read_predictions` and :func:`read_feedback`. Both sides import this module, neither imports the
 other.
 """
@@ -22,7 +24,19 @@ from core.databases import engine_for
 
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
-META = ("request_id", "model_name", "model_version", "timestamp", "latency_ms", "prediction", "probability", "flags")
+META = (
+    "request_id",
+    "model_name",
+    "model_version",
+    "timestamp",
+    "latency_ms",
+    "prediction",
+    "probability",
+    "flags",
+    "source",
+)
+SOURCE = "source"
+ONLINE, BATCH = "online", "batch"
 _META = META  # the log's own columns, before and after the contract's
 
 
@@ -91,6 +105,8 @@ class LogSchema:
             sa.Column("prediction", self.label_type()),
             sa.Column("probability", sa.Float(), nullable=True),
             sa.Column("flags", sa.String(1000), nullable=True),
+            # Which path predicted: NULL (the API writer leaves it unset) reads as online; see ensure_tables.
+            sa.Column(SOURCE, sa.String(20), nullable=True),
             *(sa.Column(sql, sa.Float(), nullable=True) for sql in self.proba_sql.values()),
         )
         feedback = sa.Table(
@@ -139,6 +155,24 @@ def tables(contract: DatasetContract, metadata: sa.MetaData | None = None) -> tu
     return LogSchema(contract).tables(metadata)
 
 
+def ensure_tables(conn: sa.Connection, metadata: sa.MetaData) -> None:
+    """Create the log's tables if missing, and bring an older log up to date: a ``predictions`` table
+    written before the ``source`` column existed gets it (NULL for its rows, which read as online).
+    Both writers call this before their first insert; an added nullable column is safe on SQLite and
+    PostgreSQL alike."""
+    metadata.create_all(conn)
+    existing = {c["name"] for c in sa.inspect(conn).get_columns(PREDICTIONS)}
+    if SOURCE not in existing:
+        quote = conn.dialect.identifier_preparer.quote
+        conn.exec_driver_sql(f"ALTER TABLE {quote(PREDICTIONS)} ADD COLUMN {quote(SOURCE)} VARCHAR(20)")
+
+
+def _with_source(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every row's source, ``online`` where the log predates the column or the API left it unset."""
+    frame[SOURCE] = frame[SOURCE].fillna(ONLINE) if SOURCE in frame else ONLINE
+    return frame
+
+
 # ---- readers: pandas + SQLAlchemy only ------------------------------------------------------------
 
 
@@ -161,7 +195,7 @@ def read_predictions(
         if limit is not None:
             query = query.limit(limit)
         with engine.connect() as conn:
-            frame = pd.read_sql(query, conn)
+            frame = _with_source(pd.read_sql(query, conn))
         return frame.iloc[::-1].reset_index(drop=True) if newest else frame
     finally:
         engine.dispose()
@@ -175,7 +209,7 @@ def read_prediction(url: str, request_id: str) -> pd.DataFrame:
             return pd.DataFrame(columns=list(_META))
         table = sa.Table(PREDICTIONS, sa.MetaData(), autoload_with=engine)
         with engine.connect() as conn:
-            return pd.read_sql(sa.select(table).where(table.c.request_id == request_id), conn)
+            return _with_source(pd.read_sql(sa.select(table).where(table.c.request_id == request_id), conn))
     finally:
         engine.dispose()
 

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from core.contract import DatasetContract, label_text
 from core.databases import engine_for
-from core.predictions import FEEDBACK, PREDICTIONS, LogSchema
+from core.predictions import FEEDBACK, PREDICTIONS, LogSchema, ensure_tables
 from serving import metrics
 
 log = logging.getLogger(__name__)
@@ -306,7 +306,7 @@ class PredictionLog:
         fb = [r for t, r in batch if t == FEEDBACK]
         with self._engine.begin() as conn:
             if not self._schema_ready:
-                self._metadata.create_all(conn)
+                ensure_tables(conn, self._metadata)
                 self._schema_ready = True
             if (preds or blocks) and self._copy:
                 parts = [self._block_csv(*b) for b in blocks]

@@ -1,0 +1,539 @@
+"""Batch scoring: the raw snapshot's partitions scored with a registered version, partition by partition.
+
+The unit of work is one raw part file (core.data.snapshots: one event date, named by the fingerprint of
+its rows, never changed once published). Each partition is read in batches, checked by the contract's
+checker (core.data.rules), predicted by the API's predictor (core.inference.predictor, built from the
+registered version as serving builds it) and written under ``scoring.output_dir``::
+
+    predictions/date=YYYY-MM-DD/part-<fp>.parquet   key, timestamp, prediction, p_<class>, model, scored_at
+    refused/date=YYYY-MM-DD/part-<fp>.parquet       rows the checker refused (values as text) + _reason
+    done/<date>--<fp>.json                          the partition's accounting: the scoring watermark
+    manifests/score-<run_id>.json                   what each run did
+
+Every partition's files are written to a temporary name and renamed, and its done marker is written
+last: a run killed anywhere leaves at most hidden temporary files, and the next run redoes exactly the
+partitions without a marker (the same file names, so nothing is duplicated). The warehouse table (one
+DELETE + INSERT of the partition in a transaction) and the prediction log (request ids derived from the
+partition and row, ON CONFLICT DO NOTHING) are idempotent the same way. Every row read is accounted for:
+scored + refused == read, per partition and per run, or the run fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+
+from core.contract import DatasetContract, identifier, label_text
+from core.data.rules import ContractChecker
+from core.data.snapshots import PARQUET_OPTIONS, UNORDERED_PARTITION, raw_part_files, utc_now, write_json_atomic
+from core.databases import engine_for
+from core.inference.predictor import Prediction, Predictor, columns_from_typed, predictor_for
+from core.predictions import BATCH, LogSchema, ensure_tables
+from core.registry.artefact import RegisteredModel, load_registered
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PARTITION_COLUMN = "partition"  # in the warehouse table: which raw partition a row came from
+
+
+class ScoringError(RuntimeError):
+    """A scoring run that cannot go on: a wrong window, no such model, broken accounting."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One raw part file: its date (or ``all``) and the fingerprint prefix in its name."""
+
+    path: Path
+    date: str
+    part: str  # the file's stem, "part-<fingerprint>"
+
+    @property
+    def key(self) -> str:
+        return f"{self.date}--{self.part}"
+
+    @property
+    def folder(self) -> str:
+        return UNORDERED_PARTITION if self.date == UNORDERED_PARTITION else f"date={self.date}"
+
+
+@dataclass
+class PartitionResult:
+    partition: str
+    date: str
+    read: int = 0
+    scored: int = 0
+    refused: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)  # column -> refused rows naming it
+    seconds: float = 0.0
+    skipped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "partition": self.partition,
+            "date": self.date,
+            "read": self.read,
+            "scored": self.scored,
+            "refused": self.refused,
+            "reasons": self.reasons,
+            "seconds": round(self.seconds, 3),
+            "skipped": self.skipped,
+        }
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    """The registered version that scores, with its predictor."""
+
+    name: str
+    version: str
+    run_id: str | None
+    predictor: Predictor
+
+
+def output_dir(settings: Settings) -> Path:
+    return settings.scoring.output_dir or settings.data_dir / "scores"
+
+
+def load_model(settings: Settings, *, version: str | None = None, alias: str | None = None) -> ScoringModel:
+    """`version`, else the alias' version (default scoring.model_alias), from the registry, as a predictor
+    built the way the API builds its own (core.inference.predictor.predictor_for)."""
+    try:
+        registered = load_registered(
+            settings.model_name,
+            tracking_uri=settings.mlflow_tracking_uri,
+            version=version,
+            alias=None if version else (alias or settings.scoring.model_alias),
+        )
+    except Exception as exc:
+        which = f"version {version}" if version else f"alias @{alias or settings.scoring.model_alias}"
+        raise ScoringError(f"cannot load {settings.model_name} {which} from the registry: {exc}") from exc
+    return model_from(registered, settings)
+
+
+def model_from(registered: RegisteredModel, settings: Settings) -> ScoringModel:
+    predictor = predictor_for(
+        registered.pipeline,
+        registered.metadata,
+        settings.contract,
+        tags=registered.tags,
+        use_onnx=settings.scoring.use_onnx,
+        threads=settings.serving.threads_per_worker,
+        parity_rows=settings.serving.parity_rows,
+        tolerance=settings.serving.parity_tolerance,
+    )
+    return ScoringModel(registered.name, registered.version, registered.run_id, predictor)
+
+
+# ---- which partitions -----------------------------------------------------------------------------------
+def partitions(raw: Path) -> list[Partition]:
+    """Every published raw part file, oldest date first."""
+    out = []
+    for path in raw_part_files(raw):
+        folder = path.parent.name
+        date = folder.removeprefix("date=") if folder.startswith("date=") else UNORDERED_PARTITION
+        out.append(Partition(path=path, date=date, part=path.stem))
+    return out
+
+
+def select(
+    found: list[Partition], *, dates: list[str] | None = None, start: str | None = None, end: str | None = None
+) -> list[Partition]:
+    """The partitions of `dates`, or those whose date lies in [start, end] (ISO dates, both optional)."""
+    chosen = found
+    if dates is not None:
+        wanted = {str(d) for d in dates}
+        unknown = sorted(wanted - {p.date for p in found})
+        if unknown:
+            raise ScoringError(f"no raw partition for {unknown}; the snapshot has {sorted({p.date for p in found})}")
+        chosen = [p for p in chosen if p.date in wanted]
+    for bound, keep in ((start, lambda d, b: d >= b), (end, lambda d, b: d <= b)):
+        if bound is None:
+            continue
+        try:
+            day = datetime.fromisoformat(str(bound)).date().isoformat()
+        except ValueError:
+            raise ScoringError(f"{bound!r} is not an ISO date (YYYY-MM-DD)") from None
+        chosen = [p for p in chosen if p.date != UNORDERED_PARTITION and keep(p.date, day)]
+    return chosen
+
+
+def done_marker(out: Path, partition: Partition) -> Path:
+    return out / "done" / f"{partition.key}.json"
+
+
+# ---- output columns -----------------------------------------------------------------------------------
+class OutputSchema:
+    """The columns of a scored partition for one contract: key, timestamp (if the contract has one),
+    prediction, one p_<class> per class for a classifier, model name, version, run id, scored_at."""
+
+    def __init__(self, contract: DatasetContract, classes: list[Any]) -> None:
+        self.contract = contract
+        self.key = contract.key_column
+        self.timestamp = contract.timestamp_column
+        self.proba = {label_text(c): f"p_{identifier(label_text(c))}" for c in classes}
+        label: pa.DataType
+        if not contract.is_classification:
+            label = pa.float64()
+        elif all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+            label = pa.int64()
+        else:
+            label = pa.string()
+        fields = [pa.field(self.key, pa.string())]
+        if self.timestamp:
+            fields.append(pa.field(self.timestamp, pa.timestamp("us", tz="UTC")))
+        fields += [pa.field("prediction", label)]
+        fields += [pa.field(c, pa.float64()) for c in self.proba.values()]
+        fields += [
+            pa.field("model_name", pa.string()),
+            pa.field("model_version", pa.string()),
+            pa.field("run_id", pa.string()),
+            pa.field("scored_at", pa.timestamp("us", tz="UTC")),
+        ]
+        self.schema = pa.schema(fields)
+        self.label_type = label
+
+    def table(self, rows: pa.Table, result: Prediction, model: ScoringModel, scored_at: datetime) -> pa.Table:
+        n = rows.num_rows
+        arrays: list[pa.Array] = [pc.cast(rows.column(self.key), pa.string())]
+        if self.timestamp:
+            ts = rows.column(self.timestamp)
+            if pa.types.is_timestamp(ts.type) and ts.type.tz is None:
+                ts = pc.assume_timezone(ts, "UTC")
+            arrays.append(pc.cast(ts, pa.timestamp("us", tz="UTC")))
+        labels = result.labels
+        if pa.types.is_string(self.label_type):
+            labels = [label_text(v) for v in labels]
+        arrays.append(pa.array(labels, type=self.label_type))
+        if self.proba:
+            assert result.probabilities is not None
+            position = {label_text(c): i for i, c in enumerate(result.classes)}
+            for label in self.proba:
+                arrays.append(pa.array(result.probabilities[:, position[label]], type=pa.float64()))
+        for value in (model.name, model.version, model.run_id):
+            arrays.append(pa.array([value] * n, type=pa.string()))
+        arrays.append(pa.array([scored_at] * n, type=pa.timestamp("us", tz="UTC")))
+        return pa.Table.from_arrays(arrays, schema=self.schema)
+
+
+def refused_table(rows: pa.Table, reasons: list[str]) -> pa.Table:
+    """Refused rows with every value as text (as collection's quarantine keeps them) and the reason."""
+    arrays = [pc.cast(rows.column(name), pa.string()) for name in rows.column_names]
+    names = list(rows.column_names)
+    return pa.Table.from_arrays([*arrays, pa.array(reasons, pa.string())], names=[*names, "_reason"])
+
+
+# ---- one partition --------------------------------------------------------------------------------------
+class _PartWriter:
+    """A Parquet file written under a hidden temporary name and renamed into place by `commit`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.tmp, table.schema, **PARQUET_OPTIONS)
+        self._writer.write_table(table)
+
+    def commit(self) -> bool:
+        if self._writer is None:
+            self.path.unlink(missing_ok=True)  # a rescored partition with nothing here any more
+            return False
+        self._writer.close()
+        self.tmp.replace(self.path)
+        return True
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+Sink = Callable[[Partition, pa.Table, pa.Table], None]  # (partition, scored rows' output, scored input rows)
+
+
+def score_partition(
+    partition: Partition,
+    model: ScoringModel,
+    contract: DatasetContract,
+    out: Path,
+    *,
+    batch_rows: int,
+    sinks: list[Sink] | None = None,
+) -> PartitionResult:
+    """Score one raw partition into its predictions and refused files; return its accounting."""
+    started = time.perf_counter()
+    result = PartitionResult(partition=partition.key, date=partition.date)
+    schema = OutputSchema(contract, model.predictor.classes if model.predictor.is_classifier else [])
+    checker = ContractChecker(contract, contract.input_columns)
+    scored_at = datetime.now(UTC)
+    predictions = _PartWriter(out / "predictions" / partition.folder / f"{partition.part}.parquet")
+    refused = _PartWriter(out / "refused" / partition.folder / f"{partition.part}.parquet")
+    reasons: Counter[str] = Counter()
+    try:
+        for batch in _batches(partition.path, batch_rows):
+            result.read += batch.num_rows
+            checked = checker.check(batch)
+            bad = checked.bad
+            if checked.missing_columns:
+                bad = np.ones(batch.num_rows, dtype=bool)
+                texts = [f"missing column(s) {checked.missing_columns}"] * batch.num_rows
+            else:
+                by_row = checked.reasons()
+                texts = [str(by_row.get(i, "")) for i in np.flatnonzero(bad)]
+            if bad.any():
+                refused.write(refused_table(batch.filter(pa.array(bad)), texts))
+                result.refused += int(bad.sum())
+                for text in texts:
+                    reasons.update({part.split(":", 1)[0].strip() for part in text.split("; ")})
+            good = ~bad
+            if not good.any():
+                continue
+            rows = batch if not bad.any() else batch.filter(pa.array(good))
+            typed = checked.typed if not bad.any() else {k: v.filter(pa.array(good)) for k, v in checked.typed.items()}
+            prediction = model.predictor.predict(columns_from_typed(typed, contract))
+            table = schema.table(rows, prediction, model, scored_at)
+            predictions.write(table)
+            for sink in sinks or []:
+                sink(partition, table, rows)
+            result.scored += rows.num_rows
+        predictions.commit()
+        refused.commit()
+    except BaseException:
+        predictions.abort()
+        refused.abort()
+        raise
+    result.reasons = dict(sorted(reasons.items()))
+    result.seconds = time.perf_counter() - started
+    if result.scored + result.refused != result.read:
+        raise ScoringError(
+            f"accounting broke in {partition.key}: {result.scored} scored + {result.refused} refused "
+            f"!= {result.read} read"
+        )
+    return result
+
+
+def _batches(path: Path, batch_rows: int) -> Iterator[pa.Table]:
+    reader = pq.ParquetFile(path)
+    for batch in reader.iter_batches(batch_size=batch_rows):
+        yield pa.Table.from_batches([batch])
+
+
+# ---- sinks: the warehouse table and the prediction log -------------------------------------------------
+class WarehouseSink:
+    """Scored rows into `table` of the warehouse: a partition's old rows deleted, then its rows inserted,
+    both in one transaction per partition (a partition re-scored replaces itself, never doubles)."""
+
+    def __init__(self, url: str, table: str) -> None:
+        self.engine = engine_for(url)
+        self.table_name = table
+        self._pending: dict[str, list[pa.Table]] = {}
+
+    def __call__(self, partition: Partition, scored: pa.Table, rows: pa.Table) -> None:
+        self._pending.setdefault(partition.key, []).append(scored)
+
+    def commit(self, partition: Partition) -> None:
+        parts = self._pending.pop(partition.key, [])
+        frame = pa.concat_tables(parts).to_pandas() if parts else None
+        with self.engine.begin() as conn:
+            exists = sa.inspect(conn).has_table(self.table_name)
+            if exists:
+                quote = conn.dialect.identifier_preparer.quote
+                conn.execute(
+                    sa.text(f"DELETE FROM {quote(self.table_name)} WHERE {quote(PARTITION_COLUMN)} = :p"),
+                    {"p": partition.key},
+                )
+            if frame is not None and len(frame):
+                frame.insert(0, PARTITION_COLUMN, partition.key)
+                for column in frame.columns:  # SQLite keeps no time zone: UTC, naive
+                    if hasattr(frame[column], "dt") and getattr(frame[column].dt, "tz", None) is not None:
+                        frame[column] = frame[column].dt.tz_convert("UTC").dt.tz_localize(None)
+                frame.to_sql(self.table_name, conn, if_exists="append", index=False, chunksize=10_000)
+
+    def discard(self, partition: Partition) -> None:
+        self._pending.pop(partition.key, None)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class PredictionLogSink:
+    """Scored rows into the prediction log with source=batch, as the API logs its own: request ids
+    ``batch-<partition fingerprint>-<key>``, so a re-scored partition's rows are skipped, not doubled."""
+
+    def __init__(self, url: str, contract: DatasetContract) -> None:
+        self.engine = engine_for(url)
+        self.contract = contract
+        self.schema = LogSchema(contract)
+        self.metadata = sa.MetaData()
+        self.predictions, _ = self.schema.tables(self.metadata)
+        with self.engine.begin() as conn:
+            ensure_tables(conn, self.metadata)
+        self.columns = [c.name for c in self.predictions.columns]
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            self.insert: Any = pg_insert(self.predictions).on_conflict_do_nothing(index_elements=["request_id"])
+        elif self.engine.dialect.name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            self.insert = sqlite_insert(self.predictions).on_conflict_do_nothing(index_elements=["request_id"])
+        else:
+            self.insert = self.predictions.insert()
+
+    def __call__(self, partition: Partition, scored: pa.Table, rows: pa.Table) -> None:
+        n = scored.num_rows
+        keys = scored.column(self.contract.key_column).to_pylist()
+        timestamps = (
+            scored.column(self.contract.timestamp_column).to_pylist()
+            if self.contract.timestamp_column
+            else scored.column("scored_at").to_pylist()
+        )
+        values: dict[str, list[Any]] = {
+            "request_id": [f"batch-{partition.part.removeprefix('part-')[:16]}-{k}" for k in keys],
+            "model_name": scored.column("model_name").to_pylist(),
+            "model_version": scored.column("model_version").to_pylist(),
+            "timestamp": timestamps,
+            "latency_ms": [0.0] * n,
+            "prediction": [self.schema.label_value(v) for v in scored.column("prediction").to_pylist()],
+            "flags": [None] * n,
+            "source": [BATCH] * n,
+        }
+        probabilities = {c: scored.column(c).to_pylist() for c in scored.column_names if c.startswith("p_")}
+        positive = label_text(self.contract.target.positive_class) if self.contract.task == "binary" else None
+        values["probability"] = (
+            probabilities.get(f"p_{identifier(positive)}", [None] * n) if positive is not None else [None] * n
+        )
+        for label, sql in self.schema.proba_sql.items():
+            values[sql] = probabilities.get(f"p_{identifier(label)}", [None] * n)
+        for name, sql in self.schema.input_sql.items():
+            column = rows.column(name)
+            if pa.types.is_timestamp(column.type) and column.type.tz is not None:
+                column = pc.cast(column, pa.timestamp("us"))  # the log's input timestamps are naive UTC
+            values[sql] = _plain(column)
+        params = [{c: values[c][i] for c in self.columns} for i in range(n)]
+        with self.engine.begin() as conn:
+            for start in range(0, n, 10_000):
+                conn.execute(self.insert, params[start : start + 10_000])
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _plain(column: pa.ChunkedArray) -> list[Any]:
+    if pa.types.is_boolean(column.type):
+        return [None if v is None else float(v) for v in column.to_pylist()]
+    return list(column.to_pylist())
+
+
+# ---- a run ----------------------------------------------------------------------------------------------
+def score(
+    settings: Settings,
+    *,
+    model: ScoringModel | None = None,
+    version: str | None = None,
+    dates: list[str] | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    rescore: bool = False,
+) -> dict[str, Any]:
+    """Score the chosen raw partitions; return (and write) the run's manifest.
+
+    Without dates, start or end, ``scoring.partitions`` chooses: ``new`` scores what has no done marker
+    yet (everything new since the last run), ``all`` every partition. Done partitions are skipped unless
+    `rescore`. `model` is a preloaded ScoringModel (tests, the benchmark); else `version` or the alias.
+    """
+    contract = settings.contract
+    out = output_dir(settings)
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    raw = settings.data_dir / "raw"
+    found = partitions(raw)
+    if not found:
+        raise ScoringError(f"nothing to score: no raw partitions under {raw} (run collect first)")
+    chosen = select(found, dates=dates, start=start, end=end)
+    window = "dates" if dates is not None else "range" if (start or end) else settings.scoring.partitions
+    model = model or load_model(settings, version=version)
+    started, t0 = utc_now(), time.perf_counter()
+    warehouse = (
+        WarehouseSink(settings.warehouse_url, settings.scoring.warehouse_table)
+        if settings.scoring.warehouse_table
+        else None
+    )
+    logger = PredictionLogSink(settings.prediction_log_url, contract) if settings.scoring.log_predictions else None
+    results: list[PartitionResult] = []
+    try:
+        for partition in chosen:
+            marker = done_marker(out, partition)
+            if marker.exists() and not rescore:
+                results.append(PartitionResult(partition=partition.key, date=partition.date, skipped=True))
+                continue
+            sinks: list[Sink] = [s for s in (warehouse, logger) if s is not None]
+            try:
+                result = score_partition(
+                    partition, model, contract, out, batch_rows=settings.scoring.batch_rows, sinks=sinks
+                )
+            except BaseException:
+                if warehouse is not None:
+                    warehouse.discard(partition)
+                raise
+            if warehouse is not None:
+                warehouse.commit(partition)
+            write_json_atomic(
+                marker,
+                {
+                    **result.to_dict(),
+                    "model_name": model.name,
+                    "model_version": model.version,
+                    "run_id": model.run_id,
+                    "scoring_run": run_id,
+                    "scored_at": utc_now(),
+                },
+            )
+            results.append(result)
+            log.info("scored %s: %d scored, %d refused", partition.key, result.scored, result.refused)
+    finally:
+        for sink in (warehouse, logger):
+            if sink is not None:
+                sink.close()
+    scored = [r for r in results if not r.skipped]
+    totals = {k: sum(getattr(r, k) for r in scored) for k in ("read", "scored", "refused")}
+    if totals["scored"] + totals["refused"] != totals["read"]:
+        raise ScoringError(f"accounting broke: {totals}")
+    seconds = time.perf_counter() - t0
+    manifest = {
+        "run_id": run_id,
+        "started_at": started,
+        "finished_at": utc_now(),
+        "window": window,
+        "model_name": model.name,
+        "model_version": model.version,
+        "model_run_id": model.run_id,
+        "runtime": model.predictor.runtime,
+        **totals,
+        "partitions_scored": len(scored),
+        "partitions_skipped": len(results) - len(scored),
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(totals["read"] / seconds, 1) if seconds > 0 and totals["read"] else 0.0,
+        "output_dir": str(out),
+        "warehouse_table": settings.scoring.warehouse_table,
+        "partitions": [r.to_dict() for r in results],
+    }
+    write_json_atomic(out / "manifests" / f"score-{run_id}.json", manifest)
+    return manifest
