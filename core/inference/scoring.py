@@ -243,6 +243,9 @@ class _PartWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # What a killed run left of this file: hidden, never read, removed before writing it again.
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
         self.tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         self._writer: pq.ParquetWriter | None = None
 
