@@ -116,6 +116,7 @@ class Prediction:
     labels: list[Any]
     probabilities: np.ndarray | None  # (n, n_classes) for classifiers
     classes: list[Any] = field(default_factory=list)
+    picks: np.ndarray | None = None  # classifiers: each row's label as its index in `classes`
 
 
 @dataclass
@@ -270,7 +271,9 @@ class Predictor:
             picks = np.where(scores[:, pos] >= self.threshold, pos, neg)
         else:
             picks = np.argmax(scores, axis=1)
-        return Prediction(labels=[classes[i] for i in picks.tolist()], probabilities=scores, classes=classes)
+        return Prediction(
+            labels=[classes[i] for i in picks.tolist()], probabilities=scores, classes=classes, picks=picks
+        )
 
     def warm(self) -> None:
         """One prediction on every path a request can take, so the first caller pays no lazy set-up."""

@@ -207,6 +207,17 @@ class OutputSchema:
         self.schema = pa.schema(fields)
         self.label_type = label
 
+    def _labels(self, result: Prediction) -> pa.Array:
+        if result.picks is None:
+            labels = result.labels
+            if pa.types.is_string(self.label_type):
+                labels = [label_text(v) for v in labels]
+            return pa.array(labels, type=self.label_type)
+        # A classifier's label per row is one of its classes: the classes converted once, taken by row.
+        classes = list(result.classes)
+        texts = [label_text(c) for c in classes] if pa.types.is_string(self.label_type) else classes
+        return pa.array(texts, type=self.label_type).take(pa.array(result.picks))
+
     def table(self, rows: pa.Table, result: Prediction, model: ScoringModel, scored_at: datetime) -> pa.Table:
         n = rows.num_rows
         arrays: list[pa.Array] = [pc.cast(rows.column(self.key), pa.string())]
@@ -215,18 +226,15 @@ class OutputSchema:
             if pa.types.is_timestamp(ts.type) and ts.type.tz is None:
                 ts = pc.assume_timezone(ts, "UTC")
             arrays.append(pc.cast(ts, pa.timestamp("us", tz="UTC")))
-        labels = result.labels
-        if pa.types.is_string(self.label_type):
-            labels = [label_text(v) for v in labels]
-        arrays.append(pa.array(labels, type=self.label_type))
+        arrays.append(self._labels(result))
         if self.proba:
             assert result.probabilities is not None
             position = {label_text(c): i for i, c in enumerate(result.classes)}
             for label in self.proba:
                 arrays.append(pa.array(result.probabilities[:, position[label]], type=pa.float64()))
         for value in (model.name, model.version, model.run_id):
-            arrays.append(pa.array([value] * n, type=pa.string()))
-        arrays.append(pa.array([scored_at] * n, type=pa.timestamp("us", tz="UTC")))
+            arrays.append(pa.repeat(pa.scalar(value, pa.string()), n))
+        arrays.append(pa.repeat(pa.scalar(scored_at, pa.timestamp("us", tz="UTC")), n))
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
 
