@@ -21,10 +21,13 @@ scored + refused == read, per partition and per run, or the run fails.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +41,7 @@ import sqlalchemy as sa
 
 from core.contract import DatasetContract, identifier, label_text
 from core.data.rules import ContractChecker
-from core.data.snapshots import PARQUET_OPTIONS, UNORDERED_PARTITION, raw_part_files, utc_now, write_json_atomic
+from core.data.snapshots import UNORDERED_PARTITION, raw_part_files, utc_now, write_json_atomic
 from core.databases import engine_for
 from core.inference.predictor import Prediction, Predictor, columns_from_typed, predictor_for
 from core.predictions import BATCH, LogSchema, ensure_tables
@@ -48,6 +51,9 @@ from core.settings import Settings
 log = logging.getLogger(__name__)
 
 PARTITION_COLUMN = "partition"  # in the warehouse table: which raw partition a row came from
+# zstd at its fastest level: predictions are mostly probabilities, which compress little at any level,
+# and the write must not cost more than the prediction.
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 1}
 
 
 class ScoringError(RuntimeError):
@@ -81,6 +87,7 @@ class PartitionResult:
     reasons: dict[str, int] = field(default_factory=dict)  # column -> refused rows naming it
     seconds: float = 0.0
     skipped: bool = False
+    committed: Future[None] | None = field(default=None, repr=False, compare=False)  # its files renamed in
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -256,14 +263,22 @@ class _PartWriter:
             stale.unlink(missing_ok=True)
         self.tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         self._writer: pq.ParquetWriter | None = None
+        self.failed: BaseException | None = None
 
     def write(self, table: pa.Table) -> None:
-        if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self.tmp, table.schema, **PARQUET_OPTIONS)
-        self._writer.write_table(table)
+        try:
+            if self._writer is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._writer = pq.ParquetWriter(self.tmp, table.schema, **PARQUET_OPTIONS)
+            self._writer.write_table(table)
+        except BaseException as exc:
+            self.failed = exc
+            raise
 
     def commit(self) -> bool:
+        if self.failed is not None:  # a batch never reached the file: nothing of it is published
+            self.abort()
+            raise ScoringError(f"writing {self.path} failed: {self.failed}") from self.failed
         if self._writer is None:
             self.path.unlink(missing_ok=True)  # a rescored partition with nothing here any more
             return False
@@ -274,6 +289,7 @@ class _PartWriter:
     def abort(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self._writer = None
         self.tmp.unlink(missing_ok=True)
 
 
@@ -288,8 +304,14 @@ def score_partition(
     *,
     batch_rows: int,
     sinks: list[Sink] | None = None,
+    writer: ThreadPoolExecutor | None = None,
 ) -> PartitionResult:
-    """Score one raw partition into its predictions and refused files; return its accounting."""
+    """Score one raw partition into its predictions and refused files; return its accounting.
+
+    Files are written by `writer` (one thread, in submission order; without one, a thread of this call's
+    own), so a run's writes overlap its next partition's reading and predicting. The files are renamed
+    into place by a last task on `writer`, whose future is `result.committed`.
+    """
     started = time.perf_counter()
     result = PartitionResult(partition=partition.key, date=partition.date)
     schema = OutputSchema(contract, model.predictor.classes if model.predictor.is_classifier else [])
@@ -298,8 +320,14 @@ def score_partition(
     predictions = _PartWriter(out / "predictions" / partition.folder / f"{partition.part}.parquet")
     refused = _PartWriter(out / "refused" / partition.folder / f"{partition.part}.parquet")
     reasons: Counter[str] = Counter()
+    # The model reads its feature columns only (an id column, however long its strings, is not converted).
+    needed = {*contract.feature_columns, *contract.time_feature_columns}
+    # Three stages overlap: the next batch is read (a thread), this one checked and predicted (here), the
+    # previous one written (a thread); Arrow's reader and writer release the GIL.
+    pool = writer or ThreadPoolExecutor(1, thread_name_prefix="score-write")
+    writes: list[Future[None]] = []
     try:
-        for batch in _batches(partition.path, batch_rows):
+        for batch in _prefetched(_batches(partition.path, batch_rows)):
             result.read += batch.num_rows
             checked = checker.check(batch)
             bad = checked.bad
@@ -310,27 +338,34 @@ def score_partition(
                 by_row = checked.reasons()
                 texts = [str(by_row.get(i, "")) for i in np.flatnonzero(bad)]
             if bad.any():
-                refused.write(refused_table(batch.filter(pa.array(bad)), texts))
+                writes.append(pool.submit(refused.write, refused_table(batch.filter(pa.array(bad)), texts)))
                 result.refused += int(bad.sum())
                 for text in texts:
                     reasons.update({part.split(":", 1)[0].strip() for part in text.split("; ")})
             good = ~bad
             if not good.any():
                 continue
-            rows = batch if not bad.any() else batch.filter(pa.array(good))
-            typed = checked.typed if not bad.any() else {k: v.filter(pa.array(good)) for k, v in checked.typed.items()}
+            mask = None if not bad.any() else pa.array(good)
+            rows = batch if mask is None else batch.filter(mask)
+            typed = {k: v if mask is None else v.filter(mask) for k, v in checked.typed.items() if k in needed}
             prediction = model.predictor.predict(columns_from_typed(typed, contract))
             table = schema.table(rows, prediction, model, scored_at)
-            predictions.write(table)
+            writes.append(pool.submit(predictions.write, table))
             for sink in sinks or []:
                 sink(partition, table, rows)
             result.scored += rows.num_rows
-        predictions.commit()
-        refused.commit()
+            # Surface a failed write early, and hold at most two batches waiting for the writer (memory).
+            while writes and (writes[0].done() or len(writes) > 2):
+                writes.pop(0).result()
+        result.committed = pool.submit(_commit, predictions, refused)  # after every write: one thread, FIFO
     except BaseException:
-        predictions.abort()
-        refused.abort()
+        pool.submit(_abort, predictions, refused)
+        if writer is None:
+            pool.shutdown(wait=True)
         raise
+    if writer is None:
+        pool.shutdown(wait=True)
+        result.committed.result()
     result.reasons = dict(sorted(reasons.items()))
     result.seconds = time.perf_counter() - started
     if result.scored + result.refused != result.read:
@@ -341,10 +376,61 @@ def score_partition(
     return result
 
 
+def _commit(*writers: _PartWriter) -> None:
+    for w in writers:
+        w.commit()
+
+
+def _abort(*writers: _PartWriter) -> None:
+    for w in writers:
+        w.abort()
+
+
 def _batches(path: Path, batch_rows: int) -> Iterator[pa.Table]:
     reader = pq.ParquetFile(path)
     for batch in reader.iter_batches(batch_size=batch_rows):
         yield pa.Table.from_batches([batch])
+
+
+_END = object()
+
+
+def _prefetched(items: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """`items`, with the next one produced in a thread while the caller works on the current one."""
+    handoff: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    thread = threading.Thread(target=produce, name="score-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 # ---- sinks: the warehouse table and the prediction log -------------------------------------------------
@@ -455,6 +541,22 @@ def _plain(column: pa.ChunkedArray) -> list[Any]:
 
 
 # ---- a run ----------------------------------------------------------------------------------------------
+def _finish(
+    partition: Partition,
+    result: PartitionResult,
+    marker: Path,
+    warehouse: WarehouseSink | None,
+    details: dict[str, Any],
+) -> None:
+    """On the writer thread, after the partition's files: its warehouse rows, then its done marker."""
+    assert result.committed is not None
+    result.committed.result()  # already run (same thread, earlier): raises if its files failed
+    if warehouse is not None:
+        warehouse.commit(partition)
+    write_json_atomic(marker, {**result.to_dict(), **details, "scored_at": utc_now()})
+    log.info("scored %s: %d scored, %d refused", partition.key, result.scored, result.refused)
+
+
 def score(
     settings: Settings,
     *,
@@ -489,36 +591,40 @@ def score(
     )
     logger = PredictionLogSink(settings.prediction_log_url, contract) if settings.scoring.log_predictions else None
     results: list[PartitionResult] = []
+    finishing: list[Future[None]] = []
     try:
-        for partition in chosen:
-            marker = done_marker(out, partition)
-            if marker.exists() and not rescore:
-                results.append(PartitionResult(partition=partition.key, date=partition.date, skipped=True))
-                continue
-            sinks: list[Sink] = [s for s in (warehouse, logger) if s is not None]
-            try:
-                result = score_partition(
-                    partition, model, contract, out, batch_rows=settings.scoring.batch_rows, sinks=sinks
+        # One writer thread for the run: partition k's files, warehouse rows and done marker are written
+        # while partition k+1 is read and predicted; its tasks run in order, the marker last.
+        with ThreadPoolExecutor(1, thread_name_prefix="score-write") as writer:
+            for partition in chosen:
+                marker = done_marker(out, partition)
+                if marker.exists() and not rescore:
+                    results.append(PartitionResult(partition=partition.key, date=partition.date, skipped=True))
+                    continue
+                for done in [f for f in finishing if f.done()]:  # a failed partition stops the run
+                    done.result()
+                sinks: list[Sink] = [s for s in (warehouse, logger) if s is not None]
+                try:
+                    result = score_partition(
+                        partition,
+                        model,
+                        contract,
+                        out,
+                        batch_rows=settings.scoring.batch_rows,
+                        sinks=sinks,
+                        writer=writer,
+                    )
+                except BaseException:
+                    if warehouse is not None:
+                        warehouse.discard(partition)
+                    raise
+                details = {"model_name": model.name, "model_version": model.version, "run_id": model.run_id}
+                finishing.append(
+                    writer.submit(_finish, partition, result, marker, warehouse, {**details, "scoring_run": run_id})
                 )
-            except BaseException:
-                if warehouse is not None:
-                    warehouse.discard(partition)
-                raise
-            if warehouse is not None:
-                warehouse.commit(partition)
-            write_json_atomic(
-                marker,
-                {
-                    **result.to_dict(),
-                    "model_name": model.name,
-                    "model_version": model.version,
-                    "run_id": model.run_id,
-                    "scoring_run": run_id,
-                    "scored_at": utc_now(),
-                },
-            )
-            results.append(result)
-            log.info("scored %s: %d scored, %d refused", partition.key, result.scored, result.refused)
+                results.append(result)
+        for done in finishing:
+            done.result()
     finally:
         for sink in (warehouse, logger):
             if sink is not None:
