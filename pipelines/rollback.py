@@ -15,6 +15,7 @@ from prefect import flow
 
 from core.registry import aliases as registry
 from core.settings import get_settings
+from pipelines import events
 
 
 @flow(name="rollback", log_prints=True)
@@ -28,6 +29,7 @@ def rollback(version: int, reason: str) -> dict[str, str]:
     use_experiment(settings)
     result = registry.rollback(settings.model_name, str(version), reason)
     print(f"{settings.model_name}: champion -> v{result['champion']} (was v{result['previous_champion']}): {reason}")
+    events.emit(events.ROLLBACK_DONE, settings.model_name, {**result, "reason": reason})
     return result
 
 

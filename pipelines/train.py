@@ -25,6 +25,7 @@ from core.modeling.training import TrainingData, better, fit_configured, load_tr
 from core.registry.promotion import gate_candidate
 from core.registry.tracking import LoggedCandidate, log_candidate, log_run_batch, provenance_tags, use_experiment
 from core.settings import Settings, get_settings
+from pipelines import events
 
 
 @dataclass
@@ -105,6 +106,7 @@ def train(families: list[str] | None = None, register_best: bool | None = None) 
         result.version = outcome["version"]
         result.decision = outcome["decision"]
         print(f"registered {settings.model_name} v{result.version}: {outcome['decision']['decision']}")
+        events.gate_decided(settings.model_name, result.version, result.decision)
     print(f"train flow finished in {time.perf_counter() - started:.1f}s")
     return result
 

@@ -28,6 +28,7 @@ from core.modeling.training import TrainingData, fit_configured, load_training_d
 from core.modeling.tuning import StudySpec, StudySummary, create_study, run_worker, summarize
 from core.registry.tracking import log_run_batch, provenance_tags
 from core.settings import Settings, get_settings
+from pipelines import events
 
 
 def storage_url(settings: Settings, study_name: str, n_workers: int, distributed: bool) -> str:
@@ -196,6 +197,7 @@ def tune(  # noqa: PLR0917 (a flow: typed keyword parameters, as deployments pas
             # Same keys as the train flow's result, for callers that run either (retrain).
             result["version"], result["decision"] = gate["version"], gate["decision"]
             print(f"best configuration registered as v{gate['version']}: {gate['decision']['decision']}")
+            events.gate_decided(settings.model_name, gate["version"], gate["decision"])
     return result
 
 

@@ -43,6 +43,12 @@ MODEL_INFO = Gauge(
 )
 RELOADS = Counter("serving_model_reloads_total", "Registry checks by result.", ["result"])
 LOG_ROWS = Counter("serving_prediction_log_rows_total", "Prediction-log rows by outcome.", ["outcome"])
+# The spool directory is shared by the workers, so each reports the same size; the most recent wins.
+LOG_SPOOL_BYTES = Gauge(
+    "serving_prediction_log_spool_bytes",
+    "Bytes of prediction-log rows spooled while the store is unavailable, waiting to be replayed.",
+    multiprocess_mode="mostrecent",
+)
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:

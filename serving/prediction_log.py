@@ -11,6 +11,7 @@ The tables' schema and the readers monitoring uses live in core/predictions.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -153,6 +154,15 @@ class PredictionLog:
     def pending(self) -> int:
         return len(self._queue)
 
+    def spool_bytes(self) -> int:
+        """Bytes waiting in spool files (claimed ones included): the backlog of a store outage."""
+        total = 0
+        for path in self.spool_dir.glob("*.jsonl") if self.spool_dir.exists() else []:
+            if not path.name.startswith("rejected-"):
+                with contextlib.suppress(FileNotFoundError):  # replayed and removed by another worker meanwhile
+                    total += path.stat().st_size
+        return total
+
     # ---- the writer thread -----------------------------------------------------------------------
     def start(self) -> None:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -183,6 +193,7 @@ class PredictionLog:
             self._replay_spool()
             while self._queue:
                 self._write_batch(self._take(self.batch_rows * 20))
+            metrics.LOG_SPOOL_BYTES.set(self.spool_bytes())
             if stopping:
                 return
 

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from core.servers import free_port
 from core.settings import Settings, get_settings
 from demo.simulator import simulate
+from tests.prometheus_support import push_receiver
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -101,14 +102,23 @@ def _decisions(settings: Settings) -> list[dict[str, Any]]:
     return read_decisions(decisions_path(settings))
 
 
-def test_drifted_window_is_reported_logged_and_decided(env: Settings) -> None:
+def test_drifted_window_is_reported_logged_and_decided(env: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
 
     from pipelines.monitor import run_monitoring
 
     write_reference(env)
     write_log(env, 3_000, drifted=True, labelled=1_500)
-    outcome = run_monitoring(trigger=True, settings=get_settings())
+    with push_receiver() as gateway:
+        monkeypatch.setenv("MLOPS_MONITORING__PUSHGATEWAY_URL", gateway.url)
+        outcome = run_monitoring(trigger=True, settings=get_settings())
+        pushed = gateway.samples(f"/metrics/job/mlops-monitor/model/{env.model_name}")
+
+    # The decision reached the Pushgateway as the gauges deploy/prometheus/alerts.yml alerts on.
+    assert pushed[("mlops_monitoring_retrain_decision", ())] == 1.0
+    assert pushed[("mlops_monitoring_retrain_triggered", ())] == 0.0
+    assert pushed[("mlops_monitoring_drift_share", ())] == pytest.approx(outcome.record["weighted_drift_share"])
+    assert pushed[("mlops_monitoring_status", (("status", "ok"),))] == 1.0
 
     assert outcome.status == "ok"
     assert outcome.result is not None
@@ -159,6 +169,7 @@ def test_trigger_starts_the_retraining_deployment_with_the_reason(
         """Stands in for the retraining flow: only its deployment's name matters here."""
 
     monkeypatch.setenv("MLOPS_MONITORING__COOLDOWN_HOURS", "24")
+    monkeypatch.setenv("MLOPS_MONITORING__TRIGGER", "deployment")
     write_reference(env)
     write_log(env, 2_000, drifted=True)
     # Prefect read its settings when this process first imported it, maybe under the closed port.
@@ -177,17 +188,100 @@ def test_trigger_starts_the_retraining_deployment_with_the_reason(
     assert [r["triggered"] for r in _decisions(get_settings())] == [True, False]
 
 
+def _deploy_retrain_with_its_trigger(api: str, with_trigger: bool = True) -> uuid.UUID:
+    """A `retrain/retrain` deployment on the run's Prefect server and, as `prefect deploy` would create it,
+    the automation of the trigger prefect.yaml declares for it (read from prefect.yaml, not copied)."""
+    import yaml
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.events import DeploymentTriggerTypes
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from pydantic import TypeAdapter
+
+    from core.settings import PROJECT_ROOT
+
+    @flow(name="retrain")
+    def retrain(reason: str = "", event_id: str | None = None) -> None:
+        """Stands in for the retraining flow: only its deployment and parameters matter here."""
+
+    spec = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
+    [declared] = [d for d in spec["deployments"] if d["name"] == "retrain"]
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        deployment_id = client.create_deployment(flow_id=client.create_flow(retrain), name="retrain")
+        client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
+        if with_trigger:
+            for i, raw in enumerate(declared["triggers"], start=1):
+                trigger = TypeAdapter(DeploymentTriggerTypes).validate_python(
+                    {"name": f"retrain__automation_{i}", **raw}
+                )
+                trigger.set_deployment_id(deployment_id)
+                client.create_automation(trigger.as_automation())
+    return deployment_id
+
+
+def test_the_retrain_request_event_starts_the_deployment_through_its_declared_trigger(
+    env: Settings, monkeypatch: pytest.MonkeyPatch, prefect_server: str
+) -> None:
+    """monitoring.trigger: event (the default). The decision goes out as mlops.monitoring.retrain-requested
+    with its reasons and cooldown; the trigger prefect.yaml declares on `retrain` starts a run carrying the
+    reason and the event's id; the decision record names that run. Inside the cooldown, no second event."""
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    monkeypatch.setenv("MLOPS_MONITORING__COOLDOWN_HOURS", "24")
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pipelines.monitor import run_monitoring
+
+    assert get_settings().monitoring.trigger == "event"
+    _deploy_retrain_with_its_trigger(prefect_server)
+    write_reference(env)
+    write_log(env, 2_000, drifted=True)
+    first = run_monitoring(trigger=True, settings=get_settings())
+    second = run_monitoring(trigger=True, settings=get_settings())
+    assert first.triggered, first.record.get("trigger_error")
+    assert first.record["trigger"] == "event" and first.record["event"] == "mlops.monitoring.retrain-requested"
+    with temporary_settings({PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(uuid.UUID(first.record["flow_run_id"]))
+        query = {"filter": {"id": {"id": [first.record["event_id"]]}}}
+        [event] = client.request("POST", "/events/filter", json=query).json()["events"]
+    assert flow_run.parameters == {"reason": "; ".join(first.record["reasons"]), "event_id": first.record["event_id"]}
+    assert "weighted drift share" in flow_run.parameters["reason"]
+    assert event["resource"]["prefect.resource.id"] == f"mlops.model.{env.model_name}"
+    assert event["payload"]["cooldown_hours"] == 24 and event["payload"]["reasons"] == first.record["reasons"]
+    assert not second.retrain and second.record["held_by_cooldown"] and "event_id" not in second.record
+
+
+def test_an_event_nobody_acts_on_is_recorded_as_not_triggered(
+    env: Settings, monkeypatch: pytest.MonkeyPatch, prefect_server: str
+) -> None:
+    """The deployment exists but its trigger was never created (deployed without prefect.yaml): the event
+    goes out, no run starts, and the decision says so and how to fix it instead of claiming a retraining."""
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    monkeypatch.setenv("MLOPS_MONITORING__TRIGGER_FOLLOW_S", "3")
+    from pipelines.monitor import run_monitoring
+
+    _deploy_retrain_with_its_trigger(prefect_server, with_trigger=False)
+    write_reference(env)
+    write_log(env, 2_000, drifted=True)
+    outcome = run_monitoring(trigger=True, settings=get_settings())
+    assert outcome.retrain and not outcome.triggered and outcome.record["event_id"]
+    assert "prefect deploy --all" in outcome.record["trigger_error"]
+    _deploy_retrain_with_its_trigger(prefect_server)  # leave the trigger in place for later tests
+
+
 @pytest.mark.parametrize(
     ("rows", "window_hours", "age"),
     [(100, None, timedelta()), (2_000, 1.0, timedelta(hours=48))],  # too few rows; rows too old for the window
 )
 def test_too_little_data_says_so_and_triggers_nothing(
-    env: Settings, rows: int, window_hours: float | None, age: timedelta
+    env: Settings, rows: int, window_hours: float | None, age: timedelta, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pipelines.monitor import run_monitoring
 
     write_reference(env)
     write_log(env, rows, drifted=True, age=age)
+    # A Pushgateway that does not answer is noted on the decision; the decision itself is kept.
+    monkeypatch.setenv("MLOPS_MONITORING__PUSHGATEWAY_URL", f"http://127.0.0.1:{free_port()}")
     outcome = run_monitoring(window_hours=window_hours, trigger=True, settings=get_settings())
 
     assert outcome.status == "too_little_data" and not outcome.retrain and not outcome.triggered
@@ -195,6 +289,7 @@ def test_too_little_data_says_so_and_triggers_nothing(
     assert not (env.state / "reports").exists()
     (rec,) = _decisions(env)
     assert rec["status"] == "too_little_data" and rec["retrain"] is False
+    assert "push_error" in rec
     (run,) = _runs(env)
     assert run.data.tags["monitor.status"] == "too_little_data"
 

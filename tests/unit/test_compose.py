@@ -68,6 +68,18 @@ def test_prometheus_scrapes_the_api() -> None:
     assert "api:8000" in targets
 
 
+def test_prometheus_loads_the_alerting_rules_and_the_pushed_monitoring_decisions() -> None:
+    prom = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    mounted = {v.split(":")[1] for v in SERVICES["prometheus"]["volumes"]}
+    for rules in prom["rule_files"]:
+        assert f"/etc/prometheus/{rules}" in mounted, f"prometheus.yml loads {rules}, which compose does not mount"
+    (push_job,) = [j for j in prom["scrape_configs"] if j["job_name"] == "pushgateway"]
+    assert push_job["honor_labels"] is True  # keep the pushed job/model labels the rules match on
+    (target,) = push_job["static_configs"][0]["targets"]
+    assert COMPOSE["x-app"]["environment"]["MLOPS_MONITORING__PUSHGATEWAY_URL"] == f"http://{target}"
+    assert target.split(":")[0] in SERVICES
+
+
 def test_grafana_dashboard_queries_metrics_the_api_exports() -> None:
     metrics_src = "\n".join(p.read_text() for p in (ROOT / "serving").rglob("*.py"))
     for dash in (ROOT / "deploy/grafana/dashboards").glob("*.json"):

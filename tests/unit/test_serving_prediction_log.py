@@ -8,6 +8,7 @@ from typing import Any
 
 from core.predictions import read_feedback, read_predictions
 from core.settings import get_settings
+from serving import metrics
 from serving.prediction_log import PredictionLog
 from tests.serving_support import wait_for
 
@@ -28,6 +29,12 @@ def row(i: int, **overrides: Any) -> dict[str, Any]:
     )
     out.update(overrides)
     return out
+
+
+def spool_gauge() -> float:
+    value = metrics.REGISTRY.get_sample_value("serving_prediction_log_spool_bytes")
+    assert value is not None
+    return value
 
 
 def make_log(url: str, spool: Path) -> PredictionLog:
@@ -63,8 +70,11 @@ def test_rows_spool_while_the_store_is_down_and_replay_when_it_is_back(tmp_path:
         plog.log_predictions(row(i) for i in range(300))
         wait_for(lambda: sum(p.stat().st_size for p in spool.glob("spool-*.jsonl")) > 0)
         assert not plog.store_up
+        # The backlog gauge (alerted on by deploy/prometheus/alerts.yml) shows the spooled bytes.
+        wait_for(lambda: spool_gauge() > 0)
         db.rmdir()  # the store is back
         wait_for(lambda: len(read_predictions(url)) == 300, timeout=30)
+        wait_for(lambda: spool_gauge() == 0)
         plog.log_predictions([row(1000)])
         wait_for(lambda: len(read_predictions(url)) == 301)
     finally:
