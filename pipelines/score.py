@@ -34,7 +34,7 @@ def score_partitions(
 
 @flow(name="score", log_prints=True)
 def score(
-    version: str | None = None,
+    version: int | None = None,
     dates: list[str] | None = None,
     start: str | None = None,
     end: str | None = None,
@@ -47,7 +47,9 @@ def score(
     scored yet). Done partitions are skipped unless ``rescore``.
     """
     settings = get_settings()
-    manifest = score_partitions(settings, version=version, dates=dates, start=start, end=end, rescore=rescore)
+    manifest = score_partitions(
+        settings, version=None if version is None else str(version), dates=dates, start=start, end=end, rescore=rescore
+    )
     print(
         f"{manifest['model_name']} v{manifest['model_version']} ({manifest['runtime']}): "
         f"{manifest['read']} read = {manifest['scored']} scored + {manifest['refused']} refused, "
@@ -59,7 +61,7 @@ def score(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Batch-score the raw snapshot with a registered model.")
-    parser.add_argument("--version", default=None)
+    parser.add_argument("--version", type=int, default=None)
     parser.add_argument("--dates", nargs="*", default=None)
     parser.add_argument("--start", default=None)
     parser.add_argument("--end", default=None)

@@ -128,6 +128,13 @@ def test_score_flow_matches_the_api_reruns_idempotently_and_resumes_after_a_kill
     assert len(_scored(settings)) == first["scored"]
     logged = read_predictions(settings.prediction_log_url)
     assert len(logged) == first["scored"] and set(logged["source"]) == {"batch"}
+    # A given version and one date, re-scored: its files replaced, still nothing duplicated.
+    day = first["partitions"][0]["date"]
+    third = score(version=int(version), dates=[day], rescore=True)
+    assert third["model_version"] == version and third["window"] == "dates"
+    assert {p["date"] for p in third["partitions"]} == {day} and third["read"] > 0
+    assert len(_scored(settings)) == first["scored"]
+    assert len(read_predictions(settings.prediction_log_url)) == first["scored"]
 
     # Killed half-way: start over from an empty output, kill, resume.
     shutil.rmtree(settings.data_dir / "scores")
