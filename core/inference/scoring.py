@@ -44,6 +44,7 @@ from core.data.rules import ContractChecker
 from core.data.snapshots import UNORDERED_PARTITION, raw_part_files, utc_now, write_json_atomic
 from core.databases import engine_for
 from core.inference.predictor import Prediction, Predictor, columns_from_typed, predictor_for
+from core.modeling.compiled import Columns
 from core.predictions import BATCH, LogSchema, ensure_tables
 from core.registry.artefact import RegisteredModel, load_registered
 from core.settings import Settings
@@ -322,38 +323,27 @@ def score_partition(
     reasons: Counter[str] = Counter()
     # The model reads its feature columns only (an id column, however long its strings, is not converted).
     needed = {*contract.feature_columns, *contract.time_feature_columns}
-    # Three stages overlap: the next batch is read (a thread), this one checked and predicted (here), the
-    # previous one written (a thread); Arrow's reader and writer release the GIL.
+    # Three stages overlap: the next batch is read, checked and turned into column arrays (a thread), this
+    # one predicted (here), the previous one written (a thread). Arrow's reader and kernels, the writer
+    # and ONNX Runtime release the GIL, so on two cores the stages run side by side.
     pool = writer or ThreadPoolExecutor(1, thread_name_prefix="score-write")
     writes: list[Future[None]] = []
     try:
-        for batch in _prefetched(_batches(partition.path, batch_rows)):
-            result.read += batch.num_rows
-            checked = checker.check(batch)
-            bad = checked.bad
-            if checked.missing_columns:
-                bad = np.ones(batch.num_rows, dtype=bool)
-                texts = [f"missing column(s) {checked.missing_columns}"] * batch.num_rows
-            else:
-                by_row = checked.reasons()
-                texts = [str(by_row.get(i, "")) for i in np.flatnonzero(bad)]
-            if bad.any():
-                writes.append(pool.submit(refused.write, refused_table(batch.filter(pa.array(bad)), texts)))
-                result.refused += int(bad.sum())
-                for text in texts:
+        for item in _prefetched(_prepared(partition.path, batch_rows, checker, contract, needed)):
+            result.read += item.batch.num_rows
+            if item.refused is not None:
+                writes.append(pool.submit(refused.write, item.refused))
+                result.refused += item.refused.num_rows
+                for text in item.reasons:
                     reasons.update({part.split(":", 1)[0].strip() for part in text.split("; ")})
-            good = ~bad
-            if not good.any():
+            if item.rows is None or item.columns is None:
                 continue
-            mask = None if not bad.any() else pa.array(good)
-            rows = batch if mask is None else batch.filter(mask)
-            typed = {k: v if mask is None else v.filter(mask) for k, v in checked.typed.items() if k in needed}
-            prediction = model.predictor.predict(columns_from_typed(typed, contract))
-            table = schema.table(rows, prediction, model, scored_at)
+            prediction = model.predictor.predict(item.columns)
+            table = schema.table(item.rows, prediction, model, scored_at)
             writes.append(pool.submit(predictions.write, table))
             for sink in sinks or []:
-                sink(partition, table, rows)
-            result.scored += rows.num_rows
+                sink(partition, table, item.rows)
+            result.scored += item.rows.num_rows
             # Surface a failed write early, and hold at most two batches waiting for the writer (memory).
             while writes and (writes[0].done() or len(writes) > 2):
                 writes.pop(0).result()
@@ -386,16 +376,44 @@ def _abort(*writers: _PartWriter) -> None:
         w.abort()
 
 
-def _batches(path: Path, batch_rows: int) -> Iterator[pa.Table]:
-    reader = pq.ParquetFile(path)
-    for batch in reader.iter_batches(batch_size=batch_rows):
-        yield pa.Table.from_batches([batch])
+@dataclass
+class _Prepared:
+    """One batch read and checked: the rows to predict and their column arrays, the refused rows."""
+
+    batch: pa.Table
+    rows: pa.Table | None
+    columns: Columns | None
+    refused: pa.Table | None
+    reasons: list[str]
+
+
+def _prepared(
+    path: Path, batch_rows: int, checker: ContractChecker, contract: DatasetContract, needed: set[str]
+) -> Iterator[_Prepared]:
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+        table = pa.Table.from_batches([batch])
+        checked = checker.check(table)
+        bad = checked.bad
+        if checked.missing_columns:
+            bad = np.ones(table.num_rows, dtype=bool)
+            texts = [f"missing column(s) {checked.missing_columns}"] * table.num_rows
+        else:
+            by_row = checked.reasons()
+            texts = [str(by_row.get(i, "")) for i in np.flatnonzero(bad)]
+        refused = refused_table(table.filter(pa.array(bad)), texts) if bad.any() else None
+        if bad.all():
+            yield _Prepared(table, None, None, refused, texts)
+            continue
+        mask = pa.array(~bad) if bad.any() else None
+        rows = table if mask is None else table.filter(mask)
+        typed = {k: v if mask is None else v.filter(mask) for k, v in checked.typed.items() if k in needed}
+        yield _Prepared(table, rows, columns_from_typed(typed, contract), refused, texts)
 
 
 _END = object()
 
 
-def _prefetched(items: Iterator[pa.Table]) -> Iterator[pa.Table]:
+def _prefetched(items: Iterator[_Prepared]) -> Iterator[_Prepared]:
     """`items`, with the next one produced in a thread while the caller works on the current one."""
     handoff: queue.Queue[Any] = queue.Queue(maxsize=1)
     stop = threading.Event()
