@@ -49,12 +49,10 @@ lint-prometheus: prometheus-tools ## promtool: the scrape config, the alerting r
 	promtool check config --lint=all deploy/prometheus/prometheus.yml
 	promtool test rules deploy/prometheus/alerts_test.yml
 
-# A plain `pytest` runs the whole suite in one process (one Prefect server per run: tests/conftest.py), and
-# `pytest -n 2 --dist loadfile` spreads it over two workers. `make test` still runs each integration and
-# end-to-end module in its own pytest process: in one shared process three modules still fail by order
-# (the fork guide, chaos_fast, tuning_dask; issue 15 stays open until they pass together).
-test: test-unit test-model ## all tests: unit, model, integration, end-to-end
-	@rc=0; for f in tests/integration/test_*.py tests/e2e/test_*.py; do $(VENV)/bin/pytest $$f || rc=1; done; exit $$rc
+# One pytest run: a plain `pytest` runs the whole suite in one process (one Prefect server per run:
+# tests/conftest.py); `make test` spreads the test files over two workers, each file whole in one worker.
+test: $(STAMP) ## all tests: unit, model, integration, end-to-end
+	$(VENV)/bin/pytest -n 2 --dist loadfile
 
 test-unit: $(STAMP) ## unit tests only (no servers)
 	$(VENV)/bin/pytest tests/unit

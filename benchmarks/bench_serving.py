@@ -17,7 +17,10 @@ The first family listed (logistic by default) is also measured in depth, as the 
 - resident memory per worker;
 - the prediction log's write rate from one worker's writer into PostgreSQL (COPY, and the INSERT path it
   replaced) and SQLite (benchmarks/log_rate.py, ``--log-rows`` rows).
-For logistic and hist_gradient_boosting, also the cost of reason codes in the same run: the p50 that
+For the first family, also the cost of shadow mode in the same run: a challenger (the same family, another
+seed) scores every request off the response path while single-record load runs at concurrency 16;
+shadow_p50_ms beside the same server's p50 without shadow at concurrency 16 (alternating rounds), target: at
+most 20% more. For logistic and hist_gradient_boosting, also the cost of reason codes in the same run: the p50 that
 ?explain=3 adds to a single-record /predict (explain_added_p50_ms_logistic, explain_added_p50_ms_hgb).
 Writes benchmarks/results/serving.json: the headline figures, a `families` section (per family: rps,
 p50_ms and the mlflow figures, the ratios, the runtime that served), the targets and whether each is met.
@@ -252,6 +255,49 @@ def _compare(port: int, mlflow_port: int, record: dict[str, Any], duration: floa
 # Reason codes: the p50 explain=k adds to a single-record /predict, per family measured (issue: explain).
 EXPLAIN_K = 3
 EXPLAIN_TARGETS = {"logistic": 0.5, "hist_gradient_boosting": 5.0}
+SHADOW_MAX_ADDED = 0.20  # shadow mode may add at most 20% to the champion's p50 at concurrency 16
+ADMIN_KEY = "bench-admin-key"
+
+
+def _shadow_cost(port: int, record: dict[str, Any], duration: float, rounds: int = 2) -> dict[str, Any]:
+    """p50 of /predict at concurrency 16 with the rollout off and in shadow mode, alternating on the same
+    server; the shadow queue's drops counted from /metrics."""
+    body = json.dumps(record).encode()
+    admin = {"X-API-Key": ADMIN_KEY}
+
+    def mode(name: str) -> None:
+        r = httpx.put(f"http://{HOST}:{port}/admin/rollout", json={"mode": name}, headers=admin, timeout=120)
+        r.raise_for_status()
+
+    def shadow_counts() -> dict[str, float]:
+        text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=10).text
+        out = {}
+        for line in text.splitlines():
+            if line.startswith("serving_shadow_predictions_total{"):
+                outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+                out[outcome] = float(line.rsplit(" ", 1)[1])
+        return out
+
+    off, shadow = [], []
+    for _ in range(rounds):
+        mode("off")
+        off.append(_load_phase(port, body, "/predict", 16, duration)["p50_ms"])
+        mode("shadow")
+        shadow.append(_load_phase(port, body, "/predict", 16, duration)["p50_ms"])
+    counts = shadow_counts()
+    mode("off")
+    base, with_shadow = statistics.median(off), statistics.median(shadow)
+    return {
+        "p50_ms_c16": base,
+        "shadow_p50_ms": with_shadow,
+        "added_share": with_shadow / base - 1,
+        "rounds_p50_ms_c16": off,
+        "rounds_shadow_p50_ms": shadow,
+        "shadow_scored": counts.get("scored", 0.0),
+        "shadow_dropped": counts.get("dropped", 0.0),
+    }
+
+
 EXPLAIN_KEYS = {"logistic": "explain_added_p50_ms_logistic", "hist_gradient_boosting": "explain_added_p50_ms_hgb"}
 
 
@@ -382,6 +428,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "MLOPS_SERVING__PORT": str(port),
                 "MLOPS_SERVING__WORKERS": str(workers),
                 "MLOPS_SERVING_LOG_LEVEL": "warning",
+                "MLOPS_ADMIN_API_KEY": ADMIN_KEY,  # PUT /admin/rollout switches shadow mode on and off
             }
             cmd = [str(VENV_BIN / "python"), "-m", "serving"]
             cold = []
@@ -414,6 +461,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{per_family[family]['p50_ratio']:.1f}x lower p50"
             )
             if family == headline:
+                register_example_model(contract, name, family=family, n_rows=5_000, seed=1, alias="challenger")
+                per_family[family]["shadow"] = _shadow_cost(port, record, args.duration)
+                shadow = per_family[family]["shadow"]
+                _say(
+                    f"{family}: c=16 p50 {shadow['p50_ms_c16']:.2f} ms, "
+                    f"in shadow mode {shadow['shadow_p50_ms']:.2f} ms "
+                    f"({shadow['added_share']:+.0%}; {shadow['shadow_dropped']:.0f} shadow scorings dropped of "
+                    f"{shadow['shadow_scored'] + shadow['shadow_dropped']:.0f})"
+                )
                 deep = _in_depth(url, port, mlflow_port, ours.pid, mlflow_proc.pid, tracking.url, name, args)
                 deep.update(cold_starts_s=cold, compared=compared, model=model, version=version)
             stop_process_group(mlflow_proc.pid)
@@ -444,6 +500,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "inprocess_batch_rows_per_s": args.batch_rows / inprocess_batch_s,
         "cold_start_s": statistics.median(deep["cold_starts_s"]),
         "rss_mb": deep["rss_mb"],
+        "shadow_p50_ms": head["shadow"]["shadow_p50_ms"],
+        "shadow_base_p50_ms_c16": head["shadow"]["p50_ms_c16"],
+        "shadow_added_share": head["shadow"]["added_share"],
     }
     _say(f"prediction log: {args.log_rows} rows into PostgreSQL (COPY, then INSERT) and SQLite")
     log_rates = measure_log_rates(settings, args.log_rows)
@@ -458,6 +517,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         k: {"target": f"{op} {v:g}", "value": derived[k], "met": _met(op, derived[k], v)}
         for k, (op, v) in TARGETS.items()
     }
+    added = result["shadow_added_share"]
+    result["targets"]["shadow_added_share"] = {
+        "target": f"<= {SHADOW_MAX_ADDED:g}",
+        "value": added,
+        "met": added <= SHADOW_MAX_ADDED,
+    }
     for explained, key in EXPLAIN_KEYS.items():
         if explained in per_family:
             added = per_family[explained]["explain"]["added_p50_ms"]
@@ -468,7 +533,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         worst = min(f[k] for f in per_family.values())
         result["targets"][f"every_family_{k}"] = {"target": f"{op} {v:g}", "value": worst, "met": _met(op, worst, v)}
     result["families"] = per_family
+    reduced = (
+        args.duration < 10.0 or args.log_rows < 200_000 or args.batch_rows < 10_000 or set(families) != set(FAMILIES)
+    )
     result["details"] = {
+        "reduced": reduced,  # a run smaller than the default (fewer families, shorter phases, fewer rows)
+        "shadow": head["shadow"],
         "model": {
             "name": f"{MODEL_NAME}-{headline}",
             "version": deep["version"],
@@ -508,6 +578,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "total_s": time.perf_counter() - started_all,
     }
     write_result(result, args.out, shown=[k for k in result if k != "details"])
+    if reduced:
+        _say("REDUCED run (shorter phases, fewer families or rows than the defaults): not the reference figures")
     return result
 
 

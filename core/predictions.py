@@ -1,17 +1,21 @@
 """The prediction log's schema and its readers: what serving writes and monitoring reads.
 
 Two tables. ``predictions``: request_id, model_name, model_version, timestamp, latency_ms, one column per
-contract input column, prediction, probability, flags, source (``online`` from the API, ``batch`` from
-the scoring flow; NULL in a log written before the column existed, read as ``online``). ``feedback``:
-request_id, label, received_at (a label arrives after its prediction; the latest per request id wins).
-The writer (a background thread with a spool for store outages) lives in serving/prediction_log.py;
-monitoring reads through
-:func:`read_predictions` and :func:`read_feedback`. Both sides import this module, neither imports the
-other.
+contract input column, prediction, probability, flags, role, source. ``role`` says which model made the row:
+``champion`` (the default), ``canary`` (the challenger answered the client) or ``shadow`` (the challenger
+scored the request off the response path); the primary key is (request_id, role), so a shadow row keeps the
+request id of the answer it shadows. The readers return served rows (champion and canary) unless asked.
+``source`` says which path predicted: ``online`` (the API) or ``batch`` (the scoring flow); NULL in a log
+written before the column existed, read as ``online``.
+``feedback``: request_id, label, received_at (a label arrives after its prediction; the latest per request
+id wins). The writer (a background thread with a spool for store outages) lives in serving/prediction_log.py;
+monitoring reads through :func:`read_predictions` and :func:`read_feedback`. Both sides import this module,
+neither imports the other.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -22,22 +26,19 @@ import sqlalchemy as sa
 from core.contract import DatasetContract, identifier, label_text
 from core.databases import engine_for
 
+log = logging.getLogger(__name__)
+
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
-META = (
-    "request_id",
-    "model_name",
-    "model_version",
-    "timestamp",
-    "latency_ms",
-    "prediction",
-    "probability",
-    "flags",
-    "source",
-)
+META = ("request_id", "model_name", "model_version", "timestamp", "latency_ms", "prediction", "probability", "flags")
+_META = (*META, "role", "source")  # the log's own columns, before and after the contract's
+ROLES = ("champion", "canary", "shadow")
+SERVED_ROLES = ("champion", "canary")  # the rows a client was answered with
+DEFAULT_ROLE = "champion"  # rows logged before roles existed were all the champion's
 SOURCE = "source"
 ONLINE, BATCH = "online", "batch"
-_META = META  # the log's own columns, before and after the contract's
+# The last columns, in order, and what a row spooled before each existed holds there.
+TRAILING_DEFAULTS: tuple[Any, ...] = (DEFAULT_ROLE, None)
 
 
 class LogSchema:
@@ -56,12 +57,12 @@ class LogSchema:
             if contract.task == "multiclass"
             else {}
         )
-        taken = set(META) | set(self.proba_sql.values())
+        taken = set(_META) | set(self.proba_sql.values())
         self.input_sql: dict[str, str] = {}
         for name in contract.input_columns:
             key = contract.identifiers[name]
             self.input_sql[name] = f"{key}_in" if key in taken else key
-        names = [*META, *self.input_sql.values(), *self.proba_sql.values()]
+        names = [*_META, *self.input_sql.values(), *self.proba_sql.values()]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"prediction log columns {dupes} would be ambiguous for contract '{contract.name}'")
@@ -105,9 +106,12 @@ class LogSchema:
             sa.Column("prediction", self.label_type()),
             sa.Column("probability", sa.Float(), nullable=True),
             sa.Column("flags", sa.String(1000), nullable=True),
-            # Which path predicted: NULL (the API writer leaves it unset) reads as online; see ensure_tables.
-            sa.Column(SOURCE, sa.String(20), nullable=True),
             *(sa.Column(sql, sa.Float(), nullable=True) for sql in self.proba_sql.values()),
+            # Last, so that rows spooled before roles existed (one value fewer) still line up.
+            _role_column(),
+            # Which path predicted: NULL (the API's writer leaves it unset) reads as online; after role, so
+            # that rows spooled before it existed line up too (see TRAILING_DEFAULTS).
+            sa.Column(SOURCE, sa.String(20), nullable=True),
         )
         feedback = sa.Table(
             FEEDBACK,
@@ -150,21 +154,93 @@ class LogSchema:
         return frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
 
 
+def _role_column() -> sa.Column[Any]:
+    return sa.Column("role", sa.String(20), primary_key=True, nullable=False, server_default=DEFAULT_ROLE)
+
+
+def add_roles(conn: sa.Connection) -> bool:
+    """Bring a ``predictions`` table made before roles up to date: add ``role`` (default 'champion') and make
+    the primary key (request_id, role). Safe to run from several processes at once (the table is locked
+    first, then checked again); True when this call changed the table."""
+    if not _needs_roles(conn):
+        return False
+    quote = conn.dialect.identifier_preparer.quote
+    table = quote(PREDICTIONS)
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock first: another process may be migrating too
+        if not _needs_roles(conn):
+            return False
+        old = sa.Table(PREDICTIONS, sa.MetaData(), autoload_with=conn)
+        new_name = f"{PREDICTIONS}_with_roles"
+        columns = [
+            sa.Column(c.name, c.type, nullable=c.nullable, primary_key=c.name == "request_id")
+            for c in old.columns
+            if c.name != "role"
+        ]
+        new = sa.Table(new_name, sa.MetaData(), *columns, _role_column())
+        new.create(conn)
+        names = ", ".join(quote(c.name) for c in columns)
+        conn.exec_driver_sql(f"INSERT INTO {quote(new_name)} ({names}) SELECT {names} FROM {table}")
+        conn.exec_driver_sql(f"DROP TABLE {table}")
+        conn.exec_driver_sql(f"ALTER TABLE {quote(new_name)} RENAME TO {table}")
+        conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS ix_{PREDICTIONS}_timestamp ON {table} (timestamp)")
+        return True
+    conn.exec_driver_sql(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+    if not _needs_roles(conn):
+        return False
+    inspector = sa.inspect(conn)
+    if "role" not in {c["name"] for c in inspector.get_columns(PREDICTIONS)}:
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN role VARCHAR(20) NOT NULL DEFAULT '{DEFAULT_ROLE}'")
+    pk_name = inspector.get_pk_constraint(PREDICTIONS).get("name")
+    if pk_name:
+        conn.exec_driver_sql(f"ALTER TABLE {table} DROP CONSTRAINT {quote(pk_name)}")
+    conn.exec_driver_sql(f"ALTER TABLE {table} ADD PRIMARY KEY (request_id, role)")
+    return True
+
+
+def _needs_roles(conn: sa.Connection) -> bool:
+    inspector = sa.inspect(conn)
+    if not inspector.has_table(PREDICTIONS):
+        return False
+    has_role = "role" in {c["name"] for c in inspector.get_columns(PREDICTIONS)}
+    key = set(inspector.get_pk_constraint(PREDICTIONS).get("constrained_columns") or [])
+    if has_role and key != {"request_id", "role"}:
+        # Both changes are made in one transaction, so this `role` is an input column of a contract, logged
+        # before the log had roles (it is `role_in` now): not something to reinterpret silently.
+        raise ValueError(
+            f"the {PREDICTIONS} table has an input column 'role' from before the log had roles; rename it to "
+            f"'role_in' (ALTER TABLE {PREDICTIONS} RENAME COLUMN role TO role_in) and restart the service"
+        )
+    return not has_role
+
+
+def _only(table: sa.Table, query: sa.Select[Any], roles: tuple[str, ...] | None) -> sa.Select[Any]:
+    """`query` limited to rows of `roles` (a table made before roles holds only the champion's rows)."""
+    if roles is None or "role" not in table.c:
+        return query
+    return query.where(table.c.role.in_(roles))
+
+
 def tables(contract: DatasetContract, metadata: sa.MetaData | None = None) -> tuple[sa.Table, sa.Table]:
     """The two tables of the prediction log for `contract` (see LogSchema)."""
     return LogSchema(contract).tables(metadata)
 
 
-def ensure_tables(conn: sa.Connection, metadata: sa.MetaData) -> None:
-    """Create the log's tables if missing, and bring an older log up to date: a ``predictions`` table
-    written before the ``source`` column existed gets it (NULL for its rows, which read as online).
-    Both writers call this before their first insert; an added nullable column is safe on SQLite and
+def ensure_tables(engine: sa.Engine, metadata: sa.MetaData) -> None:
+    """Create the log's tables if missing and bring an older log up to date (roles, then the ``source``
+    column: NULL for the rows already there, which read as online). Both writers (the API's, batch
+    scoring's) call this before their first insert; an added nullable column is safe on SQLite and
     PostgreSQL alike."""
-    metadata.create_all(conn)
-    existing = {c["name"] for c in sa.inspect(conn).get_columns(PREDICTIONS)}
-    if SOURCE not in existing:
-        quote = conn.dialect.identifier_preparer.quote
-        conn.exec_driver_sql(f"ALTER TABLE {quote(PREDICTIONS)} ADD COLUMN {quote(SOURCE)} VARCHAR(20)")
+    with engine.begin() as conn:
+        metadata.create_all(conn)
+    with engine.begin() as conn:
+        if add_roles(conn):
+            log.info("prediction log: added the role column to %s", PREDICTIONS)
+    with engine.begin() as conn:
+        if SOURCE not in {c["name"] for c in sa.inspect(conn).get_columns(PREDICTIONS)}:
+            quote = conn.dialect.identifier_preparer.quote
+            conn.exec_driver_sql(f"ALTER TABLE {quote(PREDICTIONS)} ADD COLUMN {quote(SOURCE)} VARCHAR(20)")
+            log.info("prediction log: added the source column to %s", PREDICTIONS)
 
 
 def _with_source(frame: pd.DataFrame) -> pd.DataFrame:
@@ -177,9 +253,15 @@ def _with_source(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_predictions(
-    url: str, since: datetime | None = None, limit: int | None = None, *, newest: bool = False
+    url: str,
+    since: datetime | None = None,
+    limit: int | None = None,
+    *,
+    newest: bool = False,
+    roles: tuple[str, ...] | None = SERVED_ROLES,
 ) -> pd.DataFrame:
-    """Logged predictions, oldest first; `since` filters on the prediction timestamp (UTC).
+    """Logged predictions, oldest first; `since` filters on the prediction timestamp (UTC). By default the
+    rows clients were answered with (champion and canary); ``roles=None`` adds the shadow rows.
 
     `limit` keeps the oldest rows, or with `newest=True` the newest ones (still returned oldest first):
     the database does the cut, so a monitoring window never reads the whole log.
@@ -189,7 +271,8 @@ def read_predictions(
         if not sa.inspect(engine).has_table(PREDICTIONS):
             return pd.DataFrame(columns=list(_META))  # nothing logged yet
         table = sa.Table(PREDICTIONS, sa.MetaData(), autoload_with=engine)
-        query = sa.select(table).order_by(table.c.timestamp.desc() if newest else table.c.timestamp)
+        query = _only(table, sa.select(table), roles)
+        query = query.order_by(table.c.timestamp.desc() if newest else table.c.timestamp)
         if since is not None:
             query = query.where(table.c.timestamp >= since)
         if limit is not None:
@@ -202,14 +285,16 @@ def read_predictions(
 
 
 def read_prediction(url: str, request_id: str) -> pd.DataFrame:
-    """The logged prediction with this request id: zero or one row (GET /explain reads its inputs back)."""
+    """The answer logged with this request id (not its shadow): zero or one row (GET /explain reads its inputs
+    back)."""
     engine = engine_for(url)
     try:
         if not sa.inspect(engine).has_table(PREDICTIONS):
             return pd.DataFrame(columns=list(_META))
         table = sa.Table(PREDICTIONS, sa.MetaData(), autoload_with=engine)
         with engine.connect() as conn:
-            return _with_source(pd.read_sql(sa.select(table).where(table.c.request_id == request_id), conn))
+            query = _only(table, sa.select(table).where(table.c.request_id == request_id), SERVED_ROLES)
+            return _with_source(pd.read_sql(query, conn))
     finally:
         engine.dispose()
 

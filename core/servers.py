@@ -111,7 +111,13 @@ def start_mlflow(
         "--artifacts-destination", str(artifacts_dir),
         "--serve-artifacts", "--workers", "1",
     ]  # fmt: skip
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        # The registry webhook goes to the API on this machine (http://127.0.0.1:...), which MLflow's
+        # protection against server-side request forgery refuses by default. Loopback stacks only.
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+    }
     proc = spawn("mlflow", cmd, log, env)
     url = f"http://{HOST}:{port}"
     wait_http(f"{url}/health", timeout, proc, log)

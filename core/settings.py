@@ -108,6 +108,41 @@ class SplitSettings(Section):
         return self
 
 
+class RollbackLimits(Section):
+    """When a canary is stopped: any limit crossed over the last `window_s` seconds, once the canary has
+    answered `min_requests` requests in it. A limit left null is not checked."""
+
+    max_error_rate: float | None = Field(0.02, ge=0, le=1)  # share of canary requests whose prediction raised
+    max_p99_ms: float | None = Field(250.0, gt=0)  # the canary's prediction latency, 99th percentile
+    # Population stability index of the canary's scores against the champion's in the same window (binary:
+    # P(positive); regression: the value; multiclass: the predicted class). 0.1 is a shift, 0.25 a big one.
+    max_score_psi: float | None = Field(0.25, gt=0)
+    min_requests: int = Field(200, ge=1)
+    window_s: float = Field(60.0, gt=0)
+
+
+class RolloutSettings(Section):
+    """A second model beside the champion (serving/rollout.py): off, shadow (scores every request off the
+    response path, logged with role 'shadow') or canary (answers `canary_share` of the entities)."""
+
+    mode: Literal["off", "shadow", "canary"] = "off"
+    alias: str = "challenger"
+    canary_share: float = Field(0.1, ge=0, le=1)
+    # The contract input column whose value keeps an entity on one model (e.g. a customer id); null: the
+    # request id (every request drawn anew).
+    sticky_column: str | None = None
+    shadow_queue: int = Field(1000, ge=1)  # requests waiting for shadow scoring; beyond it they are dropped
+    rollback: RollbackLimits = Field(default_factory=RollbackLimits)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_off(cls, data: Any) -> Any:
+        # YAML 1.1 reads an unquoted `mode: off` as false.
+        if isinstance(data, dict) and data.get("mode") is False:
+            return {**data, "mode": "off"}
+        return data
+
+
 class ServingSettings(Section):
     """The prediction service (serving/): where it binds, its limits, and how it follows the registry."""
 
@@ -118,6 +153,19 @@ class ServingSettings(Section):
     threads_per_worker: int = Field(1, ge=1)
     model_alias: str = "champion"
     reload_interval_s: float = Field(30.0, gt=0)
+    # How long an idle keep-alive connection stays open. Longer than clients and load balancers keep theirs
+    # (httpx 5 s, requests/urllib3 until closed, AWS ALB 60 s), so the server never closes a connection a
+    # client is reusing at that moment: with uvicorn's default 5 s, clients saw `httpx.ReadError` under load.
+    keep_alive_s: int = Field(120, gt=0)
+    # Swaps the workers make together (serving/swaps.py): a worker that sees the alias move nudges the
+    # others through this folder (default <state_dir>/serving/swaps), each looks every `nudge_check_s`;
+    # a loaded version waits up to `swap_wait_s` for every worker to be ready, then all switch at once.
+    swap_dir: Path | None = None
+    nudge_check_s: float = Field(0.05, gt=0)
+    swap_wait_s: float = Field(10.0, ge=0)
+    # POST /webhooks/mlflow: MLflow's registry webhook (alias created/deleted), signed with this secret;
+    # unset, the route answers 403 and the poll alone follows the alias.
+    webhook_secret: SecretStr | None = None
     max_body_bytes: int = Field(1_000_000, gt=0)  # /predict and /feedback
     max_batch_bytes: int = Field(100_000_000, gt=0)  # /predict/batch uploads
     max_batch_rows: int = Field(200_000, gt=0)
@@ -134,6 +182,7 @@ class ServingSettings(Section):
     log_flush_s: float = Field(0.5, gt=0)
     log_retry_s: float = Field(2.0, gt=0)
     spool_dir: Path | None = None  # default: <state_dir>/serving/spool
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
 
 
 Family = Literal["logistic", "random_forest", "hist_gradient_boosting", "svm", "mlp"]
@@ -218,7 +267,8 @@ class GateSettings(Section):
     slice_tolerance: float = Field(0.05, ge=0.0)
     min_slice_rows: int = Field(200, gt=0)
     min_slice_positives: int = Field(5, gt=0)
-    # Median single-row predict latency of the whole pipeline, one thread.
+    # Median single-row predict time of the whole pipeline, one thread, in CPU time (a busy machine does
+    # not reject a model).
     latency_budget_ms: float = Field(50.0, gt=0)
 
 
@@ -474,6 +524,12 @@ class Settings(BaseSettings):
                     f"splits.window_days = {self.splits.window_days}: the contract has no timestamp_column; "
                     "set it to null"
                 )
+        sticky = self.serving.rollout.sticky_column
+        if sticky is not None and sticky not in contract.input_columns:
+            faults.append(
+                f"serving.rollout.sticky_column = {sticky!r}: not a column a request carries for contract "
+                f"'{contract.name}'; choose one of {contract.input_columns}, or null to stick by request id"
+            )
         if faults:
             raise ValueError("; ".join(faults))
         return self

@@ -6,7 +6,9 @@ mlops run train -p families='["logistic"]'
 mlops run score -p version=3           # batch-score the raw snapshot's new partitions
 mlops status                           # champion, challenger, last drift decision, recent runs
 mlops promote 4                        # run the promotion gate on registered version 4
+mlops challenger 4                     # point `challenger` at version 4 (shadow/canary serve it); --clear
 mlops rollback 3 --reason "v4 doubles false alarms in FR"
+mlops webhook register https://api.example.com/webhooks/mlflow   # the API follows alias moves at once
 mlops stack up | down | status         # the local servers `make demo` uses
 mlops demo [--stop]
 
@@ -228,6 +230,32 @@ def promote(version: Annotated[int, typer.Argument(help="registered model versio
 
 
 @app.command()
+def challenger(
+    version: Annotated[int | None, typer.Argument(help="the version the service shadows or canaries")] = None,
+    clear: Annotated[bool, typer.Option(help="remove the alias: no challenger")] = False,
+) -> None:
+    """Point the `challenger` alias at a version (or remove it): what the service's shadow and canary serve."""
+    from mlflow import MlflowClient
+
+    settings = settings_or_exit()
+    if (version is None) == (not clear):
+        fail("give a VERSION, or --clear to remove the alias")
+    uri = settings.mlflow_tracking_uri
+    c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    alias = settings.serving.rollout.alias
+    try:
+        if clear:
+            c.delete_registered_model_alias(settings.model_name, alias)
+            console.print(f"{settings.model_name}: alias {alias!r} removed")
+            return
+        c.get_model_version(settings.model_name, str(version))  # a clear error for a version that is not there
+        c.set_registered_model_alias(settings.model_name, alias, str(version))
+    except Exception as exc:
+        fail(f"{settings.model_name} at {settings.mlflow_tracking_uri}: {exc}")
+    console.print(f"{settings.model_name}: {alias} -> version {version} (served within the poll interval)")
+
+
+@app.command()
 def rollback(
     version: Annotated[int, typer.Argument(help="the earlier version to make champion again")],
     reason: Annotated[str, typer.Option(help="why: recorded on both versions")],
@@ -236,6 +264,24 @@ def rollback(
     from pipelines.rollback import rollback as rollback_flow
 
     console.print_json(json.dumps(rollback_flow(version=version, reason=reason), default=str))
+
+
+webhook_app = typer.Typer(help="The registry webhook that tells the API an alias moved.", no_args_is_help=True)
+app.add_typer(webhook_app, name="webhook")
+
+
+@webhook_app.command("register")
+def webhook_register(
+    url: Annotated[str, typer.Argument(help="the API's webhook URL, e.g. https://api.example.com/webhooks/mlflow")],
+) -> None:
+    """Create (or update) the MLflow webhook that posts alias moves of the model to the API."""
+    from core.registry.webhooks import WebhookSetupError, ensure_alias_webhook
+
+    try:
+        hook = ensure_alias_webhook(settings_or_exit(), url)
+    except WebhookSetupError as exc:
+        fail(str(exc))
+    console.print(f"webhook {hook.name} ({hook.webhook_id}) -> {hook.url}: {', '.join(str(e) for e in hook.events)}")
 
 
 @stack_app.command("up")

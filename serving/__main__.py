@@ -43,6 +43,7 @@ def main() -> None:
         workers=settings.serving.workers,
         log_level=os.environ.get("MLOPS_SERVING_LOG_LEVEL", "info"),
         access_log=False,  # per-request logs cost more than the prediction; /metrics counts requests
+        timeout_keep_alive=settings.serving.keep_alive_s,
         timeout_graceful_shutdown=10,
     )
 

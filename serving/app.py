@@ -23,7 +23,8 @@ from serving.errors import validation_error
 from serving.middleware import LimitsAndMetrics
 from serving.model_store import ModelStore
 from serving.prediction_log import PredictionLog
-from serving.routes import admin, explanations, operations
+from serving.rollout import Rollout
+from serving.routes import admin, explanations, operations, webhooks
 from serving.routes.feedback import feedback_router
 from serving.routes.predictions import predictions_router
 from serving.schemas import build_models
@@ -48,15 +49,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         plog.start()
         store = ModelStore(settings)
-        app.state.store, app.state.prediction_log = store, plog
+        rollout = Rollout(settings, store.registry, plog)
+        app.state.store, app.state.prediction_log, app.state.rollout = store, plog, rollout
         await asyncio.to_thread(store.refresh)
-        watcher = asyncio.create_task(store.watch())
+        if rollout.active:  # the challenger is loaded when a mode needs it (PUT /admin/rollout loads it too)
+            await asyncio.to_thread(rollout.challenger.refresh)
+        rollout.start()
+        watchers = [asyncio.create_task(store.watch()), asyncio.create_task(rollout.watch(store))]
         try:
             yield
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for watcher in watchers:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await asyncio.to_thread(rollout.stop)
             await asyncio.to_thread(plog.stop)
             store.registry.close()
             limits.restore_original_limits()
@@ -76,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         feedback_router(models),
         operations.router,
         admin.router,
+        webhooks.router,
     ]
     for router in routers:
         app.include_router(router)

@@ -18,6 +18,7 @@ from fastapi.security import APIKeyHeader
 from core.settings import Settings
 from serving.model_store import LoadedModel, ModelStore
 from serving.prediction_log import PredictionLog
+from serving.rollout import Rollout
 
 API_KEY_HEADER = "X-API-Key"
 _api_key = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="API key")
@@ -47,10 +48,16 @@ async def get_prediction_log(request: Request) -> PredictionLog:
     return plog
 
 
+async def get_rollout(request: Request) -> Rollout:
+    rollout: Rollout = request.app.state.rollout
+    return rollout
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
 LogDep = Annotated[PredictionLog, Depends(get_prediction_log)]
+RolloutDep = Annotated[Rollout, Depends(get_rollout)]
 APIKeyDep = Annotated[str | None, Depends(_api_key)]
 
 

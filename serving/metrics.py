@@ -42,6 +42,12 @@ MODEL_INFO = Gauge(
     "serving_model_info", "1 for the model version serving.", ["name", "version", "runtime"], multiprocess_mode="max"
 )
 RELOADS = Counter("serving_model_reloads_total", "Registry checks by result.", ["result"])
+SHADOW = Counter(
+    "serving_shadow_predictions_total",
+    "Shadow scoring by outcome: scored, dropped (the queue was full; the client was answered anyway), error.",
+    ["outcome"],
+)
+ROLLBACKS = Counter("serving_rollout_rollbacks_total", "Canaries stopped automatically, by limit crossed.", ["limit"])
 LOG_ROWS = Counter("serving_prediction_log_rows_total", "Prediction-log rows by outcome.", ["outcome"])
 # The spool directory is shared by the workers, so each reports the same size; the most recent wins.
 LOG_SPOOL_BYTES = Gauge(

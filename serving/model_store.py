@@ -29,6 +29,7 @@ from core.inference.predictor import Predictor, predictor_for
 from core.registry.artefact import load_pipeline, sklearn_flavor
 from core.settings import Settings
 from serving import metrics
+from serving.swaps import SwapBoard, sleep_until
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,10 @@ class RegistryError(RuntimeError):
 
 class RegistryUnreachableError(RegistryError):
     """No answer at all (connection refused, timeout)."""
+
+
+class AliasNotFoundError(RegistryError):
+    """The registry answered: no version holds this alias (e.g. no challenger at the moment)."""
 
 
 @dataclass(frozen=True)
@@ -76,9 +81,19 @@ class Registry:
 
     def alias(self, name: str, alias: str) -> VersionInfo:
         if self._http is None:
-            mv = self._client().get_model_version_by_alias(name, alias)
+            try:
+                mv = self._client().get_model_version_by_alias(name, alias)
+            except Exception as exc:
+                if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                    raise AliasNotFoundError(f"{name} has no version with alias {alias!r}") from exc
+                raise
             return VersionInfo(name, str(mv.version), mv.run_id, mv.description or "", dict(mv.tags))
-        mv = self._get("/api/2.0/mlflow/registered-models/alias", name=name, alias=alias)["model_version"]
+        try:
+            mv = self._get("/api/2.0/mlflow/registered-models/alias", name=name, alias=alias)["model_version"]
+        except RegistryError as exc:
+            if "answered 404" in str(exc):
+                raise AliasNotFoundError(f"{name} has no version with alias {alias!r}") from exc
+            raise
         tags = {t["key"]: t["value"] for t in mv.get("tags", [])}
         return VersionInfo(name, str(mv["version"]), mv.get("run_id"), mv.get("description") or "", tags)
 
@@ -179,9 +194,16 @@ class ModelStore:
     """Holds the serving model. A request reads `current` once and keeps that object to the end,
     so a swap (one attribute assignment) never changes the model under a request in flight."""
 
-    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry | None = None, *, alias: str | None = None, primary: bool = True
+    ) -> None:
+        """`alias`: the registry alias followed (default serving.model_alias). `primary`: the model that answers
+        by default (it sets serving_model_info and reload counts); the rollout's second model is not, and it
+        is unloaded when its alias goes away (no challenger any more)."""
         self.settings = settings
         self.registry = registry or Registry(settings.mlflow_tracking_uri)
+        self.alias = alias or settings.serving.model_alias
+        self.primary = primary
         self.current: LoadedModel | None = None
         self.registry_reachable = False
         self.last_error: str | None = None
@@ -189,10 +211,18 @@ class ModelStore:
         # Earlier versions loaded to explain their logged predictions (GET /explain/{request_id}).
         self._others: OrderedDict[str, LoadedModel] = OrderedDict()
         self._others_lock = threading.Lock()
+        serving = settings.serving
+        self.board = SwapBoard(  # one board per alias: the champion's and the challenger's swaps are apart
+            (serving.swap_dir or settings.state / "serving" / "swaps") / self.alias,
+            workers=serving.workers,
+            wait_s=serving.swap_wait_s,
+            check_s=serving.nudge_check_s,
+        )
+        self._nudged_for: str | None = None
 
     def refresh(self) -> bool:
         """Load the alias' version if it differs from the one serving. True when a new model swapped in."""
-        name, alias = self.settings.model_name, self.settings.serving.model_alias
+        name, alias = self.settings.model_name, self.alias
         with self._lock:
             try:
                 info = self.registry.alias(name, alias)
@@ -200,11 +230,19 @@ class ModelStore:
             except Exception as exc:
                 self.registry_reachable = not isinstance(exc, RegistryUnreachableError)
                 self.last_error = str(exc)
+                if not self.primary and isinstance(exc, AliasNotFoundError):
+                    if self.current is not None:
+                        log.info("alias %s removed: %s v%s unloaded", alias, name, self.current.version)
+                    self.current = None
+                    return False
                 metrics.RELOADS.labels(result="registry_error").inc()
                 log.warning("registry check failed: %s", exc)
                 return False
             if self.current is not None and self.current.version == info.version:
                 return False
+            if self.current is not None and self._nudged_for != info.version:
+                self._nudged_for = info.version
+                self.board.nudge(f"{name}@{alias} -> v{info.version}")  # the other workers load it too, now
             try:
                 loaded = self._load(info)
             except Exception as exc:
@@ -213,11 +251,15 @@ class ModelStore:
                 log.exception("loading %s v%s failed; still serving %s", name, info.version, self.version)
                 return False
             previous = self.current
+            if previous is not None:
+                sleep_until(self.board.switch_time(loaded.version))  # with the other workers
             self.current = loaded  # the swap: atomic, requests in flight keep their reference
+            self.board.forget(keep_version=loaded.version)
             self.last_error = None
-            metrics.RELOADS.labels(result="swapped").inc()
-            metrics.set_model(loaded.name, loaded.version, loaded.predictor.runtime, _labels(previous))
-            log.info("serving %s v%s (%s)", loaded.name, loaded.version, loaded.predictor.runtime)
+            if self.primary:
+                metrics.RELOADS.labels(result="swapped").inc()
+                metrics.set_model(loaded.name, loaded.version, loaded.predictor.runtime, _labels(previous))
+            log.info("%s: %s v%s (%s)", alias, loaded.name, loaded.version, loaded.predictor.runtime)
         if self.settings.serving.use_onnx:
             threading.Thread(target=self.upgrade, args=(loaded,), name="onnx-upgrade", daemon=True).start()
         # TreeSHAP's set-up (importing shap, reading the trees) off the request path and after readiness.
@@ -252,7 +294,8 @@ class ModelStore:
             if self.current is not loaded:  # a newer version swapped in meanwhile: leave it alone
                 return False
             self.current = replace(loaded, predictor=faster)
-            metrics.set_model(loaded.name, loaded.version, faster.runtime, _labels(loaded))
+            if self.primary:
+                metrics.set_model(loaded.name, loaded.version, faster.runtime, _labels(loaded))
         log.info("%s v%s now runs on %s", loaded.name, loaded.version, faster.runtime)
         return True
 
@@ -272,7 +315,7 @@ class ModelStore:
         predictor.warm()
         loaded = LoadedModel(
             name=info.name,
-            alias=self.settings.serving.model_alias,
+            alias=self.alias,
             version=info.version,
             run_id=info.run_id,
             predictor=predictor,
@@ -285,14 +328,25 @@ class ModelStore:
         return loaded
 
     async def watch(self) -> None:
-        """Poll the alias forever; faster while nothing is loaded yet."""
+        """Check the alias every `reload_interval_s`, and at once when nudged: by the MLflow webhook,
+        /admin/reload, or another worker that saw the alias move. Every 2 s while the champion is missing;
+        a missing challenger is a normal state, polled as usual."""
         interval = self.settings.serving.reload_interval_s
+
+        def next_poll() -> float:
+            waiting = self.current is None and self.primary
+            return time.monotonic() + (min(interval, 2.0) if waiting else interval)
+
+        due = next_poll()
         while True:
-            await asyncio.sleep(interval if self.current is not None else min(interval, 2.0))
+            await asyncio.sleep(self.board.check_s)
+            if not self.board.nudged() and time.monotonic() < due:
+                continue
             try:
                 await asyncio.to_thread(self.refresh)
             except Exception:  # the watcher must outlive any single failure
                 log.exception("model watcher iteration failed")
+            due = next_poll()
 
 
 def _labels(model: LoadedModel | None) -> tuple[str, str, str] | None:

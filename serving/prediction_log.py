@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 from core.contract import DatasetContract, label_text
 from core.databases import engine_for
-from core.predictions import FEEDBACK, PREDICTIONS, LogSchema, ensure_tables
+from core.predictions import DEFAULT_ROLE, FEEDBACK, PREDICTIONS, TRAILING_DEFAULTS, LogSchema, ensure_tables
 from serving import metrics
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class PredictionLog:
         )
         # A replay after a partial failure may resend rows already written: skip them, never duplicate.
         if dialect.name in ("sqlite", "postgresql"):
-            sql += " ON CONFLICT (request_id) DO NOTHING"
+            sql += " ON CONFLICT (request_id, role) DO NOTHING"
         return sql
 
     def _build_copy_sql(self) -> tuple[str, str, str, str]:
@@ -127,13 +127,16 @@ class PredictionLog:
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {quote(PREDICTIONS)}) ON COMMIT DELETE ROWS",
             f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv)",
             f"INSERT INTO {quote(PREDICTIONS)} ({columns}) SELECT {columns} FROM {stage} "
-            "ON CONFLICT (request_id) DO NOTHING",
+            "ON CONFLICT (request_id, role) DO NOTHING",
         )
 
     # ---- producer side: called from request handlers, never blocks on I/O ------------------------
     def log_block(self, block: Block, n_rows: int) -> None:
         """`n_rows` predictions as columns: the contract's input columns (by their contract names), the log's
-        own columns, and for a multiclass model ``probabilities`` (n x k) with its ``classes``."""
+        own columns, and for a multiclass model ``probabilities`` (n x k) with its ``classes``. ``role`` defaults
+        to the champion's."""
+        if block.get("role") is None:
+            block["role"] = DEFAULT_ROLE
         self._queue.append((PREDICTIONS, (block, n_rows)))
         # No wake-up here: the writer runs every flush_s (or when many blocks queue up), not in the
         # middle of the response that produced the block.
@@ -143,7 +146,9 @@ class PredictionLog:
     def log_predictions(self, rows: Iterable[dict[str, Any]]) -> None:
         rows = list(rows)
         if rows:
-            self.log_block({k: [r.get(k) for r in rows] for k in self._keys}, len(rows))
+            block = {k: [r.get(k) for r in rows] for k in self._keys}
+            block["role"] = [r.get("role") or DEFAULT_ROLE for r in rows]
+            self.log_block(block, len(rows))
 
     def log_feedback(self, request_id: str, label: Any) -> None:
         row = {"request_id": request_id, "label": self.schema.label_value(label), "received_at": datetime.now(UTC)}
@@ -315,10 +320,14 @@ class PredictionLog:
         preds = [r for t, r in batch if t == PREDICTIONS]
         blocks = [r for t, r in batch if t == _BLOCK]
         fb = [r for t, r in batch if t == FEEDBACK]
+        if not self._schema_ready:
+            ensure_tables(self._engine, self._metadata)
+            self._schema_ready = True
+        # Rows spooled before roles (and before sources) existed have one or two values fewer: they were
+        # the champion's, answered online.
+        width = len(self._columns)
+        preds = [r if len(r) == width else (*r, *TRAILING_DEFAULTS[len(r) - width :]) for r in preds]
         with self._engine.begin() as conn:
-            if not self._schema_ready:
-                ensure_tables(conn, self._metadata)
-                self._schema_ready = True
             if (preds or blocks) and self._copy:
                 parts = [self._block_csv(*b) for b in blocks]
                 if preds:  # rows replayed from the spool

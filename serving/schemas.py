@@ -219,7 +219,10 @@ class ExplainOut(_Out):
 class PredictOut(_Out):
     request_id: str
     model_name: str
-    model_version: str
+    model_version: str = Field(description="The version that answered.")
+    role: Literal["champion", "canary"] = Field(
+        "champion", description="champion, or canary when the challenger answered (serving.rollout)."
+    )
     predictions: list[PredictionOut]
 
 
@@ -264,6 +267,36 @@ class ReloadOut(_Out):
     changed: bool
     model_version: str | None
     detail: str | None = None
+
+
+class WebhookOut(_Out):
+    accepted: bool
+    nudged: bool  # the delivery was about the served alias: every worker checks the registry now
+    detail: str | None = None
+
+
+class RolloutIn(_Out):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["off", "shadow", "canary"] | None = Field(None, description="Unset: unchanged.")
+    canary_share: float | None = Field(None, ge=0, le=1, description="Share of entities the canary answers.")
+    reason: str = Field("set through /admin/rollout", max_length=500, description="Recorded with the change.")
+
+
+class RolloutOut(_Out):
+    mode: Literal["off", "shadow", "canary"]
+    canary_share: float
+    alias: str = Field(description="The registry alias of the second model.")
+    sticky_column: str | None = Field(description="The column a canary entity is recognised by; null: request id.")
+    changed_at: str
+    reason: str
+    champion_version: str | None
+    challenger_version: str | None = Field(description="Null: no version holds the alias (or not loaded yet).")
+    challenger_error: str | None = None
+    shadow_queue: dict[str, int] = Field(description="size, capacity and dropped (this worker's).")
+    limits: dict[str, float | int | None]
+    stats: dict[str, Any] = Field(description="This worker's figures over the rollback window, per role.")
+    last_decision: dict[str, Any] | None = Field(None, description="The last automatic rollback, if any.")
 
 
 class ErrorOut(_Out):

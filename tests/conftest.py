@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,7 +54,6 @@ def _shared_server(name: str, start: Callable[[Path], Server]) -> str:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Each process flushes Prefect's event and log workers; the run's first process stops the servers."""
-    import sys
 
     if "prefect" in sys.modules:
         from prefect.events.worker import EventsWorker
@@ -113,11 +113,39 @@ def mlflow_env(mlflow_server: str, state_dir: Path, monkeypatch: pytest.MonkeyPa
 
 @pytest.fixture
 def private_registry() -> Iterator[None]:
-    """For a test that points mlflow at its own store: mlflow keeps the tracking and registry URIs
-    process-wide, so they are put back for the tests that run after it in the same process."""
+    """For a test that points mlflow at its own store (`_mlflow_uris_put_back` puts every test's URIs back;
+    this name says in the test's signature that it does so on purpose)."""
+    yield
+
+
+_MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def _put_mlflow_uris_back() -> Iterator[None]:
+    """`mlflow.set_tracking_uri`/`set_registry_uri` change the process *and* its environment (MLflow exports
+    MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI so that subprocesses inherit them). Left behind, one test's
+    registry becomes the next test's, and the API or `mlops` subprocess a later test starts registers
+    models in, or serves them from, a store of an earlier test. Both are put back as they were."""
+    saved = {k: os.environ.get(k) for k in _MLFLOW_URI_VARS}
+    yield
+    if "mlflow" not in sys.modules:
+        return
     import mlflow
 
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    yield
-    mlflow.set_tracking_uri(previous[0])
-    mlflow.set_registry_uri(previous[1])
+    mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+    mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"] or "")  # "": follow the tracking URI
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _mlflow_uris_put_back_per_module() -> Iterator[None]:
+    yield from _put_mlflow_uris_back()
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uris_put_back() -> Iterator[None]:
+    yield from _put_mlflow_uris_back()

@@ -45,7 +45,7 @@ from core.data.snapshots import UNORDERED_PARTITION, raw_part_files, utc_now, wr
 from core.databases import engine_for
 from core.inference.predictor import Prediction, Predictor, columns_from_typed, predictor_for
 from core.modeling.compiled import Columns
-from core.predictions import BATCH, LogSchema, ensure_tables
+from core.predictions import BATCH, DEFAULT_ROLE, LogSchema, ensure_tables
 from core.registry.artefact import RegisteredModel, load_registered
 from core.settings import Settings
 
@@ -499,17 +499,16 @@ class PredictionLogSink:
         self.schema = LogSchema(contract)
         self.metadata = sa.MetaData()
         self.predictions, _ = self.schema.tables(self.metadata)
-        with self.engine.begin() as conn:
-            ensure_tables(conn, self.metadata)
+        ensure_tables(self.engine, self.metadata)
         self.columns = [c.name for c in self.predictions.columns]
         if self.engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            self.insert: Any = pg_insert(self.predictions).on_conflict_do_nothing(index_elements=["request_id"])
+            self.insert: Any = pg_insert(self.predictions).on_conflict_do_nothing(index_elements=["request_id", "role"])
         elif self.engine.dialect.name == "sqlite":
             from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-            self.insert = sqlite_insert(self.predictions).on_conflict_do_nothing(index_elements=["request_id"])
+            self.insert = sqlite_insert(self.predictions).on_conflict_do_nothing(index_elements=["request_id", "role"])
         else:
             self.insert = self.predictions.insert()
 
@@ -529,6 +528,7 @@ class PredictionLogSink:
             "latency_ms": [0.0] * n,
             "prediction": [self.schema.label_value(v) for v in scored.column("prediction").to_pylist()],
             "flags": [None] * n,
+            "role": [DEFAULT_ROLE] * n,  # the version scoring: monitoring reads it with the served rows
             "source": [BATCH] * n,
         }
         probabilities = {c: scored.column(c).to_pylist() for c in scored.column_names if c.startswith("p_")}

@@ -292,13 +292,17 @@ def better(metric: str, a: float, b: float) -> bool:
 
 
 def single_row_latency_ms(model: Any, row: pd.DataFrame, repeats: int = 30) -> float:
-    """Median wall time of one single-row predict, one thread (how a serving worker runs it)."""
+    """Median time of one single-row predict on one thread (how a serving worker runs it).
+
+    Counted in the thread's CPU time, not wall time: the gate judges what the model costs, and on a
+    shared machine (CI, a busy training host) wall time also counts the other processes' turns on the
+    CPU: 54 ms measured for a 5 ms logistic pipeline while the test suite and benchmarks ran beside it."""
     method = model.predict_proba if hasattr(model, "predict_proba") else model.predict
     times = []
     with threadpool_limits(limits=1):
         method(row)  # warm-up: first-call allocations are not the steady state
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             method(row)
-            times.append((time.perf_counter() - t0) * 1000)
+            times.append((time.thread_time() - t0) * 1000)
     return float(np.median(times))

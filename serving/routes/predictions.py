@@ -2,14 +2,16 @@
 
 Both hand the predictor column arrays, log what they predicted from in one block per request or
 chunk, and count predictions for /metrics a block at a time: no per-row Python beyond the response.
+/predict also follows the rollout (serving.rollout): the canary may answer, the shadow is queued after the
+answer is built; /predict/batch is the champion's alone.
 """
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import numpy as np
@@ -25,12 +27,15 @@ from core.modeling.compiled import Columns
 from core.modeling.explain import top_reasons
 from serving import metrics
 from serving.batch import BatchInputError, chunks, parse_and_check, read_body
-from serving.deps import LogDep, ModelDep, PredictKey, SettingsDep
+from serving.deps import LogDep, ModelDep, PredictKey, RolloutDep, SettingsDep
 from serving.encoders import MEDIA_TYPES, Chunk, OutputFormat, chunk_flags, encoder_for, flag_column
 from serving.errors import ERROR_RESPONSES
 from serving.model_store import LoadedModel
 from serving.prediction_log import PredictionLog
+from serving.rollout import log_result, positive_index
 from serving.schemas import ContractModels, ErrorOut, PredictionOut, PredictOut
+
+log = logging.getLogger(__name__)
 
 _BATCH_DOC: dict[str, Any] = {
     "responses": {
@@ -84,18 +89,30 @@ def predictions_router(models: ContractModels) -> APIRouter:
         "/predict", response_model=PredictOut, responses=ERROR_RESPONSES, summary="Predict one record or a list"
     )
     async def predict(
-        body: Annotated[body_type, Body()], model: ModelDep, plog: LogDep, explain: ExplainK = 0
+        body: Annotated[body_type, Body()], champion: ModelDep, plog: LogDep, rollout: RolloutDep, explain: ExplainK = 0
     ) -> PredictOut:
         started = time.perf_counter()
         items = body if isinstance(body, list) else [body]
         records = [models.values(r) for r in items]
+        request_id = uuid.uuid4().hex
+        sticky = rollout.config.sticky_column
+        model, role = rollout.route(champion, records[0].get(sticky) if sticky else None, request_id)
         columns = columns_from_records(records, model.predictor.contract)
-        result = model.predictor.predict(columns)
+        try:
+            result = model.predictor.predict(columns)
+        except Exception:
+            if role != "canary":
+                raise
+            # A failing canary costs the client nothing: the champion answers, the error counts against it.
+            log.exception("canary prediction by %s v%s failed; the champion answers", model.name, model.version)
+            rollout.observe(role, model, None, (time.perf_counter() - started) * 1000)
+            model, role = champion, "champion"
+            result = model.predictor.predict(columns)
+        predicted_ms = (time.perf_counter() - started) * 1000
         reasons: list[Any] = [None] * len(records)
         if explain:
             values = {name: [r.get(name) for r in records] for name in model.predictor.contract.input_columns}
             reasons = top_reasons(model.predictor.explain(columns, result), values, explain)
-        request_id = uuid.uuid4().hex
         ids = [request_id] if len(records) == 1 else [f"{request_id}-{i}" for i in range(len(records))]
         flags = [models.flags(r) for r in records] if models.unknown_allowed else [[] for _ in records]
         probs = result.probabilities
@@ -112,12 +129,17 @@ def predictions_router(models: ContractModels) -> APIRouter:
         ]
         latency_ms = (time.perf_counter() - started) * 1000
         flag_text = ["; ".join(f) or None for f in flags]
-        _log_block(plog, model, columns, ids, result, flag_text, latency_ms)
+        log_result(plog, model, columns, ids, result, flag_text, latency_ms, role)
         _count(model, result)
+        if rollout.active:
+            rollout.observe(role, model, result, predicted_ms)
+            rollout.shadow(columns, ids, result.labels, flag_text)
         for row_flags in flags:
             for flag in row_flags:
                 metrics.UNKNOWN_CATEGORIES.labels(flag.split(":", 1)[0]).inc()
-        return PredictOut(request_id=request_id, model_name=model.name, model_version=model.version, predictions=out)
+        return PredictOut(
+            request_id=request_id, model_name=model.name, model_version=model.version, role=role, predictions=out
+        )
 
     @router.post(
         "/predict/batch",
@@ -196,38 +218,11 @@ def _predict_chunks(  # noqa: PLR0917 - one call site, all arguments are needed
         chunk = Chunk(ids=ids, result=result, flagged=flagged, flags=flag_column(flagged, n), explanations=reasons)
         yield encoder.chunk(chunk)
         latency_ms = (time.perf_counter() - started) * 1000 / max(n, 1)
-        _log_block(plog, model, columns_chunk, ids, result, chunk.flags, latency_ms)
+        log_result(plog, model, columns_chunk, ids, result, chunk.flags, latency_ms)
         _count(model, result)
     tail = encoder.end()
     if tail:
         yield tail
-
-
-def _log_block(  # noqa: PLR0917 - one call site per endpoint, all arguments are needed
-    plog: PredictionLog,
-    model: LoadedModel,
-    columns: dict[str, Any],
-    ids: list[str] | pa.Array,
-    result: Prediction,
-    flags: list[str | None] | pa.Array,
-    latency_ms: float,
-) -> None:
-    """Hand the prediction log the arrays the prediction was made from: no per-row work here."""
-    probs = result.probabilities
-    block: dict[str, Any] = {
-        **columns,
-        "request_id": ids,
-        "model_name": model.name,
-        "model_version": model.version,
-        "timestamp": datetime.now(UTC),
-        "latency_ms": latency_ms,
-        "prediction": result.labels,
-        "probability": probs[:, _positive_index(model)] if probs is not None and probs.shape[1] == 2 else None,
-        "flags": flags,
-    }
-    if probs is not None and probs.shape[1] > 2:  # multiclass: every class's probability, p_<label> in the log
-        block["probabilities"], block["classes"] = probs, result.classes
-    plog.log_block(block, len(ids))
 
 
 def _count(model: LoadedModel, result: Prediction) -> None:
@@ -236,13 +231,4 @@ def _count(model: LoadedModel, result: Prediction) -> None:
         metrics.PREDICTIONS.labels(model.version, str(label)).inc(n)
     probs = result.probabilities
     if probs is not None and probs.shape[1] == 2:
-        metrics.observe_many(metrics.SCORES, probs[:, _positive_index(model)])
-
-
-def _positive_index(model: LoadedModel) -> int:
-    classes = model.predictor.classes
-    if not classes:
-        return 0
-    positive = label_text(model.predictor.positive_class)
-    texts = [label_text(c) for c in classes]
-    return texts.index(positive) if positive in texts else len(classes) - 1
+        metrics.observe_many(metrics.SCORES, probs[:, positive_index(model)])

@@ -152,6 +152,12 @@ def test_monitorings_window_is_a_bounded_index_scan(postgres_url: str, tmp_path:
     assert "Limit" in plan and "Index Scan Backward" in plan, plan  # not a scan and sort of the whole log
 
 
+def test_a_table_made_before_roles_gains_the_role_column_on_postgres(postgres_url: str, tmp_path: Path) -> None:
+    from tests.unit.test_serving_prediction_log import check_roles_migration
+
+    check_roles_migration(postgres_url, tmp_path / "spool")
+
+
 def test_an_older_log_gains_the_source_column_online_and_batch_rows_told_apart(
     postgres_url: str, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ import io
 import json
 import math
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -310,6 +311,20 @@ def test_chunked_body_over_the_limit_is_413(client: Any) -> None:
 
 
 # ---- operations ---------------------------------------------------------------------------------
+
+
+def test_an_idle_keep_alive_connection_is_not_closed_under_the_client(service: Service) -> None:
+    """A client reuses a connection it kept 8 s idle (longer than uvicorn's default 5 s keep-alive, after
+    which the server closed it and a request sent at that moment failed with a transport error)."""
+    import socket
+
+    request = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{service.port}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+        for pause in (0.0, 8.0):
+            time.sleep(pause)
+            sock.sendall(request)
+            reply = sock.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 200"), f"after {pause}s idle: {reply[:200]!r}"
 
 
 def test_health_ready_model(service: Service) -> None:

@@ -114,3 +114,53 @@ def test_rows_the_store_refuses_are_kept_aside_not_retried(tmp_path: Path) -> No
     finally:
         plog.stop()
     assert plog.store_up
+
+
+def check_roles_migration(url: str, spool: Path) -> None:
+    """A predictions table made before roles (request_id alone as the key) gains `role` when a writer starts:
+    its rows read back as the champion's, and a shadow row can share a request id with its answer."""
+    import sqlalchemy as sa
+
+    from core.databases import engine_for
+    from core.predictions import tables
+
+    metadata = sa.MetaData()
+    predictions, _ = tables(get_settings().contract, metadata)
+    old = sa.Table(
+        "predictions",
+        sa.MetaData(),
+        *(
+            sa.Column(c.name, c.type, nullable=c.nullable, primary_key=c.name == "request_id")
+            for c in predictions.c
+            if c.name != "role"
+        ),
+    )
+    engine = engine_for(url)
+    with engine.begin() as conn:
+        old.create(conn)
+        before = {k: v for k, v in row(0, request_id="old-1").items() if k in old.c}
+        conn.execute(old.insert(), [before])
+    engine.dispose()
+
+    plog = make_log(url, spool)
+    try:
+        plog.log_predictions([row(1, request_id="new-1"), row(1, request_id="new-1", role="shadow", prediction=0)])
+        assert plog.flush()
+        wait_for(lambda: len(read_predictions(url, roles=None)) == 3)
+    finally:
+        plog.stop()
+    served = read_predictions(url)
+    assert sorted(served["request_id"]) == ["new-1", "old-1"]
+    assert set(served["role"]) == {"champion"}
+    every = read_predictions(url, roles=None)
+    assert sorted(every.loc[every["request_id"] == "new-1", "role"]) == ["champion", "shadow"]
+    engine = engine_for(url)
+    try:
+        key = sa.inspect(engine).get_pk_constraint("predictions")["constrained_columns"]
+    finally:
+        engine.dispose()
+    assert sorted(key) == ["request_id", "role"]
+
+
+def test_a_table_made_before_roles_gains_the_role_column(tmp_path: Path) -> None:
+    check_roles_migration(f"sqlite:///{tmp_path / 'log.db'}", tmp_path / "spool")

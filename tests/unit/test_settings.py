@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from core.settings import PROJECT_ROOT, Settings, get_settings
+from core.settings import PROJECT_ROOT, Settings, SettingsError, get_settings, load_settings
 
 
 def test_defaults_live_under_the_state_dir(state_dir: Path) -> None:
@@ -65,3 +65,16 @@ def test_contract_path_resolves_against_project_root(state_dir: Path) -> None:
     s = get_settings()
     assert s.path(s.contract_path) == PROJECT_ROOT / "configs" / "fraud" / "dataset.yaml"
     assert s.contract.name == "card_fraud"
+
+
+def test_a_rollout_sticky_column_the_contract_lacks_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLOPS_SERVING__ROLLOUT__STICKY_COLUMN", "card_id")
+    with pytest.raises(SettingsError, match=r"serving\.rollout\.sticky_column = 'card_id': not a column .*amount"):
+        load_settings()
+
+
+def test_rollout_mode_off_unquoted_in_yaml_reads_as_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    overlay = tmp_path / "rollout.yaml"
+    overlay.write_text("serving:\n  rollout:\n    mode: off\n")
+    monkeypatch.setenv("MLOPS_CONFIG", f"configs/settings.yaml,configs/fraud/settings.yaml,{overlay}")
+    assert load_settings().serving.rollout.mode == "off"
