@@ -12,7 +12,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 STAMP := $(VENV)/.installed
 
 .PHONY: help install lint lint-docker lint-actions lint-k8s lint-prometheus prometheus-tools serve test test-unit test-model test-integration test-e2e demo stop bench bench-data \
-        bench-training bench-tuning bench-serving bench-drift bench-loop bench-report chaos clean
+        bench-training bench-tuning bench-serving bench-score bench-drift bench-loop bench-report chaos clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -75,7 +75,7 @@ stop: $(STAMP) ## stop every process `make demo` started
 serve: $(STAMP) ## the prediction API on settings.serving.host:port (the Dockerfile's command)
 	$(PY) -m serving
 
-bench: bench-data bench-training bench-tuning bench-serving bench-drift bench-loop bench-report ## every benchmark, then docs/benchmarks.md
+bench: bench-data bench-training bench-tuning bench-serving bench-score bench-drift bench-loop bench-report ## every benchmark, then docs/benchmarks.md
 
 bench-data: $(STAMP) ## collection + preprocessing at 10M rows -> benchmarks/results/data.json
 	$(PY) -m benchmarks.bench_data $(BENCH_ARGS)
@@ -88,6 +88,9 @@ bench-tuning: $(STAMP) ## tuning with 1 vs 2 workers, pruning on vs off -> bench
 
 bench-serving: $(STAMP) ## this API vs `mlflow models serve`, same model and load -> benchmarks/results/serving.json
 	$(PY) -m benchmarks.bench_serving $(BENCH_ARGS)
+
+bench-score: $(STAMP) ## batch scoring of 10M rows (read, predict, write) vs in-process predict -> benchmarks/results/score.json
+	$(PY) -m benchmarks.bench_score $(BENCH_ARGS)
 
 bench-report: $(STAMP) ## docs/benchmarks.md from benchmarks/results/*.json
 	$(PY) -m benchmarks.report

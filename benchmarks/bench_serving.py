@@ -151,9 +151,9 @@ def _batch_phase(  # noqa: PLR0917
 
 def _predictor(tracking_uri: str, model_name: str) -> Any:
     """The champion, loaded and compiled the way the service loads it."""
+    from core.inference.predictor import Predictor
     from core.registry.artefact import load_pipeline
     from serving.model_store import Registry
-    from serving.predictor import Predictor
 
     settings = get_settings()
     registry = Registry(tracking_uri)
@@ -174,7 +174,7 @@ def _predictor(tracking_uri: str, model_name: str) -> Any:
 
 def _floor_and_hot_batches(predictor: Any, record: dict[str, Any], in_process: Callable[[], object]) -> dict[str, Any]:
     """One-row predict time (the floor), and batches back to back (the hot in-process rate)."""
-    from serving.predictor import columns_from_records
+    from core.inference.predictor import columns_from_records
 
     contract = get_settings().contract
     records = [record]
@@ -588,8 +588,8 @@ def _in_depth(  # noqa: PLR0917 - one call site
     args: argparse.Namespace,
 ) -> dict[str, Any]:  # fmt: skip
     """The headline family's batches (over HTTP and in process), one-row floor and memory."""
-    from serving.predictor import columns_from_frame
-    from serving.sample import synthetic_frame
+    from core.inference.predictor import columns_from_frame
+    from core.inference.sample import synthetic_frame
     from serving.schemas import build_models
 
     contract = get_settings().contract

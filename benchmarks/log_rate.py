@@ -29,7 +29,7 @@ BLOCK_ROWS = 1_000  # a 1,000-row batch request, the API's usual block
 
 
 def _blocks(settings: Settings, rows: int) -> list[tuple[dict[str, Any], int]]:
-    from serving.sample import synthetic_frame
+    from core.inference.sample import synthetic_frame
 
     frame = synthetic_frame(settings.contract, BLOCK_ROWS, seed=1)
     inputs = {c: frame[c].to_numpy() for c in settings.contract.input_columns}

@@ -36,6 +36,12 @@ TARGETS: list[tuple[str, str, str, Any]] = [
     ("serving", "rss_mb", "<= 400", lambda v, r: v <= 400),
     ("serving", "explain_added_p50_ms_logistic", "<= 0.5", lambda v, r: v <= 0.5),
     ("serving", "explain_added_p50_ms_hgb", "<= 5", lambda v, r: v <= 5),
+    (
+        "score",
+        "rows_per_s",
+        ">= 0.5 x in-process at 10,000,000 rows",
+        lambda v, r: v >= 0.5 * r["inprocess_rows_per_s"] and r.get("rows", 0) >= 10_000_000,
+    ),
     ("drift", "seconds", "<= 15", lambda v, r: v <= 15),
     ("drift", "peak_rss_mb", "<= 2000", lambda v, r: v <= 2000),
     ("drift", "agreement", ">= 0.95", lambda v, r: v >= 0.95),

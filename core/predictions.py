@@ -1,10 +1,12 @@
 """The prediction log's schema and its readers: what serving writes and monitoring reads.
 
 Two tables. ``predictions``: request_id, model_name, model_version, timestamp, latency_ms, one column per
-contract input column, prediction, probability, flags, role. ``role`` says which model made the row:
+contract input column, prediction, probability, flags, role, source. ``role`` says which model made the row:
 ``champion`` (the default), ``canary`` (the challenger answered the client) or ``shadow`` (the challenger
 scored the request off the response path); the primary key is (request_id, role), so a shadow row keeps the
 request id of the answer it shadows. The readers return served rows (champion and canary) unless asked.
+``source`` says which path predicted: ``online`` (the API) or ``batch`` (the scoring flow); NULL in a log
+written before the column existed, read as ``online``.
 ``feedback``: request_id, label, received_at (a label arrives after its prediction; the latest per request
 id wins). The writer (a background thread with a spool for store outages) lives in serving/prediction_log.py;
 monitoring reads through :func:`read_predictions` and :func:`read_feedback`. Both sides import this module,
@@ -13,6 +15,7 @@ neither imports the other.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -23,13 +26,19 @@ import sqlalchemy as sa
 from core.contract import DatasetContract, identifier, label_text
 from core.databases import engine_for
 
+log = logging.getLogger(__name__)
+
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
 META = ("request_id", "model_name", "model_version", "timestamp", "latency_ms", "prediction", "probability", "flags")
-_META = (*META, "role")  # the log's own columns, before and after the contract's
+_META = (*META, "role", "source")  # the log's own columns, before and after the contract's
 ROLES = ("champion", "canary", "shadow")
 SERVED_ROLES = ("champion", "canary")  # the rows a client was answered with
 DEFAULT_ROLE = "champion"  # rows logged before roles existed were all the champion's
+SOURCE = "source"
+ONLINE, BATCH = "online", "batch"
+# The last columns, in order, and what a row spooled before each existed holds there.
+TRAILING_DEFAULTS: tuple[Any, ...] = (DEFAULT_ROLE, None)
 
 
 class LogSchema:
@@ -100,6 +109,9 @@ class LogSchema:
             *(sa.Column(sql, sa.Float(), nullable=True) for sql in self.proba_sql.values()),
             # Last, so that rows spooled before roles existed (one value fewer) still line up.
             _role_column(),
+            # Which path predicted: NULL (the API's writer leaves it unset) reads as online; after role, so
+            # that rows spooled before it existed line up too (see TRAILING_DEFAULTS).
+            sa.Column(SOURCE, sa.String(20), nullable=True),
         )
         feedback = sa.Table(
             FEEDBACK,
@@ -214,6 +226,29 @@ def tables(contract: DatasetContract, metadata: sa.MetaData | None = None) -> tu
     return LogSchema(contract).tables(metadata)
 
 
+def ensure_tables(engine: sa.Engine, metadata: sa.MetaData) -> None:
+    """Create the log's tables if missing and bring an older log up to date (roles, then the ``source``
+    column: NULL for the rows already there, which read as online). Both writers (the API's, batch
+    scoring's) call this before their first insert; an added nullable column is safe on SQLite and
+    PostgreSQL alike."""
+    with engine.begin() as conn:
+        metadata.create_all(conn)
+    with engine.begin() as conn:
+        if add_roles(conn):
+            log.info("prediction log: added the role column to %s", PREDICTIONS)
+    with engine.begin() as conn:
+        if SOURCE not in {c["name"] for c in sa.inspect(conn).get_columns(PREDICTIONS)}:
+            quote = conn.dialect.identifier_preparer.quote
+            conn.exec_driver_sql(f"ALTER TABLE {quote(PREDICTIONS)} ADD COLUMN {quote(SOURCE)} VARCHAR(20)")
+            log.info("prediction log: added the source column to %s", PREDICTIONS)
+
+
+def _with_source(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every row's source, ``online`` where the log predates the column or the API left it unset."""
+    frame[SOURCE] = frame[SOURCE].fillna(ONLINE) if SOURCE in frame else ONLINE
+    return frame
+
+
 # ---- readers: pandas + SQLAlchemy only ------------------------------------------------------------
 
 
@@ -243,7 +278,7 @@ def read_predictions(
         if limit is not None:
             query = query.limit(limit)
         with engine.connect() as conn:
-            frame = pd.read_sql(query, conn)
+            frame = _with_source(pd.read_sql(query, conn))
         return frame.iloc[::-1].reset_index(drop=True) if newest else frame
     finally:
         engine.dispose()
@@ -259,7 +294,7 @@ def read_prediction(url: str, request_id: str) -> pd.DataFrame:
         table = sa.Table(PREDICTIONS, sa.MetaData(), autoload_with=engine)
         with engine.connect() as conn:
             query = _only(table, sa.select(table).where(table.c.request_id == request_id), SERVED_ROLES)
-            return pd.read_sql(query, conn)
+            return _with_source(pd.read_sql(query, conn))
     finally:
         engine.dispose()
 

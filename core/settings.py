@@ -188,6 +188,22 @@ class ServingSettings(Section):
 Family = Literal["logistic", "random_forest", "hist_gradient_boosting", "svm", "mlp"]
 
 
+class ScoringSettings(Section):
+    """Batch scoring (pipelines/score.py): which model scores the raw snapshot's partitions, and where
+    the predictions go."""
+
+    output_dir: Path | None = None  # default: <data_dir>/scores (partitioned Parquet, refused rows, manifests)
+    model_alias: str = "champion"  # scored with this alias' version unless a run names a version
+    # Partitions are the raw snapshot's part files (one event date each, or `all` without a timestamp).
+    # new: those not scored yet (the done markers are the scoring watermark); all: every partition
+    # (done ones still skipped unless rescore).
+    partitions: Literal["new", "all"] = "new"
+    batch_rows: int = Field(250_000, gt=0)  # rows read, checked and predicted at a time
+    warehouse_table: str | None = None  # also write predictions into this warehouse table (warehouse_url)
+    log_predictions: bool = True  # scored rows into the prediction log, marked source=batch
+    use_onnx: bool = True  # the API's fast path, after the same parity check
+
+
 class TrainingSettings(Section):
     """The training flow: which model families it fits with their default params, and how it scores them."""
 
@@ -396,6 +412,7 @@ class Settings(BaseSettings):
     collection: CollectionSettings = Field(default_factory=CollectionSettings)
     splits: SplitSettings = Field(default_factory=SplitSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
 
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     tuning: TuningSettings = Field(default_factory=TuningSettings)

@@ -3,6 +3,7 @@
 mlops contract init data/penguins.csv --target species   # draft a contract and settings for your data
 mlops run collect                      # any flow, in this process (recorded by Prefect if a server is set)
 mlops run train -p families='["logistic"]'
+mlops run score -p version=3           # batch-score the raw snapshot's new partitions
 mlops status                           # champion, challenger, last drift decision, recent runs
 mlops promote 4                        # run the promotion gate on registered version 4
 mlops challenger 4                     # point `challenger` at version 4 (shadow/canary serve it); --clear
@@ -32,7 +33,7 @@ from core.settings import PROJECT_ROOT, Settings, SettingsError, get_settings
 # telemetry only logs errors.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-FLOWS = ("collect", "preprocess", "train", "tune", "promote", "monitor", "retrain", "rollback")
+FLOWS = ("collect", "preprocess", "train", "tune", "promote", "monitor", "retrain", "rollback", "score")
 
 app = typer.Typer(help="Run the loop's flows and operate the registry.", no_args_is_help=True)
 stack_app = typer.Typer(help="The local stack: MLflow and Prefect servers, worker, API.", no_args_is_help=True)
@@ -98,8 +99,17 @@ def _data_errors() -> tuple[type[Exception], ...]:
     from core.data.sources import SourceError
     from core.data.splits import PreprocessError
     from core.data.validation import SchemaMismatchError
+    from core.inference.scoring import ScoringError
 
-    return (ContractError, CollectionError, DatasetsNotFoundError, SourceError, PreprocessError, SchemaMismatchError)
+    return (
+        ContractError,
+        CollectionError,
+        DatasetsNotFoundError,
+        SourceError,
+        PreprocessError,
+        SchemaMismatchError,
+        ScoringError,
+    )
 
 
 @contract_app.command("init")

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from fastapi import Request
 
 from core.contract import DatasetContract
 from core.data.rules import ContractChecker
+from core.inference.predictor import columns_from_typed
 from core.modeling.compiled import Columns
 from serving.schemas import MAX_TEXT
 
@@ -115,18 +115,7 @@ def check_table(table: pa.Table, contract: DatasetContract, max_rows: int) -> tu
             f"{e['field']}: {e['message']}" + (f" (rows {e['rows']})" if e.get("rows") else "") for e in errors
         )
         raise BatchInputError(422, detail, errors)
-    out: Columns = {}
-    for name, typed in checked.typed.items():
-        kind = contract.column(name).type
-        if kind in ("float", "int", "bool"):
-            out[name] = np.asarray(typed.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
-        elif kind == "datetime":
-            out[name] = np.asarray(typed.to_numpy(zero_copy_only=False), dtype="datetime64[ns]").astype("datetime64[s]")
-        else:
-            # One Python str per distinct value, not per row (a category column repeats a few values).
-            encoded = pc.dictionary_encode(typed)
-            codes = encoded.indices.fill_null(len(encoded.dictionary)).to_numpy(zero_copy_only=False)
-            out[name] = np.array([*encoded.dictionary.to_pylist(), None], dtype=object)[codes]
+    out = columns_from_typed(checked.typed, contract)
     return out, checked.unknown
 
 

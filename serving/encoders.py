@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from core.inference.predictor import Prediction
 from core.modeling.compiled import Columns
-from serving.predictor import Prediction
 from serving.schemas import unknown_flag
 
 OutputFormat = Literal["csv", "ndjson", "arrow"]

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from core.contract import DatasetContract
+from core.inference.sample import synthetic_frame
 from core.modeling.families import FamilyName, Params, build_pipeline
 from core.modeling.features import to_model_input
 from core.registry.artefact import log_model, metadata_for
-from serving.sample import synthetic_frame
 
 
 def labelled_frame(contract: DatasetContract, n_rows: int, seed: int) -> tuple[pd.DataFrame, pd.Series]:

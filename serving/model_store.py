@@ -25,10 +25,10 @@ import httpx
 import yaml
 
 from core.contract import DatasetContract
+from core.inference.predictor import Predictor, predictor_for
 from core.registry.artefact import load_pipeline, sklearn_flavor
 from core.settings import Settings
 from serving import metrics
-from serving.predictor import Predictor
 from serving.swaps import SwapBoard, sleep_until
 
 log = logging.getLogger(__name__)
@@ -178,13 +178,11 @@ class LoadedModel:
 def build_loaded_model(
     info: VersionInfo, pipeline: Any, metadata: dict[str, Any], contract: DatasetContract, settings: Settings
 ) -> Predictor:
-    threshold = metadata.get("threshold", info.tags.get("threshold"))
-    positive = metadata.get("positive_class", contract.target.positive_class)
-    return Predictor.build(
+    return predictor_for(
         pipeline,
+        metadata,
         contract,
-        threshold=float(threshold) if threshold is not None else (0.5 if contract.task == "binary" else None),
-        positive_class=positive,
+        tags=info.tags,
         use_onnx=False,  # ONNX comes after the swap (see ModelStore.upgrade): readiness need not wait for it
         threads=settings.serving.threads_per_worker,
         parity_rows=settings.serving.parity_rows,

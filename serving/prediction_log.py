@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 from core.contract import DatasetContract, label_text
 from core.databases import engine_for
-from core.predictions import DEFAULT_ROLE, FEEDBACK, PREDICTIONS, LogSchema, add_roles
+from core.predictions import DEFAULT_ROLE, FEEDBACK, PREDICTIONS, TRAILING_DEFAULTS, LogSchema, ensure_tables
 from serving import metrics
 
 log = logging.getLogger(__name__)
@@ -321,15 +321,12 @@ class PredictionLog:
         blocks = [r for t, r in batch if t == _BLOCK]
         fb = [r for t, r in batch if t == FEEDBACK]
         if not self._schema_ready:
-            with self._engine.begin() as conn:
-                self._metadata.create_all(conn)
-            with self._engine.begin() as conn:
-                if add_roles(conn):
-                    log.info("prediction log: added the role column to %s", PREDICTIONS)
+            ensure_tables(self._engine, self._metadata)
             self._schema_ready = True
-        # Rows spooled before roles existed have one value fewer: they were the champion's.
+        # Rows spooled before roles (and before sources) existed have one or two values fewer: they were
+        # the champion's, answered online.
         width = len(self._columns)
-        preds = [r if len(r) == width else (*r, DEFAULT_ROLE) for r in preds]
+        preds = [r if len(r) == width else (*r, *TRAILING_DEFAULTS[len(r) - width :]) for r in preds]
         with self._engine.begin() as conn:
             if (preds or blocks) and self._copy:
                 parts = [self._block_csv(*b) for b in blocks]

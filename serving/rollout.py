@@ -38,11 +38,11 @@ import numpy as np
 import pyarrow as pa
 
 from core.contract import label_text
+from core.inference.predictor import Prediction
 from core.settings import RolloutSettings, Settings
 from serving import metrics
 from serving.model_store import LoadedModel, ModelStore, Registry
 from serving.prediction_log import PredictionLog
-from serving.predictor import Prediction
 
 log = logging.getLogger(__name__)
 

@@ -216,3 +216,35 @@ def load_version(model_uri: str, tracking_uri: str | None = None) -> tuple[Any, 
         local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp))
         pipeline, metadata = load_pipeline(local)
     return pipeline, ModelMetadata.from_dict(metadata)
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """One registered version, loaded: what batch scoring needs to predict and to say what predicted."""
+
+    name: str
+    version: str
+    run_id: str | None
+    pipeline: Any
+    metadata: dict[str, Any]  # the MLmodel's metadata as written (see ModelMetadata)
+    tags: dict[str, str]
+
+
+def load_registered(
+    name: str, *, tracking_uri: str, alias: str | None = None, version: str | None = None
+) -> RegisteredModel:
+    """The version `alias` points at (or `version`), downloaded and loaded by :func:`load_pipeline`,
+    with its version number, run id and tags."""
+    import mlflow
+
+    if (alias is None) == (version is None):
+        raise ValueError("give exactly one of alias and version")
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
+    mlflow.set_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="model-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}", dst_path=tmp))
+        pipeline, metadata = load_pipeline(local)
+    return RegisteredModel(
+        name=name, version=str(mv.version), run_id=mv.run_id, pipeline=pipeline, metadata=metadata, tags=dict(mv.tags)
+    )

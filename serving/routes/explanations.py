@@ -12,12 +12,12 @@ from typing import Annotated, Any
 import pandas as pd
 from fastapi import APIRouter, HTTPException, Path, Query
 
+from core.inference.predictor import columns_from_frame
 from core.modeling.explain import top_reasons
 from core.predictions import LogSchema, read_prediction
 from serving.deps import PredictKey, SettingsDep, StoreDep
 from serving.errors import ERROR_RESPONSES
 from serving.model_store import LoadedModel, ModelStore, RegistryError
-from serving.predictor import columns_from_frame
 from serving.schemas import REQUEST_ID_PATTERN, ExplainOut, ExplanationOut
 
 router = APIRouter(tags=["predictions"], dependencies=[PredictKey])

@@ -22,6 +22,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import Discriminator, Field, Tag
 
 from core.contract import label_text
+from core.inference.predictor import Prediction, columns_from_records
 from core.modeling.compiled import Columns
 from core.modeling.explain import top_reasons
 from serving import metrics
@@ -31,7 +32,6 @@ from serving.encoders import MEDIA_TYPES, Chunk, OutputFormat, chunk_flags, enco
 from serving.errors import ERROR_RESPONSES
 from serving.model_store import LoadedModel
 from serving.prediction_log import PredictionLog
-from serving.predictor import Prediction, columns_from_records
 from serving.rollout import log_result, positive_index
 from serving.schemas import ContractModels, ErrorOut, PredictionOut, PredictOut
 

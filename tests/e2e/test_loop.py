@@ -99,7 +99,7 @@ def test_deployments_are_registered(live: Live) -> None:
     out = subprocess.run(
         [str(VENV_BIN / "prefect"), "deployment", "ls"], env=live.env, capture_output=True, text=True, check=True
     ).stdout
-    for name in ("collect", "preprocess", "train", "tune", "monitor", "retrain", "rollback"):
+    for name in ("collect", "preprocess", "train", "tune", "monitor", "retrain", "rollback", "score"):
         assert f"{name}/{name}" in out, f"deployment {name}/{name} missing:\n{out}"
 
 

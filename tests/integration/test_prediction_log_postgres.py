@@ -156,3 +156,70 @@ def test_a_table_made_before_roles_gains_the_role_column_on_postgres(postgres_ur
     from tests.unit.test_serving_prediction_log import check_roles_migration
 
     check_roles_migration(postgres_url, tmp_path / "spool")
+
+
+def test_an_older_log_gains_the_source_column_online_and_batch_rows_told_apart(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A log written before the `source` column existed keeps working: the API's writer adds the column
+    (its old rows and the API's new ones read as online), batch scoring's rows read as batch."""
+    from core.inference.scoring import OutputSchema, Partition, PredictionLogSink
+
+    contract = get_settings().contract
+    when = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    engine = sa.create_engine(postgres_url)
+    metadata = sa.MetaData()
+    from core.predictions import tables
+
+    predictions, _ = tables(contract, metadata)
+    with engine.begin() as conn:
+        metadata.create_all(conn)
+        conn.exec_driver_sql(f"ALTER TABLE {PREDICTIONS} DROP COLUMN source")
+        conn.execute(
+            predictions.insert().values(
+                request_id="old-1", model_name="card-fraud", model_version="1", timestamp=when, latency_ms=1.0
+            )
+        )
+    engine.dispose()
+    plog = _log(postgres_url, tmp_path / "spool")
+    try:
+        plog.log_block(_fraud_block(["new-1", "new-2"], when), 2)
+        assert plog.flush()
+    finally:
+        plog.stop()
+    # Batch scoring's rows through its sink, with the output columns a scored partition has.
+    inputs = pd.DataFrame({name: [contract.column(name).example] * 3 for name in contract.input_columns})
+    inputs[contract.timestamp_column] = pd.Timestamp("2026-01-15T13:45:00", tz="UTC")
+    rows = pa.Table.from_pandas(inputs, preserve_index=False)
+    scored = pa.table(
+        {
+            contract.key_column: pa.array(["k1", "k2", "k3"]),
+            contract.timestamp_column: pa.array([when] * 3, pa.timestamp("us", tz="UTC")),
+            "prediction": pa.array([0, 1, 0]),
+            **dict(
+                zip(
+                    OutputSchema(contract, contract.classes).proba.values(),  # p_<class>, as a scored file names them
+                    [pa.array([0.9, 0.2, 0.8]), pa.array([0.1, 0.8, 0.2])],
+                    strict=True,
+                )
+            ),
+            "model_name": pa.array(["card-fraud"] * 3),
+            "model_version": pa.array(["1"] * 3),
+            "run_id": pa.array(["r"] * 3),
+            "scored_at": pa.array([when] * 3, pa.timestamp("us", tz="UTC")),
+        }
+    )
+    sink = PredictionLogSink(postgres_url, contract)
+    partition = Partition(path=tmp_path / "x.parquet", date="2026-01-15", part="part-0123456789abcdef0123")
+    sink(partition, scored, rows)
+    sink(partition, scored, rows)  # the same partition again (a resumed run): nothing doubled
+    sink.close()
+    frame = read_predictions(postgres_url)
+    assert dict(zip(frame["request_id"], frame["source"], strict=True)) == {
+        "old-1": "online",
+        "new-1": "online",
+        "new-2": "online",
+        **{f"batch-0123456789abcdef-k{i}": "batch" for i in (1, 2, 3)},
+    }
+    batch = frame[frame["source"] == "batch"].sort_values("request_id")
+    assert batch["probability"].tolist() == [0.1, 0.8, 0.2]

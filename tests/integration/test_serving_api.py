@@ -19,9 +19,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from core.inference.sample import synthetic_frame
 from core.predictions import read_feedback, read_predictions
 from core.settings import get_settings
-from serving.sample import synthetic_frame
 from tests.serving_support import ADMIN_KEY, Service, record, register, serve, unique_model_name, wait_for
 
 PREDICT_KEY = "test-predict-key"

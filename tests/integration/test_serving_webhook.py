@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
+from core.inference.sample import synthetic_frame
 from core.servers import WEBHOOK_CACHE_TTL_S
 from core.settings import get_settings
 from serving.routes.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
-from serving.sample import synthetic_frame
 from tests.serving_support import Service, register, serve, unique_model_name
 
 pytestmark = pytest.mark.slow

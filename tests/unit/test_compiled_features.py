@@ -17,12 +17,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
+from core.inference.predictor import Predictor, columns_from_frame
+from core.inference.sample import synthetic_frame
 from core.modeling.compiled import CompiledFeatures, NotCompilableError, compile_step
 from core.modeling.features import MISSING, TimeFeatures, build_preprocessor, encode_times, to_model_input
 from core.settings import get_settings
 from serving.example_model import labelled_frame
-from serving.predictor import Predictor, columns_from_frame
-from serving.sample import synthetic_frame
 
 
 def _numbers(seed: int, n: int = 300) -> np.ndarray:
@@ -165,7 +165,7 @@ def test_an_unknown_step_inside_the_preprocessor_is_served_by_scikit_learn_with_
         for name, step, cols in pre.transformers
     ]
     pipeline = Pipeline([("features", pre), ("model", LogisticRegression(max_iter=300))]).fit(X, y)
-    with caplog.at_level(logging.WARNING, logger="serving.predictor"):
+    with caplog.at_level(logging.WARNING, logger="core.inference.predictor"):
         predictor = Predictor.build(pipeline, contract, threshold=0.5, positive_class=1)
     assert predictor.runtime == "sklearn"
     assert predictor.fallback_reason is not None and "FunctionTransformer" in predictor.fallback_reason

@@ -1,5 +1,5 @@
 """Every family the training flow trains reaches ONNX Runtime, for binary, multiclass and regression
-contracts, and matches its scikit-learn Pipeline (serving/onnx.py's recipes, gated by the predictor's
+contracts, and matches its scikit-learn Pipeline (core/inference/onnx.py's recipes, gated by the predictor's
 parity check). Small models: the recipes, not the models, are under test."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from core.contract import DatasetContract, parse_contract
+from core.inference.predictor import Predictor, columns_from_frame
+from core.inference.sample import synthetic_frame
 from core.modeling.families import FAMILIES, build_pipeline
 from core.modeling.features import to_model_input
 from core.settings import PROJECT_ROOT, get_settings
-from serving.predictor import Predictor, columns_from_frame
-from serving.sample import synthetic_frame
 
 SMALL: dict[str, dict[str, Any]] = {
     "random_forest": {"n_estimators": 10},

@@ -12,12 +12,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
+from core.inference.predictor import Predictor, columns_from_frame, columns_from_records
+from core.inference.sample import synthetic_frame
 from core.modeling.compiled import CompiledFeatures
 from core.modeling.features import build_preprocessor, to_model_input
 from core.settings import get_settings
 from serving.example_model import labelled_frame
-from serving.predictor import Predictor, columns_from_frame, columns_from_records
-from serving.sample import synthetic_frame
 
 
 def fitted(estimator: Any) -> Pipeline:

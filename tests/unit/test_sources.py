@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from core.data.sources import FileSource, SourceError, Watermark, Window
+from core.inference.sample import synthetic_frame
 from core.settings import get_settings
-from serving.sample import synthetic_frame
 
 
 def _latin1_csv(tmp_path: Path) -> Path:

@@ -5,7 +5,7 @@ it on a one-row DataFrame costs milliseconds, almost all of it pandas and input 
 arithmetic. So at load the fitted preprocessor is compiled into numpy functions
 (core.modeling.compiled: scikit-learn's steps from their fitted parameters, the project's own
 transformers by their own vectorised form), and the estimator runs either on ONNX Runtime (the
-recipes are in serving.onnx) or as scikit-learn on a numpy matrix. Each compiled path serves only
+recipes are in core.inference.onnx) or as scikit-learn on a numpy matrix. Each compiled path serves only
 after it matches the original Pipeline on a sample of contract rows; otherwise the next one is tried,
 down to the Pipeline itself, and the reason is logged and kept in `fallback_reason`.
 `Predictor.runtime` says which path serves.
@@ -22,15 +22,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from core.contract import DatasetContract, label_text
+from core.inference.sample import synthetic_frame
 from core.modeling.compiled import Columns, CompiledFeatures, NotCompilableError
 from core.modeling.explain import Explanation, ModelExplainer
 from core.modeling.features import to_model_input
-from serving.sample import synthetic_frame
 
 if TYPE_CHECKING:
-    from serving.onnx import OnnxEstimator
+    from core.inference.onnx import OnnxEstimator
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,24 @@ def columns_from_frame(frame: pd.DataFrame, contract: DatasetContract) -> Column
     return out
 
 
+def columns_from_typed(typed: Mapping[str, pa.Array], contract: DatasetContract) -> Columns:
+    """Column arrays from the contract checker's typed Arrow arrays (core.data.rules.CheckResult.typed):
+    the API's batch upload and batch scoring both predict from these."""
+    out: Columns = {}
+    for name, array in typed.items():
+        kind = contract.column(name).type
+        if kind in ("float", "int", "bool"):
+            out[name] = np.asarray(array.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+        elif kind == "datetime":
+            out[name] = np.asarray(array.to_numpy(zero_copy_only=False), dtype="datetime64[ns]").astype("datetime64[s]")
+        else:
+            # One Python str per distinct value, not per row (a category column repeats a few values).
+            encoded = pc.dictionary_encode(array)
+            codes = encoded.indices.fill_null(len(encoded.dictionary)).to_numpy(zero_copy_only=False)
+            out[name] = np.array([*encoded.dictionary.to_pylist(), None], dtype=object)[codes]
+    return out
+
+
 def frame_from_columns(columns: Columns) -> pd.DataFrame:
     return pd.DataFrame({k: (v.astype("datetime64[ns]") if v.dtype.kind == "M" else v) for k, v in columns.items()})
 
@@ -96,6 +116,7 @@ class Prediction:
     labels: list[Any]
     probabilities: np.ndarray | None  # (n, n_classes) for classifiers
     classes: list[Any] = field(default_factory=list)
+    picks: np.ndarray | None = None  # classifiers: each row's label as its index in `classes`
 
 
 @dataclass
@@ -166,7 +187,7 @@ class Predictor:
         expected = self._sklearn_scores(sample)
         try:
             # Imported here, not at the top: skl2onnx alone takes seconds to import.
-            from serving.onnx import convert
+            from core.inference.onnx import convert
 
             n_features = self._features.transform(sample).shape[1]
             candidate = replace(self, runtime="onnx", _onnx=convert(self.pipeline[-1], n_features, threads=threads))
@@ -250,11 +271,41 @@ class Predictor:
             picks = np.where(scores[:, pos] >= self.threshold, pos, neg)
         else:
             picks = np.argmax(scores, axis=1)
-        return Prediction(labels=[classes[i] for i in picks.tolist()], probabilities=scores, classes=classes)
+        return Prediction(
+            labels=[classes[i] for i in picks.tolist()], probabilities=scores, classes=classes, picks=picks
+        )
 
     def warm(self) -> None:
         """One prediction on every path a request can take, so the first caller pays no lazy set-up."""
         self.predict(columns_from_frame(synthetic_frame(self.contract, 8, seed=3), self.contract))
+
+
+def predictor_for(
+    pipeline: Any,
+    metadata: Mapping[str, Any],
+    contract: DatasetContract,
+    *,
+    tags: Mapping[str, str] | None = None,
+    use_onnx: bool = False,
+    threads: int = 1,
+    parity_rows: int = 512,
+    tolerance: float = 1e-4,
+) -> Predictor:
+    """The predictor of a registered version: its Pipeline with the threshold and positive class its
+    metadata (or, for older versions, its tags) records. The API and batch scoring both build it here,
+    so a row scores the same whichever path it takes."""
+    threshold = metadata.get("threshold", (tags or {}).get("threshold"))
+    positive = metadata.get("positive_class", contract.target.positive_class)
+    return Predictor.build(
+        pipeline,
+        contract,
+        threshold=float(threshold) if threshold is not None else (0.5 if contract.task == "binary" else None),
+        positive_class=positive,
+        use_onnx=use_onnx,
+        threads=threads,
+        parity_rows=parity_rows,
+        tolerance=tolerance,
+    )
 
 
 def _py(v: Any) -> Any:

@@ -1,6 +1,6 @@
 """A Pipeline's estimator on ONNX Runtime: the conversion recipes, one place for every model family.
 
-Imported only when a model is converted (serving.predictor.Predictor.with_onnx): skl2onnx alone takes
+Imported only when a model is converted (core.inference.predictor.Predictor.with_onnx): skl2onnx alone takes
 seconds to import. The features stay on the compiled numpy path (core.modeling.compiled) and only the
 estimator is converted: a whole-Pipeline graph was measured 2-3x slower per request (string inputs,
 dozens of small nodes). Whatever the recipe, the predictor serves the session only after it matched
