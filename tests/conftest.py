@@ -41,6 +41,12 @@ else:
     _STARTS_THE_RUN = False
 RUN_DIR = Path(os.environ["MLOPS_TESTS_RUN_DIR"])
 
+# Prefect binds its settings, the API URL above among them, when it is first imported, for the life of the
+# process. Imported here, every test process is bound to the run's server: a test that points
+# PREFECT_API_URL at a closed port (the monitoring tests do) can no longer be the first to import it and
+# leave every later flow in that process unable to reach an API.
+import prefect  # noqa: E402, F401
+
 
 def _shared_server(name: str, start: Callable[[Path], Server]) -> str:
     """The run's one `name` server: started by the first test process that needs it; returns its URL."""

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.servers import free_port, spawn, stop_process_group, wait_http
+from core.servers import free_port, spawn, start_mlflow, stop_process_group, wait_http
 from core.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -87,16 +87,20 @@ def test_every_module_outside_the_demo_imports_without_it(tmp_path: Path) -> Non
     assert gone.returncode != 0, "the copy still imports the demo from somewhere"
 
 
-def test_walkthrough_runs_as_written_without_the_demo(tmp_path: Path, mlflow_server: str) -> None:
+def test_walkthrough_runs_as_written_without_the_demo(tmp_path: Path) -> None:
+    """As a forker starts: an empty registry of their own, and a shell with none of this run's settings
+    (no MLOPS_* or MLFLOW_* variable of an earlier test reaches the guide's commands)."""
     root = copy_without_demo(tmp_path / "fork")
-    env = {
-        **os.environ,
-        "MLOPS_STATE_DIR": str(tmp_path / "state"),
-        "MLOPS_MLFLOW_TRACKING_URI": mlflow_server,
-        "MLOPS_SERVING__PORT": str(free_port()),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    env.pop("MLOPS_CONFIG", None)
+    registry = start_mlflow(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", tmp_path / "mlflow.log")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "MLFLOW_"))}
+    env.update(
+        {
+            "MLOPS_STATE_DIR": str(tmp_path / "state"),
+            "MLOPS_MLFLOW_TRACKING_URI": registry.url,
+            "MLOPS_SERVING__PORT": str(free_port()),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+    )
     api = None
     try:
         for line in walkthrough():
@@ -136,3 +140,4 @@ def test_walkthrough_runs_as_written_without_the_demo(tmp_path: Path, mlflow_ser
     finally:
         if api is not None:
             stop_process_group(api.pid)
+        registry.stop()
