@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return "-" if value != value else f"{value:.{digits}f}"  # NaN
+        return "-" if math.isnan(value) else f"{value:.{digits}f}"
     return html.escape(str(value))
 
 

@@ -303,8 +303,10 @@ def check_online(online: OnlineEvidence | None, need: OnlineRequirement, metric:
             "",
         )
     level = f"{online.confidence:.0%}"
-    shown = f"online {metric} {online.delta:+.4f} vs the champion ({level} CI [{online.ci_low:+.4f}, {online.ci_high:+.4f}], "
-    shown += f"{online.labelled_pairs} labelled requests)"
+    interval = f"{level} CI [{online.ci_low:+.4f}, {online.ci_high:+.4f}]"
+    shown = (
+        f"online {metric} {online.delta:+.4f} vs the champion ({interval}, {online.labelled_pairs} labelled requests)"
+    )
     if not online.ci_low >= -need.max_regression:  # NaN fails too
         return f"{shown} may be worse than the champion's: the lower bound is below {-need.max_regression:+.4f}", ""
     return "", f"; {shown} not worse"

@@ -215,7 +215,7 @@ def _metric_input(frame: pd.DataFrame, contract: DatasetContract, schema: LogSch
     return scores, labels
 
 
-def compare(  # noqa: PLR0914 - one pass over the roles, then the pairs
+def compare(
     rows: pd.DataFrame,
     labels: pd.Series | None,
     contract: DatasetContract,
@@ -249,7 +249,6 @@ def compare(  # noqa: PLR0914 - one pass over the roles, then the pairs
     reference = _distance_input(champ, contract, schema) if len(champ) else None
     figures: dict[str, RoleFigures] = {}
     for role, frame in (("champion", champ), *challenger_rows.groupby("role", sort=True)):
-        frame = frame  # noqa: PLW2901 - a groupby pair
         latency = pd.to_numeric(frame["latency_ms"], errors="coerce").dropna().to_numpy()
         scores = _distance_input(frame, contract, schema)
         distance = None
@@ -269,7 +268,7 @@ def compare(  # noqa: PLR0914 - one pass over the roles, then the pairs
             latency_p50_ms=float(np.percentile(latency, 50)) if len(latency) else float("nan"),
             latency_p99_ms=float(np.percentile(latency, 99)) if len(latency) else float("nan"),
             score_distance=distance,
-            labelled_rows=int(len(labelled)),
+            labelled_rows=len(labelled),
             metric=own_metric,
         )
 

@@ -47,7 +47,10 @@ def write_log(settings: Settings, *, challenger_better: bool, labelled: int) -> 
     engine = sa.create_engine(settings.prediction_log_url)
     predictions.metadata.create_all(engine)
     rows = []
-    for role, version, noise in (("champion", "1", 2.5 if challenger_better else 0.8), ("shadow", "2", 0.8 if challenger_better else 2.5)):
+    for role, version, noise in (
+        ("champion", "1", 2.5 if challenger_better else 0.8),
+        ("shadow", "2", 0.8 if challenger_better else 2.5),
+    ):
         p = 1 / (1 + np.exp(-((2 * y - 1) * 2.0 + rng.normal(0, noise, N))))
         rows += [
             {
@@ -67,7 +70,10 @@ def write_log(settings: Settings, *, challenger_better: bool, labelled: int) -> 
         if labelled:
             conn.execute(
                 feedback.insert(),
-                [{"request_id": f"req-{i}", "label": "yes" if y[i] else "no", "received_at": NOW} for i in range(labelled)],
+                [
+                    {"request_id": f"req-{i}", "label": "yes" if y[i] else "no", "received_at": NOW}
+                    for i in range(labelled)
+                ],
             )
     engine.dispose()
 
@@ -112,7 +118,7 @@ def test_compare_flow_logs_writes_and_emits(env: Settings) -> None:
     ("better", "labelled", "min_rows", "expected"),
     [(True, 600, 300, None), (False, 600, 300, "may be worse"), (True, 100, 300, "too few labelled online")],
 )
-def test_gate_reads_online_evidence_from_the_log(
+def test_gate_reads_online_evidence_from_the_log(  # noqa: PLR0917 - parametrized
     env: Settings, monkeypatch: pytest.MonkeyPatch, better: bool, labelled: int, min_rows: int, expected: str | None
 ) -> None:
     from core.modeling.gate import check_online

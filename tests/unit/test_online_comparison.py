@@ -38,7 +38,10 @@ def _log(task: str, champion_noise: float, challenger_noise: float, seed: int = 
     else:
         y_val = rng.uniform(50, 250, N)
         labels = pd.Series(y_val, index=ids)
-    for role, version, noise, latency in (("champion", "1", champion_noise, 3.0), ("shadow", "2", challenger_noise, 9.0)):
+    for role, version, noise, latency in (
+        ("champion", "1", champion_noise, 3.0),
+        ("shadow", "2", challenger_noise, 9.0),
+    ):
         frame = pd.DataFrame(
             {
                 "request_id": ids,
@@ -151,9 +154,7 @@ def _decide(online: OnlineEvidence | None, need: OnlineRequirement | None, again
     better = 1 / (1 + np.exp(-(3.0 * (2 * y - 1) + rng.normal(0, 1, 3_000))))
     worse = 1 / (1 + np.exp(-(1.0 * (2 * y - 1) + rng.normal(0, 1, 3_000))))
     config = GateConfig(primary_metric="roc_auc", n_bootstrap=100, latency_budget_ms=50, require_online=need)
-    return decide(
-        "binary", y, better, worse, against=against, latency_ms=1.0, masks={}, config=config, online=online
-    )
+    return decide("binary", y, better, worse, against=against, latency_ms=1.0, masks={}, config=config, online=online)
 
 
 def _evidence(pairs: int, low: float, delta: float = 0.01) -> OnlineEvidence:
