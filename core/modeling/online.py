@@ -232,6 +232,8 @@ def compare(
     spec(task, metric)
     schema = LogSchema(contract)
     notes: list[str] = []
+    if rows.empty or "prediction" not in rows:
+        return OnlineComparison(task, metric, None, None, confidence=confidence, notes=["no predictions in the window"])
     rows = rows.copy()
     rows["model_version"] = rows["model_version"].astype(str)
     champ = rows[rows["role"] == "champion"]

@@ -127,6 +127,15 @@ def test_without_labels_or_shadow_the_comparison_says_so() -> None:
     assert c.challenger_version is None and any("no shadow or canary" in n for n in c.notes)
 
 
+def test_an_empty_window_is_a_note_not_an_error(tmp_path: Any) -> None:
+    from core.modeling.online import read_online
+
+    rows, labels = read_online(f"sqlite:///{tmp_path / 'none.db'}")
+    c = compare(rows, labels, _contract("regression"), "rmse")
+    assert c.paired_rows == 0 and c.notes == ["no predictions in the window"]
+    assert c.evidence().labelled_pairs == 0
+
+
 def test_agreement_and_distance() -> None:
     assert agreement_rate("regression", np.array([100.0, 100.0]), np.array([104.0, 110.0]), 0.05) == 0.5
     assert agreement_rate("binary", np.array([1, 0, 1, 1]), np.array([1, 1, 1, 1])) == 0.75
