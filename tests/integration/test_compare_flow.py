@@ -6,6 +6,7 @@ Python (``run_compare``); the gate's online evidence is read from the same log."
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -112,6 +113,32 @@ def test_compare_flow_logs_writes_and_emits(env: Settings) -> None:
         fh.write(json.dumps({**line, "reason": "score PSI"}) + "\n" + '{"decision": "rollb')
     assert run_compare(window_rows=10_000, settings=env, now=NOW).record["rollbacks_emitted"] == 1
     assert json.loads(cursor_file(env).read_text())["offset"] < decisions.stat().st_size
+
+    # On the run's Prefect server: three comparisons, and each rollback once, with its reason.
+    seen = _model_events(env.model_name, {"mlops.rollout.compared": 3, "mlops.rollout.rolled-back": 3})
+    assert len(seen["mlops.rollout.compared"]) == 3
+    assert seen["mlops.rollout.compared"][0]["payload"]["challenger_version"] == "2"
+    reasons = sorted(e["payload"]["reason"] for e in seen["mlops.rollout.rolled-back"])
+    assert reasons == ["error rate", "p99 320 ms > 250", "score PSI"]
+
+
+def _model_events(model_name: str, expected: dict[str, int], timeout_s: float = 30) -> dict[str, list[dict]]:
+    """The Prefect events about `mlops.model.<model_name>`, by name, once `expected` counts have arrived."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=10)  # emitted through a background worker
+    query = {"filter": {"resource": {"id": [f"mlops.model.{model_name}"]}, "event": {"prefix": ["mlops."]}}}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with get_client(sync_client=True) as client:
+            found = client.request("POST", "/events/filter", json=query).json()["events"]
+        by_name: dict[str, list[dict]] = {}
+        for e in found:
+            by_name.setdefault(e["event"], []).append(e)
+        if all(len(by_name.get(k, [])) >= n for k, n in expected.items()) or time.monotonic() > deadline:
+            return by_name
+        time.sleep(0.5)
 
 
 @pytest.mark.parametrize(
