@@ -354,7 +354,9 @@ def read_online(
         query = sa.select(table).order_by(table.c.timestamp.desc())
         if since is not None:
             query = query.where(table.c.timestamp >= since)
-        if versions is not None:
+        if "role" not in table.c:  # a log from before roles: the champion's rows only, nothing to pair
+            query = query.where(sa.false()) if versions is not None else query
+        elif versions is not None:
             champion, challenger = versions
             query = query.where(
                 sa.or_(
