@@ -128,10 +128,12 @@ def emit_rollbacks(settings: Settings) -> int:
 
 
 def _print(c: OnlineComparison, record: dict[str, Any]) -> None:
-    print(
-        f"compare: champion v{c.champion_version} vs challenger v{c.challenger_version}: {c.paired_rows} paired "
-        f"requests, agreement {c.agreement if c.agreement is None else round(c.agreement, 4)}"
-    )
+    if c.challenger_version is not None:
+        agreement = "-" if c.agreement is None else f"{c.agreement:.4f}"
+        print(
+            f"compare: champion v{c.champion_version} vs challenger v{c.challenger_version}: {c.paired_rows} paired "
+            f"requests, agreement {agreement}"
+        )
     if c.delta is not None:
         print(
             f"compare: {c.metric} on {c.labelled_pairs} labelled pairs: champion {c.champion_metric:.4f}, "
