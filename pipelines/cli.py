@@ -33,6 +33,9 @@ from core.settings import PROJECT_ROOT, Settings, SettingsError, get_settings
 # Prefect reads its settings at import: set them before any flow module is imported. Offline, its
 # telemetry only logs errors.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Without PREFECT_API_URL a flow run starts a temporary Prefect server; on a busy machine it can take
+# longer than Prefect's default 20 s to come up (seen on a 2-core machine under load).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 FLOWS = ("collect", "preprocess", "train", "tune", "promote", "monitor", "retrain", "rollback", "score", "compare")
 
