@@ -6,7 +6,6 @@ Python (``run_compare``); the gate's online evidence is read from the same log."
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from core.settings import Settings, get_settings
+from tests.prefect_support import model_events
 from tests.scoring_support import write_dataset
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -115,53 +115,8 @@ def test_compare_flow_logs_writes_and_emits(env: Settings) -> None:
     assert json.loads(cursor_file(env).read_text())["offset"] < decisions.stat().st_size
 
     # On the run's Prefect server: three comparisons, and each rollback once, with its reason.
-    seen = _model_events(env.model_name, {"mlops.rollout.compared": 3, "mlops.rollout.rolled-back": 3})
+    seen = model_events(env.model_name, {"mlops.rollout.compared": 3, "mlops.rollout.rolled-back": 3})
     assert len(seen["mlops.rollout.compared"]) == 3
     assert seen["mlops.rollout.compared"][0]["payload"]["challenger_version"] == "2"
     reasons = sorted(e["payload"]["reason"] for e in seen["mlops.rollout.rolled-back"])
     assert reasons == ["error rate", "p99 320 ms > 250", "score PSI"]
-
-
-def _model_events(model_name: str, expected: dict[str, int], timeout_s: float = 30) -> dict[str, list[dict]]:
-    """The Prefect events about `mlops.model.<model_name>`, by name, once `expected` counts have arrived."""
-    from prefect.client.orchestration import get_client
-    from prefect.events.worker import EventsWorker
-
-    EventsWorker.drain_all(timeout=10)  # emitted through a background worker
-    query = {"filter": {"resource": {"id": [f"mlops.model.{model_name}"]}, "event": {"prefix": ["mlops."]}}}
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with get_client(sync_client=True) as client:
-            found = client.request("POST", "/events/filter", json=query).json()["events"]
-        by_name: dict[str, list[dict]] = {}
-        for e in found:
-            by_name.setdefault(e["event"], []).append(e)
-        if all(len(by_name.get(k, [])) >= n for k, n in expected.items()) or time.monotonic() > deadline:
-            return by_name
-        time.sleep(0.5)
-
-
-@pytest.mark.parametrize(
-    ("better", "labelled", "min_rows", "expected"),
-    [(True, 600, 300, None), (False, 600, 300, "may be worse"), (True, 100, 300, "too few labelled online")],
-)
-def test_gate_reads_online_evidence_from_the_log(  # noqa: PLR0917 - parametrized
-    env: Settings, monkeypatch: pytest.MonkeyPatch, better: bool, labelled: int, min_rows: int, expected: str | None
-) -> None:
-    from core.modeling.gate import check_online
-    from core.registry.promotion import gate_config, online_evidence
-
-    monkeypatch.setenv("MLOPS_GATE__REQUIRE_ONLINE__MIN_LABELLED_ROWS", str(min_rows))
-    settings = get_settings()
-    assert settings.gate.require_online is not None
-    write_log(settings, challenger_better=better, labelled=labelled)
-    evidence = online_evidence("2", "1", settings)
-    assert evidence.labelled_pairs == labelled
-    need = gate_config(settings).require_online
-    assert need is not None
-    failure, _ = check_online(evidence, need, "roc_auc")
-    if expected is None:
-        assert failure == ""
-    else:
-        assert expected in failure
-    assert online_evidence("3", "1", settings).labelled_pairs == 0  # another version: no evidence
