@@ -20,6 +20,7 @@ scored + refused == read, per partition and per run, or the run fails.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -543,6 +544,8 @@ class WarehouseSink:
                 for column in frame.columns:  # SQLite keeps no time zone: UTC, naive
                     if hasattr(frame[column], "dt") and getattr(frame[column].dt, "tz", None) is not None:
                         frame[column] = frame[column].dt.tz_convert("UTC").dt.tz_localize(None)
+                    elif column.startswith("reason_"):  # a reason code (a struct) as JSON text in SQL
+                        frame[column] = frame[column].map(lambda v: None if v is None else json.dumps(v))
                 frame.to_sql(self.table_name, conn, if_exists="append", index=False, chunksize=10_000)
 
     def discard(self, partition: Partition) -> None:
