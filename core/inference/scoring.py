@@ -811,7 +811,9 @@ def _score_task(settings: Settings, spec: _ModelSpec, partition: Partition, out:
         if settings.scoring.warehouse_table
         else None
     )
-    logger = PredictionLogSink(settings.prediction_log_url, settings.contract) if settings.scoring.log_predictions else None
+    logger = (
+        PredictionLogSink(settings.prediction_log_url, settings.contract) if settings.scoring.log_predictions else None
+    )
     try:
         result = score_partition(
             partition,
@@ -875,7 +877,9 @@ def _score_on_dask(
         try:
             client = Client(settings.dask.address, timeout=30)
         except OSError as exc:
-            raise ScoringError(f"cannot reach the Dask scheduler at dask.address={settings.dask.address}: {exc}") from exc
+            raise ScoringError(
+                f"cannot reach the Dask scheduler at dask.address={settings.dask.address}: {exc}"
+            ) from exc
         with client:
             shared = client.scatter(spec, broadcast=True)  # the Pipeline sent once to each worker
             futures = {
