@@ -81,8 +81,10 @@ def run(rows: int, partitions: int, family: str, keep: bool) -> dict[str, Any]:
     prepare_seconds = time.perf_counter() - t0
     version = register(settings, family, sample_rows=min(rows, 200_000))
     model = scoring.load_model(settings)
+    load_before = os.getloadavg()[0]
     one, m1 = score_on(settings, model, 1, WORK / "scores-1")
     two, m2 = score_on(settings, model, 2, WORK / "scores-2")
+    load_after = os.getloadavg()[0]
     identical = same_predictions(WORK / "scores-1", WORK / "scores-2")
     if m1["read"] != rows or m2["read"] != rows or not identical:
         raise RuntimeError(f"1 and 2 workers disagree: read {m1['read']} / {m2['read']}, identical={identical}")
@@ -103,6 +105,12 @@ def run(rows: int, partitions: int, family: str, keep: bool) -> dict[str, Any]:
         "partitions": m1["partitions_scored"],
         "partition_seconds_1_worker": [p["seconds"] for p in m1["partitions"]],
         "partition_seconds_2_workers": [p["seconds"] for p in m2["partitions"]],
+        # Time inside the tasks (summed over partitions): the rest of seconds_k is connecting, sending
+        # the model and each worker building its predictor (ONNX conversion and parity check) once.
+        "task_seconds_1_worker": round(sum(p["seconds"] for p in m1["partitions"]), 2),
+        "task_seconds_2_workers": round(sum(p["seconds"] for p in m2["partitions"]), 2),
+        # The machine's 1-minute load average before and after: other work shares its 2 cores.
+        "load_average": [round(load_before, 2), round(load_after, 2)],
         "identical_predictions": identical,
         "scored": m1["scored"],
         "refused": m1["refused"],
