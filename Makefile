@@ -12,7 +12,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 STAMP := $(VENV)/.installed
 
 .PHONY: help install lint lint-docker lint-actions lint-k8s lint-prometheus prometheus-tools serve test test-unit test-model test-integration test-e2e demo stop bench bench-data \
-        bench-training bench-tuning bench-serving bench-score bench-drift bench-loop bench-report chaos clean
+        bench-training bench-tuning bench-serving bench-score bench-dask bench-drift bench-loop bench-report chaos clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -91,6 +91,9 @@ bench-serving: $(STAMP) ## this API vs `mlflow models serve`, same model and loa
 
 bench-score: $(STAMP) ## batch scoring of 10M rows (read, predict, write) vs in-process predict -> benchmarks/results/score.json
 	$(PY) -m benchmarks.bench_score $(BENCH_ARGS)
+
+bench-dask: $(STAMP) ## batch scoring on a Dask LocalCluster of 1 and 2 workers (400k rows: reduced) -> benchmarks/results/dask.json
+	$(PY) -m benchmarks.bench_dask $(BENCH_ARGS)
 
 bench-report: $(STAMP) ## docs/benchmarks.md from benchmarks/results/*.json
 	$(PY) -m benchmarks.report

@@ -16,6 +16,7 @@ flows, the service) call it once and pass the object down; nothing below them re
 from __future__ import annotations
 
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -202,6 +203,18 @@ class ScoringSettings(Section):
     warehouse_table: str | None = None  # also write predictions into this warehouse table (warehouse_url)
     log_predictions: bool = True  # scored rows into the prediction log, marked source=batch
     use_onnx: bool = True  # the API's fast path, after the same parity check
+    # Top-k reason codes per scored row (the API's ?explain=k, core.modeling.explain), written beside the
+    # predictions: explain_method, base_value, raw_output, reason_1..k (column, value, contribution), other.
+    # 0: none. A family without an exact method says so in the manifest; its reason columns stay null.
+    explain: int = Field(0, ge=0)
+
+
+class DaskSettings(Section):
+    """A Dask cluster for the work that runs partition by partition (docs/scaling.md)."""
+
+    # A scheduler address (tcp://host:8786). Set: batch scoring sends one task per raw partition and
+    # tuning runs its trials on the cluster's workers. Unset: everything runs locally.
+    address: str | None = None
 
 
 class TrainingSettings(Section):
@@ -245,7 +258,7 @@ class TuningSettings(Section):
     # "journal" (a file under the state directory), "memory" (one worker only), or a database URL
     # (postgresql://... for workers on several machines).
     storage_url: str = "journal"
-    # A Dask scheduler address (tcp://host:8786): trials then run on that cluster instead of local processes.
+    # Deprecated: use dask.address (still read, with a warning, when dask.address is unset).
     dask_address: str | None = None
     # After the study, fit the best configuration like the training flow does and send it through the gate.
     register_best: bool = True
@@ -427,6 +440,7 @@ class Settings(BaseSettings):
     splits: SplitSettings = Field(default_factory=SplitSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    dask: DaskSettings = Field(default_factory=DaskSettings)
 
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     tuning: TuningSettings = Field(default_factory=TuningSettings)
@@ -469,6 +483,26 @@ class Settings(BaseSettings):
             "prediction_log_url": f"sqlite:///{state / 'predictions.db'}",
         }
         return {**data, **{k: v for k, v in defaults.items() if not data.get(k)}}
+
+    @model_validator(mode="after")
+    def _dask_address_moved(self) -> Settings:
+        """tuning.dask_address became dask.address: the old key is read, with a warning naming the new one."""
+        old = self.tuning.dask_address
+        if old is None:
+            return self
+        if self.dask.address is not None and self.dask.address != old:
+            raise ValueError(
+                f"tuning.dask_address ({old}) and dask.address ({self.dask.address}) disagree: "
+                "tuning.dask_address is deprecated, set dask.address only"
+            )
+        warnings.warn(
+            "tuning.dask_address (MLOPS_TUNING__DASK_ADDRESS) is deprecated: set dask.address "
+            "(MLOPS_DASK__ADDRESS) instead; it now also sends batch scoring to the cluster",
+            FutureWarning,  # shown by default: DeprecationWarning is hidden outside __main__
+            stacklevel=2,
+        )
+        self.dask.address = old
+        return self
 
     @model_validator(mode="after")
     def _no_default_secrets_in_production(self) -> Settings:

@@ -54,8 +54,11 @@ def score(
         f"{manifest['model_name']} v{manifest['model_version']} ({manifest['runtime']}): "
         f"{manifest['read']} read = {manifest['scored']} scored + {manifest['refused']} refused, "
         f"{manifest['partitions_scored']} partitions scored, {manifest['partitions_skipped']} skipped; "
-        f"output {manifest['output_dir']}"
+        f"output {manifest['output_dir']} ({manifest['executor']})"
     )
+    explained = manifest.get("explain")
+    if explained and explained["method"] == "unavailable":
+        print(f"scoring.explain={explained['k']}: reason-code columns left null: {explained['reason']}")
     return manifest
 
 

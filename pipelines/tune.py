@@ -3,7 +3,7 @@
 One MLflow parent run per study; each trial logs a nested child run (params, per-fold metrics,
 state: COMPLETE, PRUNED or FAIL). The parent records the budget, the outcome and links the best
 trial (tag ``best_trial_run_id``). Trials run in parallel local processes (``tuning.n_workers``) or
-on a Dask cluster when ``tuning.dask_address`` is set; workers share the study through its storage
+on a Dask cluster when ``dask.address`` is set; workers share the study through its storage
 (a journal file by default, PostgreSQL when ``tuning.storage_url`` is a postgresql URL).
 
 Run: ``python -m pipelines.tune --n-trials 30 --workers 2``
@@ -128,7 +128,7 @@ def tune(  # noqa: PLR0917 (a flow: typed keyword parameters, as deployments pas
     frame = tuning_frame(data, settings)
     spec_kwargs: dict[str, Any] = {
         "study_name": name,
-        "storage": storage_url(settings, name, workers, bool(cfg.dask_address)),
+        "storage": storage_url(settings, name, workers, bool(settings.dask.address)),
         "contract": settings.contract,
         "families": tuple(families or cfg.families),
         "primary_metric": settings.training.primary_metric,
@@ -155,7 +155,7 @@ def tune(  # noqa: PLR0917 (a flow: typed keyword parameters, as deployments pas
                 "n_trials_budget": spec.n_trials,
                 "timeout_seconds": spec.timeout_seconds,
                 "n_workers": workers,
-                "dask_address": cfg.dask_address or "",
+                "dask_address": settings.dask.address or "",
                 "pruning": spec.pruning,
                 "pruner": spec.pruner,
                 "sampler": spec.sampler,
@@ -165,7 +165,7 @@ def tune(  # noqa: PLR0917 (a flow: typed keyword parameters, as deployments pas
             },
             tags={**provenance_tags(settings, data.version, data.window), "optuna.study": name},
         )
-        summary = run_study(spec, frame, workers, cfg.dask_address)
+        summary = run_study(spec, frame, workers, settings.dask.address)
         log_run_batch(
             parent.info.run_id,
             metrics={

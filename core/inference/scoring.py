@@ -20,6 +20,7 @@ scored + refused == read, per partition and per run, or the run fails.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -45,6 +46,7 @@ from core.data.snapshots import UNORDERED_PARTITION, raw_part_files, utc_now, wr
 from core.databases import engine_for
 from core.inference.predictor import Prediction, Predictor, columns_from_typed, predictor_for
 from core.modeling.compiled import Columns
+from core.modeling.explain import top_reasons
 from core.predictions import BATCH, DEFAULT_ROLE, LogSchema, ensure_tables
 from core.registry.artefact import RegisteredModel, load_registered
 from core.settings import Settings
@@ -55,6 +57,9 @@ PARTITION_COLUMN = "partition"  # in the warehouse table: which raw partition a 
 # zstd at its fastest level: predictions are mostly probabilities, which compress little at any level,
 # and the write must not cost more than the prediction.
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 1}
+# One reason code: a contract column, the row's value of it (as text: the column changes from row to row)
+# and its signed contribution to the explained output.
+REASON = pa.struct([("column", pa.string()), ("value", pa.string()), ("contribution", pa.float64())])
 
 
 class ScoringError(RuntimeError):
@@ -187,9 +192,12 @@ def done_marker(out: Path, partition: Partition) -> Path:
 # ---- output columns -----------------------------------------------------------------------------------
 class OutputSchema:
     """The columns of a scored partition for one contract: key, timestamp (if the contract has one),
-    prediction, one p_<class> per class for a classifier, model name, version, run id, scored_at."""
+    prediction, one p_<class> per class for a classifier, model name, version, run id, scored_at; with
+    `explain` k > 0 the API's reason codes too: explain_method, explained_class, base_value, raw_output,
+    reason_1..k (struct: column, value as text, signed contribution) and other (the rest's sum), so
+    base_value + the reasons' contributions + other == raw_output."""
 
-    def __init__(self, contract: DatasetContract, classes: list[Any]) -> None:
+    def __init__(self, contract: DatasetContract, classes: list[Any], explain: int = 0) -> None:
         self.contract = contract
         self.key = contract.key_column
         self.timestamp = contract.timestamp_column
@@ -212,6 +220,16 @@ class OutputSchema:
             pa.field("run_id", pa.string()),
             pa.field("scored_at", pa.timestamp("us", tz="UTC")),
         ]
+        self.explain = explain
+        if explain:
+            fields += [
+                pa.field("explain_method", pa.string()),
+                pa.field("explained_class", pa.string()),
+                pa.field("base_value", pa.float64()),
+                pa.field("raw_output", pa.float64()),
+                *(pa.field(f"reason_{i}", REASON) for i in range(1, explain + 1)),
+                pa.field("other", pa.float64()),
+            ]
         self.schema = pa.schema(fields)
         self.label_type = label
 
@@ -226,7 +244,14 @@ class OutputSchema:
         texts = [label_text(c) for c in classes] if pa.types.is_string(self.label_type) else classes
         return pa.array(texts, type=self.label_type).take(pa.array(result.picks))
 
-    def table(self, rows: pa.Table, result: Prediction, model: ScoringModel, scored_at: datetime) -> pa.Table:
+    def table(
+        self,
+        rows: pa.Table,
+        result: Prediction,
+        model: ScoringModel,
+        scored_at: datetime,
+        reasons: list[dict[str, Any]] | None = None,
+    ) -> pa.Table:
         n = rows.num_rows
         arrays: list[pa.Array] = [pc.cast(rows.column(self.key), pa.string())]
         if self.timestamp:
@@ -243,7 +268,38 @@ class OutputSchema:
         for value in (model.name, model.version, model.run_id):
             arrays.append(pa.repeat(pa.scalar(value, pa.string()), n))
         arrays.append(pa.repeat(pa.scalar(scored_at, pa.timestamp("us", tz="UTC")), n))
+        if self.explain:
+            arrays += self._reason_arrays(reasons, n)
         return pa.Table.from_arrays(arrays, schema=self.schema)
+
+    def _reason_arrays(self, answers: list[dict[str, Any]] | None, n: int) -> list[pa.Array]:
+        """core.modeling.explain.top_reasons' answers as columns; all null without an exact method."""
+        if answers is None or not answers or answers[0].get("method") == "unavailable":
+            return [pa.nulls(n, f.type) for f in list(self.schema)[-(self.explain + 5) :]]
+        out = [
+            pa.array([a["method"] for a in answers], pa.string()),
+            pa.array([a["explained_class"] for a in answers], pa.string()),
+            pa.array([a["base_value"] for a in answers], pa.float64()),
+            pa.array([a["raw_output"] for a in answers], pa.float64()),
+        ]
+        for i in range(self.explain):
+            out.append(
+                pa.array(
+                    [
+                        None
+                        if i >= len(a["reasons"])
+                        else {
+                            "column": a["reasons"][i]["column"],
+                            "value": None if a["reasons"][i]["value"] is None else str(a["reasons"][i]["value"]),
+                            "contribution": a["reasons"][i]["contribution"],
+                        }
+                        for a in answers
+                    ],
+                    REASON,
+                )
+            )
+        out.append(pa.array([a["other"] for a in answers], pa.float64()))
+        return out
 
 
 def refused_table(rows: pa.Table, reasons: list[str]) -> pa.Table:
@@ -306,6 +362,7 @@ def score_partition(
     batch_rows: int,
     sinks: list[Sink] | None = None,
     writer: ThreadPoolExecutor | None = None,
+    explain: int = 0,
 ) -> PartitionResult:
     """Score one raw partition into its predictions and refused files; return its accounting.
 
@@ -315,7 +372,8 @@ def score_partition(
     """
     started = time.perf_counter()
     result = PartitionResult(partition=partition.key, date=partition.date)
-    schema = OutputSchema(contract, model.predictor.classes if model.predictor.is_classifier else [])
+    schema = OutputSchema(contract, model.predictor.classes if model.predictor.is_classifier else [], explain)
+    explaining = explain > 0 and model.predictor.explainer.available
     checker = ContractChecker(contract, contract.input_columns)
     scored_at = datetime.now(UTC)
     predictions = _PartWriter(out / "predictions" / partition.folder / f"{partition.part}.parquet")
@@ -339,7 +397,13 @@ def score_partition(
             if item.rows is None or item.columns is None:
                 continue
             prediction = model.predictor.predict(item.columns)
-            table = schema.table(item.rows, prediction, model, scored_at)
+            # The API's path (serving/routes/predictions.py): Predictor.explain, then top_reasons.
+            answers = (
+                top_reasons(model.predictor.explain(item.columns, prediction), item.columns, explain)
+                if explaining
+                else None
+            )
+            table = schema.table(item.rows, prediction, model, scored_at, answers)
             writes.append(pool.submit(predictions.write, table))
             for sink in sinks or []:
                 sink(partition, table, item.rows)
@@ -480,6 +544,8 @@ class WarehouseSink:
                 for column in frame.columns:  # SQLite keeps no time zone: UTC, naive
                     if hasattr(frame[column], "dt") and getattr(frame[column].dt, "tz", None) is not None:
                         frame[column] = frame[column].dt.tz_convert("UTC").dt.tz_localize(None)
+                    elif column.startswith("reason_"):  # a reason code (a struct) as JSON text in SQL
+                        frame[column] = frame[column].map(lambda v: None if v is None else json.dumps(v))
                 frame.to_sql(self.table_name, conn, if_exists="append", index=False, chunksize=10_000)
 
     def discard(self, partition: Partition) -> None:
@@ -610,7 +676,16 @@ def score(
     logger = PredictionLogSink(settings.prediction_log_url, contract) if settings.scoring.log_predictions else None
     results: list[PartitionResult] = []
     finishing: list[Future[None]] = []
+    details = {"model_name": model.name, "model_version": model.version, "run_id": model.run_id, "scoring_run": run_id}
     try:
+        if settings.dask.address:
+            if warehouse is not None:
+                warehouse.close()
+            if logger is not None:
+                logger.close()
+            warehouse = logger = None  # each task writes its own partition's rows
+            results = _score_on_dask(settings, model, chosen, out, rescore=rescore, details=details)
+            chosen = []
         # One writer thread for the run: partition k's files, warehouse rows and done marker are written
         # while partition k+1 is read and predicted; its tasks run in order, the marker last.
         with ThreadPoolExecutor(1, thread_name_prefix="score-write") as writer:
@@ -631,15 +706,13 @@ def score(
                         batch_rows=settings.scoring.batch_rows,
                         sinks=sinks,
                         writer=writer,
+                        explain=settings.scoring.explain,
                     )
                 except BaseException:
                     if warehouse is not None:
                         warehouse.discard(partition)
                     raise
-                details = {"model_name": model.name, "model_version": model.version, "run_id": model.run_id}
-                finishing.append(
-                    writer.submit(_finish, partition, result, marker, warehouse, {**details, "scoring_run": run_id})
-                )
+                finishing.append(writer.submit(_finish, partition, result, marker, warehouse, details))
                 results.append(result)
         for done in finishing:
             done.result()
@@ -661,6 +734,8 @@ def score(
         "model_version": model.version,
         "model_run_id": model.run_id,
         "runtime": model.predictor.runtime,
+        "explain": _explain_summary(model, settings.scoring.explain),
+        "executor": f"dask {settings.dask.address}" if settings.dask.address else "local",
         **totals,
         "partitions_scored": len(scored),
         "partitions_skipped": len(results) - len(scored),
@@ -672,3 +747,154 @@ def score(
     }
     write_json_atomic(out / "manifests" / f"score-{run_id}.json", manifest)
     return manifest
+
+
+def _explain_summary(model: ScoringModel, k: int) -> dict[str, Any] | None:
+    """What the reason-code columns hold: the method and output, or why they are null."""
+    if not k:
+        return None
+    explainer = model.predictor.explainer
+    if not explainer.available:
+        return {"k": k, "method": "unavailable", "reason": explainer.reason}
+    return {"k": k, "method": explainer.method, "output": explainer.output}
+
+
+# ---- on a Dask cluster ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _ModelSpec:
+    """What a worker needs to build the run's predictor itself: the fitted Pipeline and how the client's
+    predictor was built (its runtime is checked on the worker, so both score the same way)."""
+
+    token: str  # the Pipeline's content hash: the worker's cache key
+    name: str
+    version: str
+    run_id: str | None
+    pipeline: Any
+    threshold: float | None
+    positive_class: Any
+    runtime: str
+
+
+_WORKER_MODELS: dict[str, ScoringModel] = {}  # per worker process: each version is built once
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker_model(spec: _ModelSpec, settings: Settings) -> ScoringModel:
+    with _WORKER_LOCK:
+        model = _WORKER_MODELS.get(spec.token)
+        if model is None:
+            predictor = Predictor.build(
+                spec.pipeline,
+                settings.contract,
+                threshold=spec.threshold,
+                positive_class=spec.positive_class,
+                use_onnx=spec.runtime == "onnx",
+                threads=settings.serving.threads_per_worker,
+                parity_rows=settings.serving.parity_rows,
+                tolerance=settings.serving.parity_tolerance,
+            )
+            if predictor.runtime != spec.runtime:
+                raise ScoringError(
+                    f"the worker's predictor runs on {predictor.runtime}, the client's on {spec.runtime}: "
+                    f"predictions would differ ({predictor.fallback_reason})"
+                )
+            model = ScoringModel(spec.name, spec.version, spec.run_id, predictor)
+            _WORKER_MODELS[spec.token] = model
+        return model
+
+
+def _score_task(settings: Settings, spec: _ModelSpec, partition: Partition, out: Path) -> PartitionResult:
+    """One partition on a Dask worker: its files, warehouse rows and prediction-log rows, as locally."""
+    model = _worker_model(spec, settings)
+    warehouse = (
+        WarehouseSink(settings.warehouse_url, settings.scoring.warehouse_table)
+        if settings.scoring.warehouse_table
+        else None
+    )
+    logger = (
+        PredictionLogSink(settings.prediction_log_url, settings.contract) if settings.scoring.log_predictions else None
+    )
+    try:
+        result = score_partition(
+            partition,
+            model,
+            settings.contract,
+            out,
+            batch_rows=settings.scoring.batch_rows,
+            sinks=[s for s in (warehouse, logger) if s is not None],
+            explain=settings.scoring.explain,
+        )
+        if warehouse is not None:
+            warehouse.commit(partition)
+    except BaseException:
+        if warehouse is not None:
+            warehouse.discard(partition)
+        raise
+    finally:
+        for sink in (warehouse, logger):
+            if sink is not None:
+                sink.close()
+    result.committed = None  # a local future: not sent back
+    return result
+
+
+def _score_on_dask(
+    settings: Settings,
+    model: ScoringModel,
+    chosen: list[Partition],
+    out: Path,
+    *,
+    rescore: bool,
+    details: dict[str, Any],
+) -> list[PartitionResult]:
+    """One task per partition on the cluster at ``dask.address``; each partition's done marker is written
+    here, after its task returned (its files, warehouse and log rows already in place), as locally.
+
+    The workers read the raw snapshot and write the outputs at the same paths as this process: on more
+    than one machine, data_dir and scoring.output_dir must be on a shared filesystem (docs/scaling.md)."""
+    import joblib  # scikit-learn's own dependency
+    from distributed import Client, as_completed
+
+    predictor = model.predictor
+    spec = _ModelSpec(
+        token=joblib.hash(predictor.pipeline),
+        name=model.name,
+        version=model.version,
+        run_id=model.run_id,
+        pipeline=predictor.pipeline,
+        threshold=predictor.threshold,
+        positive_class=predictor.positive_class,
+        runtime=predictor.runtime,
+    )
+    results: dict[str, PartitionResult] = {}
+    todo = []
+    for partition in chosen:
+        if done_marker(out, partition).exists() and not rescore:
+            results[partition.key] = PartitionResult(partition=partition.key, date=partition.date, skipped=True)
+        else:
+            todo.append(partition)
+    if todo:
+        try:
+            client = Client(settings.dask.address, timeout=30)
+        except OSError as exc:
+            raise ScoringError(
+                f"cannot reach the Dask scheduler at dask.address={settings.dask.address}: {exc}"
+            ) from exc
+        with client:
+            shared = client.scatter(spec, broadcast=True)  # the Pipeline sent once to each worker
+            futures = {
+                client.submit(_score_task, settings, shared, p, out, key=f"score-{p.key}-{uuid.uuid4().hex[:6]}"): p
+                for p in todo
+            }
+            try:
+                for future in as_completed(futures):
+                    partition = futures[future]
+                    result: PartitionResult = future.result()
+                    write_json_atomic(
+                        done_marker(out, partition), {**result.to_dict(), **details, "scored_at": utc_now()}
+                    )
+                    log.info("scored %s on dask: %d scored, %d refused", partition.key, result.scored, result.refused)
+                    results[partition.key] = result
+            finally:
+                client.cancel(list(futures))
+    return [results[p.key] for p in chosen]

@@ -38,7 +38,7 @@ def test_study_runs_on_two_dask_workers_with_nested_runs(
     name = f"tune-it-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("MLOPS_MODEL_NAME", name)
     monkeypatch.setenv("MLOPS_EXPERIMENT_NAME", name)
-    monkeypatch.setenv("MLOPS_TUNING__DASK_ADDRESS", dask_cluster)
+    monkeypatch.setenv("MLOPS_DASK__ADDRESS", dask_cluster)
     build_processed_data()
 
     result = tune(n_trials=N_TRIALS, families=["logistic", "hist_gradient_boosting"], study_name=name)
