@@ -195,10 +195,11 @@ def _deploy_flows(env: Mapping[str, str], pool: str) -> None:
     """deploy/prefect/deploy.sh: the work pool and every deployment of prefect.yaml."""
     prefect = str(VENV_BIN / "prefect")
     run_env = {**os.environ, **env}
-    if subprocess.run([prefect, "work-pool", "inspect", pool], env=run_env, capture_output=True).returncode:
+    inspect = subprocess.run([prefect, "work-pool", "inspect", pool], env=run_env, capture_output=True, check=False)
+    if inspect.returncode:
         subprocess.run([prefect, "work-pool", "create", pool, "--type", "process"], env=run_env, check=True)
     out = subprocess.run(
-        [prefect, "--no-prompt", "deploy", "--all"], env=run_env, cwd=ROOT, capture_output=True, text=True
+        [prefect, "--no-prompt", "deploy", "--all"], env=run_env, cwd=ROOT, capture_output=True, text=True, check=False
     )
     if out.returncode != 0:
         raise RuntimeError(f"prefect deploy failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")

@@ -15,7 +15,12 @@ DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
 # label names, not metrics.
 _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset"}
 _LABEL_LISTS = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
-_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",), "summary": ("_count", "_sum")}
+_SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "gauge": ("",),
+    "summary": ("_count", "_sum"),
+}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -57,7 +62,7 @@ def dashboard_queries() -> dict[str, list[str]]:
 
 def declared_series() -> dict[str, str]:
     """Every series name serving/metrics.py can expose -> the metric it belongs to."""
-    import serving.metrics as metrics
+    from serving import metrics
 
     out = {}
     for obj in vars(metrics).values():
