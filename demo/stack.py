@@ -10,11 +10,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pydantic import SecretStr
+
+from core.registry.webhooks import WebhookSetupError, ensure_alias_webhook
 from core.servers import (
     VENV_BIN,
     port_open,
@@ -184,9 +188,20 @@ def up_api(settings: Settings, stack: Stack, say: Progress = print, timeout: flo
     say("starting the prediction API (uvicorn) ...")
     log = settings.state / "logs" / "api.log"
     env = {k: v for k, v in env_for_flows(settings, stack).items() if not k.startswith("PREFECT_")}
+    # The registry tells the API when the champion moves (a signed webhook), instead of the API noticing
+    # at its next poll; a secret of the stack's own unless the settings name one.
+    secret = settings.serving.webhook_secret
+    env["MLOPS_SERVING__WEBHOOK_SECRET"] = secret.get_secret_value() if secret else secrets.token_urlsafe(24)
     server = start_api(env, log, settings.serving.port, timeout=timeout)
     stack.components["api"] = Component(server.proc.pid, server.url, str(log))
     _save(settings, stack)
+    serving = settings.serving.model_copy(update={"webhook_secret": SecretStr(env["MLOPS_SERVING__WEBHOOK_SECRET"])})
+    hooked = settings.model_copy(update={"serving": serving, "mlflow_tracking_uri": stack.mlflow_url})
+    try:
+        ensure_alias_webhook(hooked, f"{server.url}/webhooks/mlflow")
+        say(f"registry webhook -> {server.url}/webhooks/mlflow (alias moves reach the API at once)")
+    except WebhookSetupError as exc:  # the poll still follows the alias
+        say(f"no registry webhook ({exc}); the API polls every {settings.serving.reload_interval_s:g}s")
     return stack
 
 
