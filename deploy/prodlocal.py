@@ -197,7 +197,9 @@ def _deploy_flows(env: Mapping[str, str], pool: str) -> None:
     run_env = {**os.environ, **env}
     inspect = subprocess.run([prefect, "work-pool", "inspect", pool], env=run_env, capture_output=True, check=False)
     if inspect.returncode:
-        subprocess.run([prefect, "work-pool", "create", pool, "--type", "process"], env=run_env, check=True)
+        subprocess.run(
+            [prefect, "work-pool", "create", pool, "--type", "process"], env=run_env, check=True, capture_output=True
+        )
     out = subprocess.run(
         [prefect, "--no-prompt", "deploy", "--all"], env=run_env, cwd=ROOT, capture_output=True, text=True, check=False
     )
