@@ -23,6 +23,17 @@ HOST = "127.0.0.1"
 VENV_BIN = Path(sys.executable).parent
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists (a zombie counts until it is reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, and someone else's
+        return True
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))

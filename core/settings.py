@@ -255,6 +255,17 @@ class TuningSettings(Section):
     retrain_timeout_seconds: float | None = Field(120, gt=0)
 
 
+class OnlineGateSettings(Section):
+    """gate.require_online: promote a challenger only on online evidence too (core/modeling/online.py)."""
+
+    # Labelled shadow requests (scored by both models, a /feedback label each) needed before judging.
+    min_labelled_rows: int = Field(200, ge=1)
+    # The paired bootstrap interval of (challenger - champion) on those requests, at this confidence: its
+    # lower end (direction-aware) must be at least -max_regression.
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    max_regression: float = Field(0.0, ge=0.0)
+
+
 class GateSettings(Section):
     """The promotion gate: the candidate must beat the champion on the frozen holdout."""
 
@@ -270,6 +281,9 @@ class GateSettings(Section):
     # Median single-row predict time of the whole pipeline, one thread, in CPU time (a busy machine does
     # not reject a model).
     latency_budget_ms: float = Field(50.0, gt=0)
+    # Unset (the default): the holdout alone decides. Set: a version is promoted over a champion only when
+    # its shadow traffic shows it not worse online as well (docs/serving.md).
+    require_online: OnlineGateSettings | None = None
 
 
 class ReportSettings(Section):

@@ -23,6 +23,7 @@ from core.servers import (
     VENV_BIN,
     port_open,
     prefect_env,
+    process_alive,
     start_api,
     start_mlflow,
     start_prefect,
@@ -80,16 +81,8 @@ def _save(settings: Settings, stack: Stack) -> None:
     tmp.replace(path)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _healthy(c: Component | None, health_path: str) -> bool:
-    if c is None or not _alive(c.pid):
+    if c is None or not process_alive(c.pid):
         return False
     try:
         wait_http(c.url + health_path, timeout=3)
@@ -165,7 +158,7 @@ def up_servers(settings: Settings, say: Progress = print) -> Stack:
         raise RuntimeError(f"prefect deploy failed:\n{deploy.stdout[-3000:]}\n{deploy.stderr[-3000:]}")
 
     worker = stack.components.get("worker")
-    if worker and _alive(worker.pid):
+    if worker and process_alive(worker.pid):
         say("Prefect worker already running")
     else:
         say(f"starting a process worker on pool '{pool}' ...")
@@ -214,7 +207,7 @@ def down(settings: Settings | None = None, say: Progress = print) -> list[str]:
         c = stack.components.get(name)
         if c is None:
             continue
-        if _alive(c.pid):
+        if process_alive(c.pid):
             say(f"stopping {name} (pid {c.pid})")
             stop_process_group(c.pid)
             stopped.append(name)

@@ -4,6 +4,7 @@ mlops contract init data/penguins.csv --target species   # draft a contract and 
 mlops run collect                      # any flow, in this process (recorded by Prefect if a server is set)
 mlops run train -p families='["logistic"]'
 mlops run score -p version=3           # batch-score the raw snapshot's new partitions
+mlops run compare                      # champion vs challenger on live (shadow) traffic
 mlops status                           # champion, challenger, last drift decision, recent runs
 mlops promote 4                        # run the promotion gate on registered version 4
 mlops challenger 4                     # point `challenger` at version 4 (shadow/canary serve it); --clear
@@ -32,8 +33,11 @@ from core.settings import PROJECT_ROOT, Settings, SettingsError, get_settings
 # Prefect reads its settings at import: set them before any flow module is imported. Offline, its
 # telemetry only logs errors.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Without PREFECT_API_URL a flow run starts a temporary Prefect server; on a busy machine it can take
+# longer than Prefect's default 20 s to come up (seen on a 2-core machine under load).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-FLOWS = ("collect", "preprocess", "train", "tune", "promote", "monitor", "retrain", "rollback", "score")
+FLOWS = ("collect", "preprocess", "train", "tune", "promote", "monitor", "retrain", "rollback", "score", "compare")
 
 app = typer.Typer(help="Run the loop's flows and operate the registry.", no_args_is_help=True)
 stack_app = typer.Typer(help="The local stack: MLflow and Prefect servers, worker, API.", no_args_is_help=True)

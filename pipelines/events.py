@@ -8,6 +8,9 @@ feed, an automation that notifies someone).
     mlops.monitoring.retrain-requested  the monitoring policy decided to retrain (reason, reasons, cooldown)
     mlops.promotion.decided             the gate promoted or rejected a version (decision, reason)
     mlops.rollback.done                 the champion alias was moved back (version, reason)
+    mlops.rollout.compared              the compare flow compared champion and challenger on live traffic
+    mlops.rollout.rolled-back           the service stopped a canary (its decision, emitted by the compare flow:
+                                        serving does not import Prefect)
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from uuid import UUID
 RETRAIN_REQUESTED = "mlops.monitoring.retrain-requested"
 PROMOTION_DECIDED = "mlops.promotion.decided"
 ROLLBACK_DONE = "mlops.rollback.done"
+ROLLOUT_COMPARED = "mlops.rollout.compared"
+ROLLOUT_ROLLED_BACK = "mlops.rollout.rolled-back"
 
 
 def model_resource(model_name: str) -> dict[str, str]:

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from core.contract import DatasetContract, label_text
 from core.databases import engine_for
 from core.predictions import DEFAULT_ROLE, FEEDBACK, PREDICTIONS, TRAILING_DEFAULTS, LogSchema, ensure_tables
+from core.servers import process_alive
 from serving import metrics
 
 log = logging.getLogger(__name__)
@@ -413,7 +414,7 @@ class PredictionLog:
         # Files claimed by a process that died mid-replay: take them over.
         for orphan in self.spool_dir.glob("replay-*.jsonl") if self.spool_dir.exists() else []:
             pid = orphan.name.split("-")[1]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 orphan.rename(self.spool_dir / f"spool-orphan-{orphan.name}")
 
 
@@ -469,16 +470,6 @@ def _store_unavailable(exc: Exception) -> bool:
     except ImportError:
         return False
     return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _jsonable_block(block: Block) -> dict[str, Any]:

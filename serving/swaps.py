@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.servers import process_alive
+
 log = logging.getLogger(__name__)
 
 # Time between the last worker being ready and the switch: long enough for every worker to read the
@@ -98,14 +100,14 @@ class SwapBoard:
             version, pid = _parse(path.name)
             if pid is None:
                 continue
-            if (pid == os.getpid() and version != keep_version) or not _alive(pid):
+            if (pid == os.getpid() and version != keep_version) or not process_alive(pid):
                 path.unlink(missing_ok=True)
 
     def _ready(self, version: str) -> dict[int, float]:
         out: dict[int, float] = {}
         for path in self.folder.glob(f"ready-{version}-*"):
             v, pid = _parse(path.name)
-            if v != version or pid is None or not _alive(pid):
+            if v != version or pid is None or not process_alive(pid):
                 continue
             try:
                 out[pid] = float(path.read_text() or 0)
@@ -119,16 +121,6 @@ def _parse(name: str) -> tuple[str, int | None]:
     body = name.removeprefix("ready-")
     version, _, pid = body.rpartition("-")
     return version, int(pid) if pid.isdigit() else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def sleep_until(wall_time: float) -> None:

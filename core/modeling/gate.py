@@ -8,7 +8,11 @@ training mean for regression). The candidate is promoted only when all of these 
    (candidate minus reference, sign flipped for lower-is-better metrics) is above ``min_improvement``;
 2. no slice (value of a contract slice column) with enough rows falls more than ``slice_tolerance``
    below the reference on the primary metric;
-3. the median single-row latency is within the budget.
+3. the median single-row latency is within the budget;
+4. with ``require_online`` set and a champion to compare with: the online comparison (shadow traffic, the
+   same labelled requests scored by both, core.modeling.online) has at least ``min_labelled_rows`` labelled
+   pairs, and the lower end of its paired bootstrap interval of (challenger - champion), direction-aware, at
+   ``confidence`` is at least ``-max_regression`` (not worse). The caller passes that evidence in.
 
 Otherwise it becomes a challenger (there is a champion) or is rejected (it does not even beat the
 trivial baseline). Paired means each bootstrap replicate resamples the same rows for both models,
@@ -30,6 +34,27 @@ DecisionKind = Literal["promoted", "challenger", "rejected"]
 
 
 @dataclass(frozen=True)
+class OnlineRequirement:
+    min_labelled_rows: int = 200
+    confidence: float = 0.95
+    max_regression: float = 0.0  # how far below the champion the interval's lower end may reach, metric units
+
+
+@dataclass(frozen=True)
+class OnlineEvidence:
+    """The online comparison of this candidate (as the shadow challenger) with the champion."""
+
+    challenger_version: str | None
+    champion_version: str | None
+    metric: str
+    labelled_pairs: int
+    delta: float  # improvement of the challenger: positive = better
+    ci_low: float
+    ci_high: float
+    confidence: float
+
+
+@dataclass(frozen=True)
 class GateConfig:
     primary_metric: str = "pr_auc"
     min_improvement: float = 0.0
@@ -40,6 +65,7 @@ class GateConfig:
     min_slice_positives: int = 5
     latency_budget_ms: float = 50.0
     seed: int = 42
+    require_online: OnlineRequirement | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +91,7 @@ class Decision:
     ci_high: float
     latency_ms: float
     slices: list[SliceCheck] = field(default_factory=list)
+    online: OnlineEvidence | None = None
 
     @property
     def promoted(self) -> bool:
@@ -182,8 +209,10 @@ def decide(
     config: GateConfig,
     threshold_candidate: float = 0.5,
     threshold_reference: float = 0.5,
+    online: OnlineEvidence | None = None,
 ) -> Decision:
-    """Apply the gate's rule; the reason names every condition that failed."""
+    """Apply the gate's rule; the reason names every condition that failed. `online` is the candidate's
+    online comparison with the champion, read only when ``config.require_online`` is set."""
     metric = config.primary_metric
     point, low, high = paired_bootstrap(
         task,
@@ -224,13 +253,18 @@ def decide(
         failures.append(f"slices regress beyond tolerance {config.slice_tolerance}: {worst}")
     if not latency_ms <= config.latency_budget_ms:
         failures.append(f"single-row latency {latency_ms:.1f} ms exceeds the budget {config.latency_budget_ms} ms")
+    online_note = ""
+    if config.require_online is not None and against == "champion":
+        failure, online_note = check_online(online, config.require_online, metric)
+        if failure:
+            failures.append(failure)
 
     if not failures:
         kind: DecisionKind = "promoted"
         reason = (
             f"beats the {against} on {metric} by {point:+.4f} ({level} CI [{low:+.4f}, {high:+.4f}] "
             f"above {config.min_improvement:+.4f}); no slice regresses beyond {config.slice_tolerance}; "
-            f"latency {latency_ms:.1f} ms <= {config.latency_budget_ms} ms"
+            f"latency {latency_ms:.1f} ms <= {config.latency_budget_ms} ms{online_note}"
         )
     else:
         kind = "challenger" if against == "champion" else "rejected"
@@ -247,4 +281,32 @@ def decide(
         ci_high=high,
         latency_ms=float(latency_ms),
         slices=slices,
+        online=online if config.require_online is not None else None,
     )
+
+
+def check_online(online: OnlineEvidence | None, need: OnlineRequirement, metric: str) -> tuple[str, str]:
+    """(failure, note): the failure names what the online evidence lacks ("" when it passes); the note says
+    what it showed, for the reason of a promotion."""
+    if online is None or online.labelled_pairs == 0:
+        return (
+            f"no online evidence: no labelled shadow requests scored by both this version and the champion "
+            f"(gate.require_online needs {need.min_labelled_rows}; run it in shadow and send /feedback)",
+            "",
+        )
+    if online.metric != metric:
+        return f"online evidence is on {online.metric}, not the primary metric {metric}", ""
+    if online.labelled_pairs < need.min_labelled_rows:
+        return (
+            f"too few labelled online requests: {online.labelled_pairs} < gate.require_online.min_labelled_rows "
+            f"{need.min_labelled_rows}",
+            "",
+        )
+    level = f"{online.confidence:.0%}"
+    interval = f"{level} CI [{online.ci_low:+.4f}, {online.ci_high:+.4f}]"
+    shown = (
+        f"online {metric} {online.delta:+.4f} vs the champion ({interval}, {online.labelled_pairs} labelled requests)"
+    )
+    if not online.ci_low >= -need.max_regression:  # NaN fails too
+        return f"{shown} may be worse than the champion's: the lower bound is below {-need.max_regression:+.4f}", ""
+    return "", f"; {shown} not worse"

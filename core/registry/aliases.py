@@ -57,6 +57,10 @@ def decision_tags(decision: Decision) -> dict[str, str]:
         "latency_ms": f"{decision.latency_ms:.3f}",
         "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if decision.online is not None:
+        tags["online_labelled_pairs"] = str(decision.online.labelled_pairs)
+        tags["online_delta"] = f"{decision.online.delta:.6f}"
+        tags["online_ci_low"] = f"{decision.online.ci_low:.6f}"
     regressed = [s.name for s in decision.slices if s.regressed]
     tags["slices_regressed"] = ",".join(regressed) or "none"
     return tags

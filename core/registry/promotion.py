@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from core.modeling.gate import Decision, GateConfig, baseline_scores, decide
+from core.modeling.gate import Decision, GateConfig, OnlineEvidence, OnlineRequirement, baseline_scores, decide
 from core.modeling.metrics import compute_metrics, slice_masks, slice_metrics
 from core.modeling.training import (
     TrainingData,
@@ -54,7 +54,36 @@ def gate_config(settings: Settings) -> GateConfig:
         min_slice_positives=g.min_slice_positives,
         latency_budget_ms=g.latency_budget_ms,
         seed=settings.seed,
+        require_online=(
+            None
+            if g.require_online is None
+            else OnlineRequirement(
+                min_labelled_rows=g.require_online.min_labelled_rows,
+                confidence=g.require_online.confidence,
+                max_regression=g.require_online.max_regression,
+            )
+        ),
     )
+
+
+def online_evidence(version: str, champion_version: str, settings: Settings) -> OnlineEvidence:
+    """The online comparison of `version` (as the shadow challenger) with the champion, from the whole
+    prediction log: only those two versions' rows are read."""
+    from core.modeling.online import compare, read_online
+
+    need = settings.gate.require_online
+    confidence = need.confidence if need is not None else settings.gate.confidence
+    rows, labels = read_online(settings.prediction_log_url, versions=(str(champion_version), str(version)))
+    comparison = compare(
+        rows,
+        labels,
+        settings.contract,
+        settings.training.primary_metric,
+        n_bootstrap=settings.gate.n_bootstrap,
+        confidence=confidence,
+        seed=settings.seed,
+    )
+    return comparison.evidence()
 
 
 def _holdout_window(data: TrainingData) -> tuple[str, str]:
@@ -108,6 +137,9 @@ def evaluate_and_decide(
         ref_threshold = 0.5
         against = "baseline"
     latency = single_row_latency_ms(model, X.head(1))
+    online = None
+    if settings.gate.require_online is not None and champion is not None and against == "champion":
+        online = online_evidence(version, str(champion.version), settings)
     decision = decide(
         contract.task,
         y,
@@ -119,6 +151,7 @@ def evaluate_and_decide(
         config=gate_config(settings),
         threshold_candidate=threshold,
         threshold_reference=ref_threshold,
+        online=online,
     )
     holdout_metrics = compute_metrics(contract.task, y, candidate, threshold)
     slices = slice_metrics(

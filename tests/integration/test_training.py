@@ -14,6 +14,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.prefect_support import model_events
 from tests.training_support import SMALL_DATA_ENV, build_processed_data
 
 
@@ -141,30 +142,9 @@ def test_promote_and_rollback_flows(small_data: str) -> None:
         rollback(version=current, reason=" ")
 
     # Each gate decision and the rollback went out as Prefect events about this model, with their reasons.
-    seen = _model_events(name, {"mlops.promotion.decided": 2, "mlops.rollback.done": 1})
+    seen = model_events(name, {"mlops.promotion.decided": 2, "mlops.rollback.done": 1})
     promoted = {e["payload"]["version"]: e["payload"] for e in seen["mlops.promotion.decided"]}
     assert promoted[str(mv.version)]["decision"] == outcome["decision"]["decision"]
     assert promoted[str(mv.version)]["reason"] == outcome["decision"]["reason"]
     [rolled] = seen["mlops.rollback.done"]
     assert rolled["payload"]["champion"] == target and rolled["payload"]["reason"] == "integration test"
-
-
-def _model_events(model_name: str, expected: dict[str, int], timeout_s: float = 30) -> dict[str, list[dict]]:
-    """The Prefect events about `mlops.model.<model_name>`, by name, once `expected` counts have arrived."""
-    import time
-
-    from prefect.client.orchestration import get_client
-    from prefect.events.worker import EventsWorker
-
-    EventsWorker.drain_all(timeout=10)  # flows emit through a background worker
-    query = {"filter": {"resource": {"id": [f"mlops.model.{model_name}"]}, "event": {"prefix": ["mlops."]}}}
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with get_client(sync_client=True) as client:
-            found = client.request("POST", "/events/filter", json=query).json()["events"]
-        by_name: dict[str, list[dict]] = {}
-        for e in found:
-            by_name.setdefault(e["event"], []).append(e)
-        if all(len(by_name.get(k, [])) >= n for k, n in expected.items()) or time.monotonic() > deadline:
-            return by_name
-        time.sleep(0.5)
