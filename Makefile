@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 STAMP := $(VENV)/.installed
 
-.PHONY: help install lint lint-docker lint-actions lint-k8s lint-prometheus prometheus-tools serve test test-unit test-model test-integration test-e2e demo stop bench bench-data \
+.PHONY: help install lint lint-docker lint-actions lint-k8s lint-prometheus prometheus-tools prod-local prod-local-stop serve test test-unit test-model test-integration test-e2e demo stop bench bench-data \
         bench-training bench-tuning bench-serving bench-score bench-dask bench-drift bench-loop bench-report chaos clean
 
 help: ## list the targets
@@ -38,10 +38,10 @@ lint-actions: $(STAMP) ## actionlint on .github/workflows (the binary ships with
 lint-k8s: $(STAMP) ## render deploy/k8s (base, overlays) and validate every object against the Kubernetes schemas, offline
 	$(PY) deploy/k8s/render.py --check deploy/k8s/base deploy/k8s/overlays/*/
 
-# promtool ships with Debian's `prometheus` package (2.42 here; the rules use nothing newer than the
+# promtool and prometheus ship with Debian's `prometheus` package (2.42 here; the rules use nothing newer than the
 # compose image's Prometheus 3 also reads). Installed once; the CI and the project's machines run as root.
-prometheus-tools: ## install promtool (Debian's prometheus package) when it is missing
-	@command -v promtool >/dev/null 2>&1 || { \
+prometheus-tools: ## install promtool and prometheus (Debian's prometheus package) when either is missing
+	@{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
@@ -71,6 +71,12 @@ demo: $(STAMP) ## run the loop on embedded defaults and print where everything i
 
 stop: $(STAMP) ## stop every process `make demo` started
 	$(PY) -m demo --stop
+
+prod-local: $(STAMP) prometheus-tools ## the production profile without containers: PostgreSQL, S3 (moto), MLflow, Prefect, API x2, Prometheus on 127.0.0.1
+	$(PY) -m deploy.prodlocal $(PROD_LOCAL_ARGS)
+
+prod-local-stop: $(STAMP) ## stop every process `make prod-local` started (PROD_LOCAL_ARGS=--drop-databases drops its databases)
+	$(PY) -m deploy.prodlocal --stop $(PROD_LOCAL_ARGS)
 
 serve: $(STAMP) ## the prediction API on settings.serving.host:port (the Dockerfile's command)
 	$(PY) -m serving

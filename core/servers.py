@@ -113,11 +113,22 @@ WEBHOOK_CACHE_TTL_S = 5
 
 
 def start_mlflow(
-    backend_uri: str, artifacts_dir: Path, log: Path, port: int | None = None, timeout: float = 180
+    backend_uri: str,
+    artifacts_dir: Path | str,
+    log: Path,
+    port: int | None = None,
+    timeout: float = 180,
+    *,
+    env: Mapping[str, str] | None = None,
 ) -> Server:
-    """`mlflow server` with one worker and no job runner: a fraction of the default start-up cost."""
+    """`mlflow server` with one worker and no job runner: a fraction of the default start-up cost.
+
+    `artifacts_dir` is a local folder or an object-store URI (``s3://bucket/prefix``, with the store's
+    endpoint and keys in `env`: MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).
+    """
     port = port or free_port()
-    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(artifacts_dir, Path):
+        artifacts_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
         str(VENV_BIN / "mlflow"), "server",
         "--host", HOST, "--port", str(port),
@@ -125,7 +136,8 @@ def start_mlflow(
         "--artifacts-destination", str(artifacts_dir),
         "--serve-artifacts", "--workers", "1",
     ]  # fmt: skip
-    env = {
+    server_env = {
+        **(env or {}),
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         # The registry webhook goes to the API on this machine (http://127.0.0.1:...), which MLflow's
         # protection against server-side request forgery refuses by default. Loopback stacks only.
@@ -135,7 +147,7 @@ def start_mlflow(
         # registered now would miss the alias moves of the next minute).
         "MLFLOW_WEBHOOK_CACHE_TTL": str(WEBHOOK_CACHE_TTL_S),
     }
-    proc = spawn("mlflow", cmd, log, env)
+    proc = spawn("mlflow", cmd, log, server_env)
     url = f"http://{HOST}:{port}"
     wait_http(f"{url}/health", timeout, proc, log)
     return Server("mlflow", url, proc, log)
