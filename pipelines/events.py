@@ -16,11 +16,14 @@ feed, an automation that notifies someone).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from uuid import UUID
+
+log = logging.getLogger(__name__)
 
 RETRAIN_REQUESTED = "mlops.monitoring.retrain-requested"
 PROMOTION_DECIDED = "mlops.promotion.decided"
@@ -34,14 +37,24 @@ def model_resource(model_name: str) -> dict[str, str]:
 
 
 def emit(event: str, model_name: str, payload: Mapping[str, Any]) -> str | None:
-    """Emit through the running process's Prefect events worker (inside a flow run); the event's id.
+    """Send an event about the model; its id, or None when it could not be sent.
 
-    Best effort, as Prefect's own events are: a decision already recorded in MLflow and on disk does not
-    fail because the event feed is away."""
+    With a Prefect API configured the event is sent and written before this returns (a decision's event
+    is not left in a background queue that a busy or exiting process may drop); otherwise, in Prefect's
+    temporary-server mode, through Prefect's events worker. Best effort either way: a decision already
+    recorded in MLflow and on disk does not fail because the event feed is away."""
     from prefect.events import emit_event
+    from prefect.settings import PREFECT_API_URL
 
-    sent = emit_event(event=event, resource=model_resource(model_name), payload=dict(payload))
-    return str(sent.id) if sent is not None else None
+    api = PREFECT_API_URL.value()
+    if not api:
+        sent = emit_event(event=event, resource=model_resource(model_name), payload=dict(payload))
+        return str(sent.id) if sent is not None else None
+    try:
+        return send_now(api, event, model_name, payload)[0]
+    except Exception as exc:  # the feed being away must not fail the decision
+        log.warning("event %s about %s not sent: %s", event, model_name, exc)
+        return None
 
 
 def gate_decided(model_name: str, version: str | int | None, decision: Mapping[str, Any] | None) -> str | None:

@@ -66,6 +66,8 @@ def prodlocal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProdLocal]:
 def environment(env: dict[str, str]) -> Iterator[None]:
     """This process sees prod-local's settings (as a client given its printed exports would)."""
     saved = dict(os.environ)
+    for key in [k for k in os.environ if k.startswith(("MLOPS_", "MLFLOW_"))]:
+        del os.environ[key]  # none of the test run's own settings: only prod-local's exports
     os.environ.update(env)
     try:
         yield

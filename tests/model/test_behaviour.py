@@ -32,7 +32,7 @@ class TrainedModel:
         return np.asarray(self.model.predict_proba(to_model_input(frame, self.contract))[:, 1])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # its settings stay in the environment while it lives: not beyond this module
 def trained(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedModel]:
     """The default families on ~27k simulated rows, through the real flow, loaded back from the registry."""
     import mlflow
