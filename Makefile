@@ -49,10 +49,14 @@ lint-prometheus: prometheus-tools ## promtool: the scrape config, the alerting r
 	promtool check config --lint=all deploy/prometheus/prometheus.yml
 	promtool test rules deploy/prometheus/alerts_test.yml
 
-# One pytest run: a plain `pytest` runs the whole suite in one process (one Prefect server per run:
-# tests/conftest.py); `make test` spreads the test files over two workers, each file whole in one worker.
+# A plain `pytest` runs the whole suite in one process (one Prefect server per run: tests/conftest.py);
+# `make test` spreads the test files over two workers, each file whole in one worker. One module still runs
+# in a process of its own: in a worker shared with earlier modules, tuning on a Dask LocalCluster lost its
+# workers ("No module named 'core.modeling.tuning'" on a spawned worker) in 2 of 2 full runs; issue 15.
+ISOLATED := tests/integration/test_tuning_dask.py
 test: $(STAMP) ## all tests: unit, model, integration, end-to-end
-	$(VENV)/bin/pytest -n 2 --dist loadfile
+	@rc=0; $(VENV)/bin/pytest -n 2 --dist loadfile $(addprefix --ignore=,$(ISOLATED)) || rc=1; \
+	  $(VENV)/bin/pytest $(ISOLATED) || rc=1; exit $$rc
 
 test-unit: $(STAMP) ## unit tests only (no servers)
 	$(VENV)/bin/pytest tests/unit

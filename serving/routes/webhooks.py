@@ -19,7 +19,7 @@ from fastapi import APIRouter, HTTPException, Request
 
 from serving.deps import RolloutDep, SettingsDep, StoreDep
 from serving.errors import ERROR_RESPONSES
-from serving.schemas import WebhookOut
+from serving.schemas import ErrorOut, WebhookOut
 
 SIGNATURE_HEADER = "X-MLflow-Signature"
 TIMESTAMP_HEADER = "X-MLflow-Timestamp"
@@ -51,7 +51,10 @@ def _verify(request: Request, body: bytes, secret: str) -> None:
     "/mlflow",
     response_model=WebhookOut,
     status_code=202,
-    responses=ERROR_RESPONSES,
+    responses={
+        **ERROR_RESPONSES,
+        403: {"model": ErrorOut, "description": "Webhooks are disabled: no serving.webhook_secret is set"},
+    },
     summary="MLflow registry webhook: an alias of the served model moved; every worker checks now",
 )
 async def mlflow_webhook(request: Request, settings: SettingsDep, store: StoreDep, rollout: RolloutDep) -> WebhookOut:
