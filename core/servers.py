@@ -173,6 +173,20 @@ def start_api(
     return Server("serving", url, proc, log)
 
 
+def start_evidently_ui(workspace: Path, log: Path, port: int | None = None, *, timeout: float = 120) -> Server:
+    """`evidently ui` on the monitoring flow's workspace (monitoring/reports.py), on 127.0.0.1."""
+    port = port or free_port()
+    cmd = [str(VENV_BIN / "evidently"), "ui", "--workspace", str(workspace), "--host", HOST, "--port", str(port)]
+    proc = spawn("evidently", cmd, log)
+    url = f"http://{HOST}:{port}"
+    try:
+        wait_http(f"{url}/api/projects", timeout, proc, log)
+    except BaseException:
+        stop_process_group(proc.pid)
+        raise
+    return Server("evidently", url, proc, log)
+
+
 def prefect_env(api_url: str, home: Path) -> dict[str, str]:
     return {
         "PREFECT_API_URL": api_url,

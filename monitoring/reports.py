@@ -3,7 +3,8 @@
 * ``<state>/reports/<timestamp>/drift.html`` (and ``summary.json``): the Evidently report of one run;
   ``performance.html`` beside it when feedback labels have arrived.
 * ``<state>/evidently``: a local Evidently workspace with one project; ``evidently ui --workspace
-  <state>/evidently`` shows its dashboard (drift share and per-column drift over time).
+  <state>/evidently`` shows its dashboard (the last run's headline, drift share and per-column drift over
+  time, performance on labelled rows).
 * MLflow experiment ``<experiment_name>-monitoring``: one run per monitoring run, with ``drift_share``,
   ``drift_score_<column>``, data-quality counts and ``perf_<metric>`` as metrics (so each is a chart over
   time in the MLflow UI), the HTML report as an artifact, and the decision as tags.
@@ -20,7 +21,7 @@ from core.settings import Settings
 from monitoring.drift import DriftResult, metrics_for_logging, summary
 
 if TYPE_CHECKING:
-    from evidently.ui.workspace import Project, Workspace
+    from evidently.sdk.models import DashboardModel
 
 # MLflow refuses tag values beyond 5,000 characters (8,000 on newer servers); reasons rarely come close.
 _MAX_TAG = 5_000
@@ -50,52 +51,84 @@ def save_report(result: DriftResult, folder: Path) -> Path:
 
 
 def add_to_workspace(result: DriftResult, settings: Settings, *, name: str) -> str:
-    """Add the run's snapshot to the local Evidently workspace; returns the snapshot id."""
+    """Add the run's snapshots to the local Evidently workspace and rewrite its dashboard; returns the
+    drift snapshot's id."""
     from evidently.ui.workspace import Workspace  # slow import (monitoring/drift.py)
 
     workspace = Workspace(str(workspace_dir(settings)))
-    project = _project(workspace, settings, columns=[*result.columns, *result.prediction])
+    project_name = f"{settings.model_name} monitoring"
+    found = workspace.search_project(project_name)
+    project = (
+        found[0]
+        if found
+        else workspace.create_project(
+            project_name, description=f"Prediction-log drift for model '{settings.model_name}'"
+        )
+    )
     ref = workspace.add_run(project.id, result.snapshot, include_data=False, name=name)
     if result.performance_snapshot is not None:
         workspace.add_run(project.id, result.performance_snapshot, include_data=False, name=f"{name} performance")
+    # Rewritten on every run: the headline panel carries this run's figures, and a workspace made by an
+    # older version of this module gets the current panels.
+    workspace.save_dashboard(project.id, dashboard(result, settings.contract.task, name=name))
     return str(ref.id)
 
 
-def _project(workspace: Workspace, settings: Settings, columns: list[str]) -> Project:
-    """The project named after the model, created with its dashboard on first use."""
-    from evidently.sdk.models import PanelMetric
-    from evidently.sdk.panels import counter_panel, line_plot_panel
+# Evidently's metric per performance panel line, by task: what ClassificationPreset / RegressionPreset
+# compute (binary ROC AUC only when the log holds probabilities). MAE is stored as a mean and a spread.
+_PERFORMANCE: dict[str, list[tuple[str, str, dict[str, str]]]] = {
+    "binary": [("ROC AUC", "RocAuc", {}), ("F1", "F1Score", {}), ("Accuracy", "Accuracy", {})],
+    "multiclass": [("Accuracy", "Accuracy", {}), ("F1 (macro)", "F1Score", {})],
+    "regression": [("RMSE", "RMSE", {}), ("MAE", "MAE", {"value_type": "mean"})],
+}
 
-    name = f"{settings.model_name} monitoring"
-    found = workspace.search_project(name)
-    if found:
-        return found[0]
-    project = workspace.create_project(name, description=f"Prediction-log drift for model '{settings.model_name}'")
+
+def dashboard(result: DriftResult, task: str, *, name: str) -> DashboardModel:
+    """The project's dashboard: this run's headline, drift over time, drift per column, performance.
+
+    The headline is a text panel, not a counter: Evidently 0.7.23's counter shows a value of 0 as
+    "no value" (its UI tests the number for truth), and "no column drifted" is the usual, good news."""
+    from evidently.sdk.models import DashboardModel, DashboardTabModel, PanelMetric
+    from evidently.sdk.panels import line_plot_panel, text_panel
+
+    drifted, checked = len(result.drifted_columns), len(result.columns)
+    headline = f"Last run: {drifted} of {checked} columns drifted ({result.drift_share:.0%})"
+    details = [name, f"{result.window_rows:,} served rows against {result.reference_rows:,} training rows"]
+    if result.drifted_columns:
+        details.append("drifted: " + ", ".join(result.drifted_columns))
+    if result.prediction_drift:
+        details.append("the predictions drifted")
+    if result.performance is not None:
+        details.append(f"{result.performance.labelled_rows:,} rows labelled")
+    # Evidently's own count: feature and prediction columns together, so it can differ from the headline's
+    # share of feature columns (the share the retraining policy weighs).
     share = PanelMetric(
-        legend="share", metric="evidently:metric_v2:DriftedColumnsCount", metric_labels={"value_type": "share"}
+        legend="features and predictions",
+        metric="evidently:metric_v2:DriftedColumnsCount",
+        metric_labels={"value_type": "share"},
     )
-    project.dashboard.add_panel(counter_panel(title="Share of drifted columns (last run)", values=[share]))
-    project.dashboard.add_panel(line_plot_panel(title="Share of drifted columns", values=[share]))
-    project.dashboard.add_panel(
+    columns = [*result.columns, *result.prediction]
+    panels = [
+        text_panel(title=headline, description=" · ".join(details)),
+        line_plot_panel(title="Share of drifted columns, predictions included", values=[share]),
         line_plot_panel(
             title="Drift score per column",
             values=[
                 PanelMetric(legend=c, metric="evidently:metric_v2:ValueDrift", metric_labels={"column": c})
                 for c in columns
             ],
-        )
-    )
-    # Filled by the performance snapshots (labelled rows only); a regression project leaves it empty.
-    project.dashboard.add_panel(
+        ),
+        # Filled by the performance snapshots: the rows whose label came back.
         line_plot_panel(
             title="Performance on labelled rows",
             values=[
-                PanelMetric(legend=legend, metric=f"evidently:metric_v2:{metric}")
-                for legend, metric in (("ROC AUC", "RocAuc"), ("F1", "F1Score"), ("Accuracy", "Accuracy"))
+                PanelMetric(legend=legend, metric=f"evidently:metric_v2:{metric}", metric_labels=labels)
+                for legend, metric, labels in _PERFORMANCE[task]
             ],
-        )
-    )
-    return project
+        ),
+    ]
+    tab = DashboardTabModel(title="Monitoring", panels=[p.id for p in panels])
+    return DashboardModel(tabs=[tab], panels=panels)
 
 
 def log_to_mlflow(

@@ -24,6 +24,7 @@ from core.servers import free_port
 from core.settings import Settings, get_settings
 from demo.simulator import simulate
 from tests.prometheus_support import push_receiver
+from tests.serving_support import wait_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -243,7 +244,9 @@ def test_the_retrain_request_event_starts_the_deployment_through_its_declared_tr
     with temporary_settings({PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(uuid.UUID(first.record["flow_run_id"]))
         query = {"filter": {"id": {"id": [first.record["event_id"]]}}}
-        [event] = client.request("POST", "/events/filter", json=query).json()["events"]
+        # The trigger acts on the event stream; the server writes events to its database in batches
+        # (every few seconds), so the stored event can lag the run it started.
+        [event] = wait_for(lambda: client.request("POST", "/events/filter", json=query).json()["events"], timeout=30)
     assert flow_run.parameters == {"reason": "; ".join(first.record["reasons"]), "event_id": first.record["event_id"]}
     assert "weighted drift share" in flow_run.parameters["reason"]
     assert event["resource"]["prefect.resource.id"] == f"mlops.model.{env.model_name}"

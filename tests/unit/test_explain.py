@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.contract import DatasetContract, parse_contract
+from core.contract import DatasetContract
 from core.modeling.explain import ModelExplainer, feature_sources, global_importance, top_reasons
 from core.modeling.families import build_pipeline
 from core.modeling.features import to_model_input
+from tests.generated import TASKS, contract_for, frame_for
 
 SMALL = {
     "logistic": {},
@@ -26,62 +27,6 @@ SMALL = {
     "svm": {"n_components": 20},
     "mlp": {"width": 8, "depth": 1, "max_iter": 20},
 }
-TASKS = {
-    # The positive class "churned" sorts before "stayed": the model's classes_[1] is the negative one.
-    "binary": {"classes": ["churned", "stayed"], "positive_class": "churned"},
-    "multiclass": {"classes": ["low", "mid", "high"]},
-    "regression": {},
-}
-
-
-def contract_for(task: str) -> DatasetContract:
-    target: dict[str, Any] = {"name": "outcome (label)", **TASKS[task]}
-    target_column: dict[str, Any] = (
-        {"name": "outcome (label)", "type": "float"}
-        if task == "regression"
-        else {"name": "outcome (label)", "type": "string"}
-    )
-    return parse_contract(
-        {
-            "name": f"explain-{task}",
-            "task": task,
-            "timestamp_column": "Seen at",
-            "derived_time_features": ["hour_of_day", "day_of_week"],
-            "target": target,
-            "columns": [
-                {"name": "Seen at", "type": "datetime"},
-                {"name": "Tenure (months)", "type": "float", "nullable": True},
-                {"name": "spend/€", "type": "float"},
-                {"name": "2nd plan", "type": "category", "categories": ["basic", "plus", "pro"], "nullable": True},
-                {"name": "note", "type": "string", "nullable": True},
-                target_column,
-            ],
-        }
-    )
-
-
-def frame_for(contract: DatasetContract, n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    tenure = rng.uniform(0, 60, n)
-    spend = rng.normal(50, 15, n)
-    plan = rng.choice(["basic", "plus", "pro"], n)
-    hours = rng.integers(0, 24 * 60, n)
-    frame = pd.DataFrame(
-        {
-            "Seen at": pd.Timestamp("2025-03-01") + pd.to_timedelta(hours, unit="h"),
-            "Tenure (months)": np.where(rng.random(n) < 0.1, np.nan, tenure),
-            "spend/€": spend,
-            "2nd plan": np.where(rng.random(n) < 0.05, None, plan),
-            "note": rng.choice(["a", "b"], n),
-        }
-    )
-    signal = -0.08 * tenure + 0.04 * spend + np.where(plan == "pro", 1.5, 0.0) + rng.normal(0, 0.5, n)
-    if contract.task == "regression":
-        return frame, signal * 10
-    if contract.task == "binary":
-        return frame, np.where(signal > np.median(signal), "churned", "stayed").astype(object)
-    cuts = np.quantile(signal, [1 / 3, 2 / 3])
-    return frame, np.asarray(["low", "mid", "high"], dtype=object)[np.digitize(signal, cuts)]
 
 
 def fitted(task: str, family: str) -> tuple[DatasetContract, Any, pd.DataFrame]:
