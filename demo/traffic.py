@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -61,7 +62,9 @@ def rows_between(settings: Settings, start: str, end: str) -> pd.DataFrame:
     try:
         meta = sa.MetaData()
         main = sa.Table(table, meta, autoload_with=engine)
-        query = sa.select(main).where(main.c[ts_col] >= start, main.c[ts_col] < end)
+        # Datetimes, not the ISO strings: PostgreSQL has no `timestamp >= varchar`.
+        first, last = datetime.fromisoformat(start), datetime.fromisoformat(end)
+        query = sa.select(main).where(main.c[ts_col] >= first, main.c[ts_col] < last)
         frame = pd.read_sql(query.order_by(main.c[ts_col]), engine)
         pending_name = f"{table}_pending_labels"
         if sa.inspect(engine).has_table(pending_name):

@@ -20,22 +20,11 @@ import pytest
 
 from core.servers import VENV_BIN
 from core.settings import PROJECT_ROOT, Settings
+from tests.dashboards import empty_lines, workspace_panels
+from tests.e2e.stacks import LOOP_ENV, deployment_run
 from tests.webhook import Receiver, webhook_receiver
 
 pytestmark = pytest.mark.slow
-
-ENV = {
-    "MLOPS_SIMULATOR__DAYS": "40",
-    "MLOPS_SIMULATOR__ROWS_PER_DAY": "700",
-    "MLOPS_SPLITS__WINDOW_DAYS": "28",
-    "MLOPS_TRAINING__FAMILIES": '["logistic"]',
-    "MLOPS_TRAINING__CV_FOLDS": "2",
-    "MLOPS_GATE__N_BOOTSTRAP": "200",
-    "MLOPS_TUNING__RETRAIN_TRIALS": "2",
-    "MLOPS_SERVING__RELOAD_INTERVAL_S": "2",
-    "MLOPS_MONITORING__MIN_WINDOW_ROWS": "500",
-    "MLOPS_MONITORING__MIN_LABELLED_ROWS": "200",
-}
 
 
 class Live:
@@ -54,17 +43,7 @@ class Live:
         return self.stack.api_url
 
     def deployment_run(self, name: str, *params: str, timeout: float = 600) -> str:
-        """`prefect deployment run NAME --watch`, as a user types it; returns the output."""
-        cmd = [str(VENV_BIN / "prefect"), "deployment", "run", name, "--watch", "--watch-timeout", str(int(timeout))]
-        for p in params:
-            cmd += ["--param", p]
-        out = subprocess.run(
-            cmd, env=self.env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout + 60, check=False
-        )
-        text = out.stdout + out.stderr
-        assert out.returncode == 0, f"{name} failed:\n{text[-4000:]}"
-        assert "Completed" in text, f"{name} did not complete:\n{text[-4000:]}"
-        return text
+        return deployment_run(self.env, name, *params, timeout=timeout)
 
     def champion(self) -> str | None:
         from demo.loop import _champion_version
@@ -78,7 +57,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 
     state = tmp_path_factory.mktemp("e2e-state")
     with webhook_receiver() as receiver:
-        env = {**ENV, "MLOPS_NOTIFICATIONS__WEBHOOK_URL": receiver.url}
+        env = {**LOOP_ENV, "MLOPS_NOTIFICATIONS__WEBHOOK_URL": receiver.url}
         with stack.temporary(state, env) as (settings, s):
             pids = [c.pid for c in s.components.values()]
             live = Live(settings, s, dict(os.environ), receiver)
@@ -166,3 +145,14 @@ def test_tune_monitor_and_rollback_deployments(live: Live) -> None:
 
     record = json.loads((PROJECT_ROOT / "examples" / "record.json").read_text())
     wait_for_version(live.api, record, "1", timeout_s=30)
+
+
+def test_every_evidently_panel_shows_a_value(live: Live, tmp_path: Path) -> None:
+    """After the demo's monitoring runs, the Evidently UI has a value in every panel (read through its API)."""
+    from monitoring.reports import workspace_dir
+
+    dashboards = workspace_panels(workspace_dir(live.settings), tmp_path / "evidently.log")
+    assert len(dashboards) == 1, list(dashboards)
+    [panels] = dashboards.values()
+    assert [p for p in panels if p["kind"] == "text" and "columns drifted" in p["title"]], panels
+    assert not empty_lines(panels), f"Evidently panels with a line and no point: {empty_lines(panels)}"

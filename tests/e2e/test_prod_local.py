@@ -8,11 +8,6 @@ request counter, and every metric the Grafana dashboard queries is a series the 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,9 +17,10 @@ import pytest
 import sqlalchemy as sa
 
 from core.databases import engine_for
-from core.settings import PROJECT_ROOT, get_settings
-from deploy.prodlocal import ProdLocal, load
+from core.settings import get_settings
+from deploy.prodlocal import ProdLocal
 from tests.dashboards import dashboard_queries, declared_series, exported_series, metric_names
+from tests.e2e.stacks import environment, prod_local
 from tests.serving_support import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -40,40 +36,10 @@ def _prefect() -> None:
 
 @pytest.fixture(scope="module")
 def prodlocal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProdLocal]:
-    state = tmp_path_factory.mktemp("prodlocal")
-    cli = [sys.executable, "-m", "deploy.prodlocal", "--state", str(state)]
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "MLFLOW_", "PREFECT_API"))},
-        "MLOPS_CONFIG": CONFIG,
-        "MLOPS_SERVING__RELOAD_INTERVAL_S": "1",
-        "MLOPS_SERVING__LOG_FLUSH_S": "0.2",
-    }
-    started = subprocess.run(
-        [*cli, "--db-prefix", f"mlops_pl_{uuid.uuid4().hex[:8]}_", "--no-deployments", "--scrape-interval", "1s"],
-        env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    try:
-        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
-        stack = load(state)
-        assert stack is not None
-        assert "Prometheus" in started.stdout and stack.url("api") in started.stdout, "it prints where things are"
+    env = {"MLOPS_CONFIG": CONFIG, "MLOPS_SERVING__RELOAD_INTERVAL_S": "1", "MLOPS_SERVING__LOG_FLUSH_S": "0.2"}
+    with prod_local(tmp_path_factory.mktemp("prodlocal"), env, deployments=False) as (stack, printed):
+        assert "Prometheus" in printed and stack.url("api") in printed, "it prints where things are"
         yield stack
-    finally:
-        subprocess.run([*cli, "--stop", "--drop-databases"], env=env, cwd=PROJECT_ROOT, timeout=120, check=False)
-
-
-@contextlib.contextmanager
-def environment(env: dict[str, str]) -> Iterator[None]:
-    """This process sees prod-local's settings (as a client given its printed exports would)."""
-    saved = dict(os.environ)
-    for key in [k for k in os.environ if k.startswith(("MLOPS_", "MLFLOW_"))]:
-        del os.environ[key]  # none of the test run's own settings: only prod-local's exports
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,6 +22,7 @@ from core.servers import Server, start_evidently_ui
 from core.settings import Settings, load_settings
 from monitoring.drift import compute_drift
 from monitoring.reports import add_to_workspace, workspace_dir
+from tests.dashboards import empty_lines, evidently_panels
 from tests.generated import TASKS, contract_dict, frame_for
 
 pytestmark = pytest.mark.slow
@@ -85,27 +85,12 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict[
 
 def test_every_panel_of_every_project_shows_a_value(ui: tuple[Server, dict[str, dict[str, Any]]]) -> None:
     server, last = ui
-    with httpx.Client(base_url=f"{server.url}/api", timeout=30) as api:
-        projects = {p["name"]: p["id"] for p in api.get("/projects").raise_for_status().json()}
-        assert set(projects) == set(last), projects
-        for name, project_id in projects.items():
-            result = last[name]["result"]
-            dashboard = api.get(f"/v2/dashboards/{project_id}").raise_for_status().json()
-            panels = dashboard["panels"]
-            assert {p["id"] for p in panels} == {i for tab in dashboard["tabs"] for i in tab["panels"]}
-            empty = []
-            for panel in panels:
-                kind = panel["plot_params"]["plot_type"]
-                if kind == "text":
-                    drifted = len(result.drifted_columns)
-                    assert f"{drifted} of {len(result.columns)} columns drifted" in panel["title"], panel
-                    assert all(c in panel["subtitle"] for c in result.drifted_columns), panel
-                    continue
-                filters = [{k: v[k] for k in ("tags", "metadata", "metric", "metric_labels")} for v in panel["values"]]
-                reply = api.post(f"/v2/snapshots/{project_id}/data_series_batch", json={"series_filter": filters})
-                series = reply.raise_for_status().json()["series"]
-                for index, value in enumerate(panel["values"]):
-                    points = [x for s in series if s["filter_index"] == index for x in s["values"] if x is not None]
-                    if not points:
-                        empty.append(f"{panel['title']}: {value['legend']}")
-            assert not empty, f"{name}: panels with a line and no point: {empty}"
+    dashboards = evidently_panels(server.url)
+    assert set(dashboards) == set(last), list(dashboards)
+    for name, panels in dashboards.items():
+        result = last[name]["result"]
+        [headline] = [p for p in panels if p["kind"] == "text"]
+        assert f"{len(result.drifted_columns)} of {len(result.columns)} columns drifted" in headline["title"]
+        assert all(c in headline["subtitle"] for c in result.drifted_columns), headline
+        assert all(p["lines"] for p in panels if p["kind"] != "text"), "a chart without a line"
+        assert not empty_lines(panels), f"{name}: panels with a line and no point: {empty_lines(panels)}"
