@@ -40,6 +40,8 @@ class LoopTurn:
     version_after: str | None = None
     # seconds from the first drifted request to the first response from the new champion
     loop_seconds: float | None = None
+    # seconds from the monitoring decision (the monitor flow returned) to that first response
+    decision_to_serving_s: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -108,6 +110,7 @@ def turn(
     with temporary_settings({PREFECT_API_URL: prefect_api_url}):
         record = monitor(trigger=True)
     timings["monitor_s"] = time.perf_counter() - t0 - timings["traffic_s"]
+    decided_at = time.time()
     result = LoopTurn(scenario, traffic, accepted, record, version_before=before, timings=timings)
     if not record.get("triggered"):
         say(f"  no retraining: {'; '.join(record.get('reasons', [])) or record.get('status')}")
@@ -124,6 +127,7 @@ def turn(
         served_at = wait_for_version(api_url, probe, champion, timeout_s=120)
         assert traffic.first_sent_at is not None
         result.loop_seconds = served_at - traffic.first_sent_at
+        result.decision_to_serving_s = served_at - decided_at
     else:
         say(f"  retraining ended {state}; champion stays v{champion}")
     result.version_after = _served_version(api_url)
