@@ -18,6 +18,7 @@ alone, or epoch seconds; the result is naive UTC.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -63,6 +64,10 @@ def arrow_schema(contract: DatasetContract, columns: Sequence[str] | None = None
 
 
 # ---- timestamps: one reading for every entry point ---------------------------------------------------
+# A date, or a date and time to the minute, second or microsecond, with an optional Z or +HH:MM offset.
+_PLAIN_ISO = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)?(?:Z|[+-]\d{2}:\d{2})?")
+
+
 def parse_timestamp(value: Any) -> datetime | None:
     """One value as a naive-UTC datetime (what the single-record API model runs); None when it is not one."""
     if value is None or isinstance(value, bool):
@@ -71,6 +76,14 @@ def parse_timestamp(value: Any) -> datetime | None:
         return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day)
+    if isinstance(value, str) and _PLAIN_ISO.fullmatch(value.strip()):
+        # The common forms without pandas (one /predict record: ~1 ms less per timestamp); the same
+        # reading as to_timestamps' ISO 8601 parse, which tests/unit/test_rules.py checks.
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None  # e.g. month 13: not a timestamp, as pandas says too
+        return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo is not None else parsed
     out = to_timestamps(pd.Series([value], dtype=object)).iloc[0]
     return None if pd.isna(out) else pd.Timestamp(out).to_pydatetime()
 

@@ -12,6 +12,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.contract import ROW_KEY, ContractError, identifier, parse_contract
 from core.data.rules import ContractChecker, parse_timestamp, row_keys, to_timestamps
@@ -103,6 +105,30 @@ def test_timestamps_are_read_the_same_way_everywhere(value: Any, expected: datet
     column = pd.Series([value], dtype=object)
     parsed = to_timestamps(column).iloc[0]
     assert (pd.isna(parsed) and expected is None) or parsed == pd.Timestamp(expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    moment=st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 12, 31)),
+    form=st.sampled_from(["date", "minutes", "seconds", "micro", "space"]),
+    offset=st.sampled_from(["", "Z", "+02:00", "-05:30", "+00:00"]),
+    month=st.integers(1, 14),
+)
+def test_one_record_and_a_column_read_a_text_timestamp_alike(
+    moment: datetime, form: str, offset: str, month: int
+) -> None:
+    """parse_timestamp reads the plain ISO forms without pandas; the batch path (to_timestamps) with it.
+    Both must agree, invalid dates (month 13, 14) included."""
+    text = {
+        "date": f"{moment:%Y}-{month:02d}-{moment:%d}",
+        "minutes": f"{moment:%Y}-{month:02d}-{moment:%dT%H:%M}",
+        "seconds": f"{moment:%Y}-{month:02d}-{moment:%dT%H:%M:%S}",
+        "micro": f"{moment:%Y}-{month:02d}-{moment:%dT%H:%M:%S.%f}",
+        "space": f"{moment:%Y}-{month:02d}-{moment:%d %H:%M:%S}",
+    }[form] + ("" if form == "date" else offset)
+    one = parse_timestamp(text)
+    column = to_timestamps(pd.Series([text], dtype=object)).iloc[0]
+    assert (one is None and pd.isna(column)) or pd.Timestamp(one) == column, (text, one, column)
 
 
 def test_the_checker_types_text_and_names_each_fault() -> None:
