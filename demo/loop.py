@@ -7,6 +7,7 @@ swaps in the new champion. Used by `make demo`, the end-to-end test and `make be
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,14 +118,17 @@ def turn(
         result.version_after = _served_version(api_url)
         return result
 
-    state = wait_flow_run(prefect_api_url, record["flow_run_id"], timeout_s, say)
+    probe = _records_for_probe(frame, settings)
+    # The retraining flow promotes mid-run (then tunes); the API may serve the new champion well before
+    # the run ends. A probe every 200 ms notes when each version first answered.
+    with VersionProbe(api_url, probe) as seen:
+        state = wait_flow_run(prefect_api_url, record["flow_run_id"], timeout_s, say)
     result.retrain_state = state
     timings["retrain_s"] = time.perf_counter() - t0 - timings["traffic_s"] - timings["monitor_s"]
     champion = _champion_version(settings)
     if state == "COMPLETED" and champion and champion != before:
         say(f"  gate promoted v{champion}; waiting for the API to serve it ...")
-        probe = _records_for_probe(frame, settings)
-        served_at = wait_for_version(api_url, probe, champion, timeout_s=120)
+        served_at = seen.first.get(champion) or wait_for_version(api_url, probe, champion, timeout_s=120)
         assert traffic.first_sent_at is not None
         result.loop_seconds = served_at - traffic.first_sent_at
         result.decision_to_serving_s = served_at - decided_at
@@ -132,6 +136,35 @@ def turn(
         say(f"  retraining ended {state}; champion stays v{champion}")
     result.version_after = _served_version(api_url)
     return result
+
+
+class VersionProbe:
+    """Within `with`: POST /predict with `record` every `interval_s` seconds from a thread, noting the
+    wall-clock time each model version first answered (`first`)."""
+
+    def __init__(self, api_url: str, record: dict[str, Any], interval_s: float = 0.2) -> None:
+        self.api_url, self.record, self.interval_s = api_url, record, interval_s
+        self.first: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="version-probe", daemon=True)
+
+    def __enter__(self) -> VersionProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.api_url, timeout=10) as client:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    resp = client.post("/predict", json=self.record)
+                except httpx.HTTPError:
+                    continue
+                if resp.status_code == 200:
+                    self.first.setdefault(str(resp.json()["model_version"]), time.time())
 
 
 def _served_version(api_url: str) -> str | None:
