@@ -396,7 +396,13 @@ def _allowed(reply: Reply, order: list[str], swaps: list[dict[str, float]]) -> b
 
 
 def swap_under_load(
-    ctx: Context, *, requests: int = 20_000, concurrency: int = 32, swaps: int = 3, timeout_s: float = 900
+    ctx: Context,
+    *,
+    requests: int = 20_000,
+    concurrency: int = 32,
+    swaps: int = 3,
+    workers: int = 1,
+    timeout_s: float = 900,
 ) -> ScenarioResult:
     """`requests` POST /predict (one or three records each) at `concurrency` while the champion alias
     moves `swaps` times (at evenly spaced points of the run), each move followed by POST /admin/reload;
@@ -406,16 +412,18 @@ def swap_under_load(
     - every row the prediction log holds for a response's request ids names that response's version
       (so the records of a multi-record request were all predicted by one model);
     - the version was the serving champion at some moment of the request's lifetime (`_allowed`);
-    - on each client connection the versions never go back (v1 ... v2 ... v3, never v3 then v2).
+    - on each client connection the versions never go back (v1 ... v2 ... v3, never v3 then v2);
+    - and each connection sees at most one change per alias move (with several workers: they switch together).
     """
-    res = ScenarioResult("swap_under_load")
-    root = ctx.work / "swap_under_load"
+    res = ScenarioResult("swap_under_load" if workers == 1 else f"swap_under_load_{workers}_workers")
+    root = ctx.work / f"{res.name}-{time.monotonic_ns()}"  # a fresh state per run (--repeat)
     root.mkdir(parents=True, exist_ok=True)
     name = unique("chaos-swap")
     order = [register(ctx.tracking_uri, name, seed=1)]
     order += [register(ctx.tracking_uri, name, seed=k + 2, alias=None) for k in range(swaps)]
     api_state = root / "api"
-    with serve(ctx.tracking_uri, name, api_state, {"MLOPS_SERVING__RELOAD_INTERVAL_S": "2"}) as api:
+    env = {"MLOPS_SERVING__RELOAD_INTERVAL_S": "2", "MLOPS_SERVING__WORKERS": str(workers)}
+    with serve(ctx.tracking_uri, name, api_state, env) as api:
         points = [requests * (k + 1) // (swaps + 1) for k in range(swaps)]
         load = Load(api.url, requests, concurrency, timeout_s, example_records())
         load.milestones = {p: threading.Event() for p in points}
@@ -471,6 +479,10 @@ def swap_under_load(
             ]
             backwards += sum(b < a for a, b in itertools.pairwise(seen))
         res.expect(backwards == 0, f"{backwards} times a connection got an older version after a newer one")
+        from benchmarks.chaos_rollout import version_changes
+
+        changes = version_changes(replies, concurrency)
+        res.expect(max(changes) <= swaps, f"a connection saw {max(changes)} version changes for {swaps} alias moves")
         res.rows_lost, res.detail["log"] = lost_rows(_sqlite_log(api_state), replies, 60)
         res.expect(
             res.detail["log"]["rows_with_another_version"] == 0, "logged rows name another version than their response"
@@ -491,6 +503,9 @@ def swap_under_load(
             ],
             "responses_outside_their_window": len(outside),
             "version_went_back_on_a_connection": backwards,
+            "workers": workers,
+            "version_changes_per_connection_max": max(changes),
+            "version_changes_all_connections": sum(changes),
         }
     return res
 
@@ -515,7 +530,7 @@ def run_scenario(name: str, fn: Scenario, ctx: Context, **params: Any) -> Scenar
 
 
 def scenarios(args: argparse.Namespace) -> dict[str, tuple[Scenario, dict[str, Any]]]:
-    from benchmarks import chaos_prefect
+    from benchmarks import chaos_prefect, chaos_rollout
 
     return {
         "mlflow_down": (mlflow_down, {"down_s": args.down_s}),
@@ -524,6 +539,13 @@ def scenarios(args: argparse.Namespace) -> dict[str, tuple[Scenario, dict[str, A
         "retraining_killed": (chaos_prefect.retraining_killed, {}),
         "prefect_restart": (chaos_prefect.prefect_restart, {}),
         "swap_under_load": (swap_under_load, {"requests": args.requests, "concurrency": args.concurrency}),
+        "swap_under_load_2_workers": (
+            swap_under_load,
+            {"requests": args.requests, "concurrency": args.concurrency, "workers": 2},
+        ),
+        "canary_rolled_back": (chaos_rollout.canary_rolled_back, {}),
+        "webhook_lost": (chaos_rollout.webhook_lost, {}),
+        "worker_killed": (chaos_rollout.worker_killed, {}),
     }
 
 
@@ -533,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--down-s", type=float, default=15.0)
+    parser.add_argument("--repeat", type=int, default=1, help="run the chosen scenarios this many times")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -550,9 +573,13 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         ctx = Context(work, shared.url)
-        for name in chosen:
-            fn, params = table[name]
-            results.append(run_scenario(name, fn, ctx, **params))
+        for run in range(1, args.repeat + 1):
+            for name in chosen:
+                fn, params = table[name]
+                result = run_scenario(name, fn, ctx, **params)
+                if args.repeat > 1:
+                    result.detail["run"] = run
+                results.append(result)
     finally:
         shared.stop()
     report = {

@@ -98,15 +98,28 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
 
 
 # ---- models ---------------------------------------------------------------------------------------
-def register(tracking_uri: str, model_name: str, seed: int, alias: str | None = "champion") -> str:
-    """A small example model in the format training produces (skops, signature, metadata)."""
+def register(
+    tracking_uri: str,
+    model_name: str,
+    seed: int,
+    alias: str | None = "champion",
+    params: dict[str, Any] | None = None,
+) -> str:
+    """A small example model in the format training produces (skops, signature, metadata); `params` over
+    the logistic family's defaults."""
     import mlflow
 
     from serving.example_model import register_example_model
 
     mlflow.set_tracking_uri(tracking_uri)
     return register_example_model(
-        get_settings().contract, model_name, seed=seed, n_rows=1_000, alias=alias, experiment_name="chaos"
+        get_settings().contract,
+        model_name,
+        seed=seed,
+        n_rows=1_000,
+        alias=alias,
+        params=params,
+        experiment_name="chaos",
     )
 
 
@@ -213,12 +226,16 @@ class Load:
 
     async def _run(self) -> None:
         deadline = time.monotonic() + self.timeout_s
-        bodies = [
-            json.dumps(self.records[0] if n == 1 else self.records[:n]).encode() for n in self.batch_sizes
-        ]  # pre-encoded: the generator's own cost stays small next to the server's
+        # Pre-encoded (the generator's own cost stays small next to the server's), one request after the
+        # other through `records`: request k holds records k*n .. k*n+n-1 (wrapping), n its batch size.
+        bodies: list[tuple[int, bytes]] = []
+        for k in range(max(len(self.records), 1)):
+            n = self.batch_sizes[k % len(self.batch_sizes)]
+            chosen = [self.records[(k * n + j) % len(self.records)] for j in range(n)]
+            bodies.append((n, json.dumps(chosen[0] if n == 1 else chosen).encode()))
         await asyncio.gather(*(self._client(i, bodies, deadline) for i in range(self.concurrency)))
 
-    async def _client(self, index: int, bodies: list[bytes], deadline: float) -> None:
+    async def _client(self, index: int, bodies: list[tuple[int, bytes]], deadline: float) -> None:
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
         headers = {"content-type": "application/json"}
         async with httpx.AsyncClient(base_url=self.url, timeout=60, limits=limits, headers=headers) as client:
@@ -227,11 +244,10 @@ class Load:
                 event = self.milestones.get(self.sent)
                 if event is not None:
                     event.set()
-                k = self.sent % len(bodies)
-                n = self.batch_sizes[k]
+                n, body = bodies[self.sent % len(bodies)]
                 reply = Reply(index, time.monotonic(), 0.0, None, n_records=n)
                 try:
-                    r = await client.post("/predict", content=bodies[k])
+                    r = await client.post("/predict", content=body)
                     reply.status = r.status_code
                     if r.status_code == 200:
                         body = r.json()
