@@ -436,8 +436,12 @@ def swap_under_load(
                     errors.append(f"swap {k + 1} never reached its point ({point} requests sent)")
                     return
                 alias_set = time.monotonic()
-                set_champion(ctx.tracking_uri, name, order[k + 1])
-                answer = api.reload()
+                try:
+                    set_champion(ctx.tracking_uri, name, order[k + 1])
+                    answer = api.reload()
+                except Exception as exc:  # recorded, not lost with the thread
+                    errors.append(f"swap {k + 1}: {type(exc).__name__}: {exc}")
+                    return
                 log.append(
                     {
                         "version": float(order[k + 1]),

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,8 @@ class SwapBoard:
     # ---- nudges -----------------------------------------------------------------------------------
     def nudge(self, reason: str) -> None:
         """Tell every worker to check the registry now."""
-        tmp = self.folder / f".nudge-{os.getpid()}"
+        # A name of its own per call: /admin/reload and the watcher's thread may nudge at the same moment.
+        tmp = self.folder / f".nudge-{os.getpid()}-{uuid.uuid4().hex}"
         tmp.write_text(json.dumps({"at": time.time(), "pid": os.getpid(), "reason": reason}))
         tmp.replace(self._nudge)  # a new inode and mtime: every watcher sees the change
 
