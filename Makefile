@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 STAMP := $(VENV)/.installed
 
-.PHONY: help install lint lint-docker lint-actions lint-k8s lint-prometheus prometheus-tools prod-local prod-local-stop serve test test-unit test-model test-integration test-e2e demo stop bench bench-data \
+.PHONY: help install soak lint lint-docker lint-actions lint-k8s lint-prometheus prometheus-tools prod-local prod-local-stop serve test test-unit test-model test-integration test-e2e demo stop bench bench-data \
         bench-training bench-tuning bench-serving bench-score bench-dask bench-drift bench-loop bench-report chaos clean
 
 help: ## list the targets
@@ -113,6 +113,9 @@ bench-loop: $(STAMP) ## first drifted request -> first response from the new cha
 
 bench-drift: $(STAMP) ## monitoring drift on 1M reference vs 100k window, and plain Evidently -> benchmarks/results/drift.json
 	$(PY) -m benchmarks.bench_drift $(BENCH_ARGS)
+
+soak: $(STAMP) ## 1,000,000 requests at concurrency 16, a swap every 100,000: errors, logged rows, RSS growth -> benchmarks/results/soak.json
+	$(PY) -m benchmarks.soak $(BENCH_ARGS)
 
 chaos: $(STAMP) ## fault scenarios (registry, store, Prefect down; kills; swaps under load) -> benchmarks/results/chaos.json
 	$(PY) -m benchmarks.chaos $(BENCH_ARGS)

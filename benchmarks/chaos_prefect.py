@@ -23,20 +23,12 @@ import psutil
 from benchmarks.chaos_support import ScenarioResult, env_vars, say, wait_until
 from core.servers import VENV_BIN, free_port, start_prefect, stop_process_group
 from core.settings import PROJECT_ROOT, Settings, get_settings
+from demo.loop import SMALL_DATA
 
 if TYPE_CHECKING:
     from benchmarks.chaos_support import Context
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-# Small enough that a retraining run takes a minute here, big enough for the gate to judge.
-SMALL_DATA = {
-    "MLOPS_SIMULATOR__DAYS": "40",
-    "MLOPS_SIMULATOR__ROWS_PER_DAY": "700",
-    "MLOPS_SPLITS__WINDOW_DAYS": "28",
-    "MLOPS_TRAINING__FAMILIES": '["logistic"]',
-    "MLOPS_TRAINING__CV_FOLDS": "2",
-    "MLOPS_GATE__N_BOOTSTRAP": "200",
-}
 # The scheduler checks deployments every 5 s instead of 60, and the worker polls every 2 s instead
 # of 10: the scenarios wait for scheduled runs, and these only shorten the waits.
 FAST_LOOPS = {

@@ -46,6 +46,13 @@ TARGETS: list[tuple[str, str, str, Any]] = [
     ("drift", "peak_rss_mb", "<= 2000", lambda v, r: v <= 2000),
     ("drift", "agreement", ">= 0.95", lambda v, r: v >= 0.95),
     ("loop", "loop_seconds", "<= 180", lambda v, r: v is not None and v <= 180),
+    (
+        "loop",
+        "decision_to_serving_s",
+        "<= 45 with the default poll interval",
+        lambda v, r: v is not None and v <= 45 and r.get("reload_interval_is_default", False),
+    ),
+    ("soak", "rss_growth", "< 0.10, no error, every prediction logged", lambda v, r: bool(r.get("passed"))),
 ]
 
 
@@ -92,12 +99,11 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                 f"{f['p50_ratio']:.1f}",
             )
             lines.append("| " + " | ".join(cells) + " |")
-    chaos = results.get("chaos")
-    if chaos:
-        lines += ["", "## Fault scenarios (`make chaos`)", ""]
-        lines += ["| scenario | passed | requests | failures | rows lost |", "|---|---|---|---|---|"]
-        for sc in chaos.get("scenarios", []):
-            row = (sc["name"], sc["passed"], sc["requests"], sc["failures"], sc["rows_lost"])
+    for name in sorted(n for n in results if n.startswith("chaos")):
+        lines += ["", f"## Fault scenarios (`make chaos`): {name}.json", ""]
+        lines += ["| scenario | passed | requests | failures | rows lost | seconds |", "|---|---|---|---|---|---|"]
+        for sc in results[name].get("scenarios", []):
+            row = (sc["name"], sc["passed"], sc["requests"], sc["failures"], sc["rows_lost"], sc.get("seconds"))
             lines.append("| " + " | ".join(str(x) for x in row) + " |")
     lines += ["", "## Raw figures", ""]
     for name, r in results.items():

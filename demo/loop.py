@@ -26,6 +26,17 @@ from demo.traffic import (
 )
 
 Say = Callable[[str], None]
+# The loop on small simulated data (40 days of 700 transactions, one family, short folds and bootstrap):
+# small enough that a retraining run takes a minute on a laptop, big enough for the gate to judge. For
+# tests and fault scenarios, as environment variables.
+SMALL_DATA = {
+    "MLOPS_SIMULATOR__DAYS": "40",
+    "MLOPS_SIMULATOR__ROWS_PER_DAY": "700",
+    "MLOPS_SPLITS__WINDOW_DAYS": "28",
+    "MLOPS_TRAINING__FAMILIES": '["logistic"]',
+    "MLOPS_TRAINING__CV_FOLDS": "2",
+    "MLOPS_GATE__N_BOOTSTRAP": "200",
+}
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 

@@ -15,19 +15,19 @@ from core.servers import VENV_BIN
 from core.settings import PROJECT_ROOT
 from deploy.prodlocal import ProdLocal, load
 
-# The loop on small simulated data: 40 days of 700 transactions, one family, short gates and polls.
-LOOP_ENV = {
-    "MLOPS_SIMULATOR__DAYS": "40",
-    "MLOPS_SIMULATOR__ROWS_PER_DAY": "700",
-    "MLOPS_SPLITS__WINDOW_DAYS": "28",
-    "MLOPS_TRAINING__FAMILIES": '["logistic"]',
-    "MLOPS_TRAINING__CV_FOLDS": "2",
-    "MLOPS_GATE__N_BOOTSTRAP": "200",
-    "MLOPS_TUNING__RETRAIN_TRIALS": "2",
-    "MLOPS_SERVING__RELOAD_INTERVAL_S": "2",
-    "MLOPS_MONITORING__MIN_WINDOW_ROWS": "500",
-    "MLOPS_MONITORING__MIN_LABELLED_ROWS": "200",
-}
+
+def loop_env() -> dict[str, str]:
+    """The whole loop on the demo's small simulated data, with short tuning and polls (imported here, so
+    that this module works without the demo package)."""
+    from demo.loop import SMALL_DATA
+
+    return {
+        **SMALL_DATA,
+        "MLOPS_TUNING__RETRAIN_TRIALS": "2",
+        "MLOPS_SERVING__RELOAD_INTERVAL_S": "2",
+        "MLOPS_MONITORING__MIN_WINDOW_ROWS": "500",
+        "MLOPS_MONITORING__MIN_LABELLED_ROWS": "200",
+    }
 
 
 def deployment_run(env: Mapping[str, str], name: str, *params: str, timeout: float = 600) -> str:

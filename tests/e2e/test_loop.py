@@ -21,7 +21,7 @@ import pytest
 from core.servers import VENV_BIN
 from core.settings import PROJECT_ROOT, Settings
 from tests.dashboards import empty_lines, workspace_panels
-from tests.e2e.stacks import LOOP_ENV, deployment_run
+from tests.e2e.stacks import deployment_run, loop_env
 from tests.webhook import Receiver, webhook_receiver
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 
     state = tmp_path_factory.mktemp("e2e-state")
     with webhook_receiver() as receiver:
-        env = {**LOOP_ENV, "MLOPS_NOTIFICATIONS__WEBHOOK_URL": receiver.url}
+        env = {**loop_env(), "MLOPS_NOTIFICATIONS__WEBHOOK_URL": receiver.url}
         with stack.temporary(state, env) as (settings, s):
             pids = [c.pid for c in s.components.values()]
             live = Live(settings, s, dict(os.environ), receiver)

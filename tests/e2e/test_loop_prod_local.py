@@ -27,7 +27,7 @@ from core.servers import prefect_env
 from core.settings import Settings, get_settings
 from deploy.prodlocal import ProdLocal
 from tests.dashboards import empty_lines, grafana_panels, workspace_panels
-from tests.e2e.stacks import LOOP_ENV, deployment_run, environment, outside_settings, prod_local
+from tests.e2e.stacks import deployment_run, environment, loop_env, outside_settings, prod_local
 from tests.serving_support import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -63,7 +63,7 @@ class Live:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     state = tmp_path_factory.mktemp("prodlocal-loop")
-    env = {**LOOP_ENV, "MLOPS_SERVING__LOG_FLUSH_S": "0.2"}
+    env = {**loop_env(), "MLOPS_SERVING__LOG_FLUSH_S": "0.2"}
     with prod_local(state, env, deployments=True) as (stack, _):
         prefect = prefect_env(stack.url("prefect") + "/api", Path(stack.state) / "prefect-home")
         yield Live(stack, {**env, **stack.env, **prefect})
