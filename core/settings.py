@@ -181,6 +181,8 @@ class ServingSettings(Section):
     # Prediction log writer: rows per insert, longest wait before a partial batch is written.
     log_batch_rows: int = Field(500, gt=0)
     log_flush_s: float = Field(0.5, gt=0)
+    # Rows the prediction log may queue before requests wait for its writer (serving/prediction_log.py).
+    log_max_backlog_rows: int = Field(50_000, gt=0)
     log_retry_s: float = Field(2.0, gt=0)
     spool_dir: Path | None = None  # default: <state_dir>/serving/spool
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)

@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             batch_rows=settings.serving.log_batch_rows,
             flush_s=settings.serving.log_flush_s,
             retry_s=settings.serving.log_retry_s,
+            max_backlog_rows=settings.serving.log_max_backlog_rows,
         )
         plog.start()
         store = ModelStore(settings)

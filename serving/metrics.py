@@ -49,6 +49,10 @@ SHADOW = Counter(
 )
 ROLLBACKS = Counter("serving_rollout_rollbacks_total", "Canaries stopped automatically, by limit crossed.", ["limit"])
 LOG_ROWS = Counter("serving_prediction_log_rows_total", "Prediction-log rows by outcome.", ["outcome"])
+LOG_BACKPRESSURE = Counter(
+    "serving_prediction_log_backpressure_seconds",
+    "Seconds requests waited for the prediction-log writer to catch up (its backlog passed log_max_backlog_rows).",
+)
 # The spool directory is shared by the workers, so each reports the same size; the most recent wins.
 LOG_SPOOL_BYTES = Gauge(
     "serving_prediction_log_spool_bytes",

@@ -35,6 +35,9 @@ from core.servers import process_alive
 from serving import metrics
 
 log = logging.getLogger(__name__)
+# The longest a request waits for the writer to catch up (then it goes on; the backlog is still bounded by
+# the requests that can arrive meanwhile).
+BACKPRESSURE_MAX_S = 2.0
 
 Row = tuple[str, Any]  # (table, row): a tuple of values in column order for predictions, a dict for feedback
 
@@ -69,8 +72,10 @@ class PredictionLog:
         batch_rows: int = 500,
         flush_s: float = 0.5,
         retry_s: float = 2.0,
+        max_backlog_rows: int = 50_000,
     ) -> None:
         self.url = url
+        self.max_backlog_rows = max_backlog_rows
         self.contract = contract
         self.spool_dir = spool_dir
         self.batch_rows = batch_rows
@@ -89,6 +94,9 @@ class PredictionLog:
         self._insert_sql = self._build_insert_sql()
         self._copy_sql = self._build_copy_sql()
         self._queue: deque[tuple[str, Any]] = deque()
+        self._backlog = 0  # rows queued, not yet written or spooled
+        self._taken = 0
+        self._backlog_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -139,10 +147,12 @@ class PredictionLog:
         if block.get("role") is None:
             block["role"] = DEFAULT_ROLE
         self._queue.append((PREDICTIONS, (block, n_rows)))
+        self._count(n_rows)
         # No wake-up here: the writer runs every flush_s (or when many blocks queue up), not in the
         # middle of the response that produced the block.
         if len(self._queue) >= self.batch_rows:
             self._wake.set()
+        self._hold_back()
 
     def log_predictions(self, rows: Iterable[dict[str, Any]]) -> None:
         rows = list(rows)
@@ -154,11 +164,37 @@ class PredictionLog:
     def log_feedback(self, request_id: str, label: Any) -> None:
         row = {"request_id": request_id, "label": self.schema.label_value(label), "received_at": datetime.now(UTC)}
         self._queue.append((FEEDBACK, row))
+        self._count(1)
         self._wake.set()
+        self._hold_back()
 
     @property
     def pending(self) -> int:
         return len(self._queue)
+
+    @property
+    def backlog_rows(self) -> int:
+        return self._backlog
+
+    def _count(self, rows: int) -> None:
+        with self._backlog_lock:
+            self._backlog += rows
+
+    def _hold_back(self) -> None:
+        """Backpressure: past `max_backlog_rows` queued rows, the caller (the request that added them) waits
+        until the writer has taken the backlog down to half, at most BACKPRESSURE_MAX_S.
+
+        The writer is a thread of the same process: a worker answering flat out leaves it too little of the
+        interpreter to keep up, and its queue (memory) would grow without end. Waiting here slows the answers
+        to the rate at which every prediction is logged; nothing is dropped. A writer that cannot write at
+        all spools to disk, so the wait ends either way."""
+        if self._backlog <= self.max_backlog_rows or self._thread is None:
+            return
+        self._wake.set()
+        started = time.monotonic()
+        while self._backlog > self.max_backlog_rows // 2 and time.monotonic() - started < BACKPRESSURE_MAX_S:
+            time.sleep(0.002)
+        metrics.LOG_BACKPRESSURE.inc(time.monotonic() - started)
 
     def spool_bytes(self) -> int:
         """Bytes waiting in spool files (claimed ones included): the backlog of a store outage."""
@@ -199,6 +235,7 @@ class PredictionLog:
             self._replay_spool()
             while self._queue:
                 self._write_batch(self._take(self.batch_rows * 20))
+                self._written(self._taken)
             metrics.LOG_SPOOL_BYTES.set(self.spool_bytes())
             if stopping:
                 return
@@ -222,7 +259,13 @@ class PredictionLog:
             except Exception as exc:  # a block that cannot become rows must not stop the writer
                 log.exception("prediction-log block dropped to the rejected file")
                 self._reject([(PREDICTIONS, _jsonable_block(item[0]))], exc)
+        self._taken = taken
         return out
+
+    def _written(self, rows: int) -> None:
+        """Rows taken from the queue have reached the store, the spool or the rejected file."""
+        with self._backlog_lock:
+            self._backlog -= rows
 
     def _expand(self, batch: list[Row]) -> list[Row]:
         """The batch with its blocks as rows (what the spool and the rejected file hold)."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from core.predictions import read_feedback, read_predictions
 from core.settings import get_settings
@@ -164,3 +167,36 @@ def check_roles_migration(url: str, spool: Path) -> None:
 
 def test_a_table_made_before_roles_gains_the_role_column(tmp_path: Path) -> None:
     check_roles_migration(f"sqlite:///{tmp_path / 'log.db'}", tmp_path / "spool")
+
+
+def test_a_writer_that_falls_behind_holds_the_requests_back_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """make soak: a worker answering flat out starved its writer thread and the queue (memory) grew without
+    end. Past max_backlog_rows the request adding rows waits for the writer; every row is still written."""
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    plog = PredictionLog(url, get_settings().contract, tmp_path / "spool", batch_rows=50, flush_s=0.05,
+                         max_backlog_rows=100)  # fmt: skip
+    slow_insert = plog._insert
+
+    def slow(batch: list[Any]) -> None:
+        time.sleep(0.002 * len(batch))  # 500 rows a second: a store (or a starved thread) behind the requests
+        slow_insert(batch)
+
+    monkeypatch.setattr(plog, "_insert", slow)
+    base = row(0)
+    rows = [{**base, "request_id": f"r-{i}"} for i in range(1_500)]  # the requests outpace the writer
+    waited_before = metrics.LOG_BACKPRESSURE._value.get()
+    plog.start()
+    try:
+        most = 0
+        for one in rows:
+            plog.log_predictions([one])
+            most = max(most, plog.backlog_rows)
+        assert most <= 101, f"the backlog reached {most} rows"
+        assert metrics.LOG_BACKPRESSURE._value.get() > waited_before
+        assert plog.flush(30)
+    finally:
+        plog.stop()
+    assert len(read_predictions(url)) == 1_500
+    assert plog.backlog_rows == 0
