@@ -101,9 +101,20 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     for name in sorted(n for n in results if n.startswith("chaos")):
         lines += ["", f"## Fault scenarios (`make chaos`): {name}.json", ""]
-        lines += ["| scenario | passed | requests | failures | rows lost | seconds |", "|---|---|---|---|---|---|"]
+        lines += [
+            "| scenario | passed | requests | failures | rows lost | why | seconds |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for sc in results[name].get("scenarios", []):
-            row = (sc["name"], sc["passed"], sc["requests"], sc["failures"], sc["rows_lost"], sc.get("seconds"))
+            row = (
+                sc["name"],
+                sc["passed"],
+                sc["requests"],
+                sc["failures"],
+                sc["rows_lost"],
+                sc.get("rows_lost_why") or "",
+                sc.get("seconds"),
+            )
             lines.append("| " + " | ".join(str(x) for x in row) + " |")
     lines += ["", "## Raw figures", ""]
     for name, r in results.items():
