@@ -42,6 +42,7 @@ from benchmarks.chaos_support import (
     Reply,
     ScenarioResult,
     env_vars,
+    example_records,
     load_summary,
     lost_rows,
     pg_bring_back,
@@ -52,6 +53,7 @@ from benchmarks.chaos_support import (
     serve,
     set_champion,
     unique,
+    version_changes,
     wait_until,
 )
 from benchmarks.record import write_result
@@ -61,15 +63,6 @@ from core.settings import PROJECT_ROOT, get_settings
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "chaos.json"
 WORK = PROJECT_ROOT / "benchmarks" / ".work" / "chaos"
-
-
-def example_records(n: int = 3) -> list[dict[str, Any]]:
-    contract = get_settings().contract
-    base = {name: contract.column(name).example for name in contract.input_columns}
-    from demo.simulator import roles
-
-    _, id_col = roles(contract)
-    return [{**base, id_col: f"chaos-{i}"} for i in range(n)]
 
 
 def _sqlite_log(state: Path) -> str:
@@ -483,8 +476,6 @@ def swap_under_load(
             ]
             backwards += sum(b < a for a, b in itertools.pairwise(seen))
         res.expect(backwards == 0, f"{backwards} times a connection got an older version after a newer one")
-        from benchmarks.chaos_rollout import version_changes
-
         changes = version_changes(replies, concurrency)
         res.expect(max(changes) <= swaps, f"a connection saw {max(changes)} version changes for {swaps} alias moves")
         res.rows_lost, res.detail["log"] = lost_rows(_sqlite_log(api_state), replies, 60)

@@ -6,7 +6,6 @@ from `chaos_support.Load`, with the service's default settings unless a scenario
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -20,8 +19,8 @@ from benchmarks.chaos_support import (
     ADMIN_KEY,
     Context,
     Load,
-    Reply,
     ScenarioResult,
+    example_records,
     load_summary,
     lost_rows,
     register,
@@ -29,6 +28,7 @@ from benchmarks.chaos_support import (
     serve,
     set_champion,
     unique,
+    version_changes,
     wait_until,
 )
 from core.servers import free_port
@@ -39,8 +39,6 @@ ADMIN = {"X-API-Key": ADMIN_KEY}
 
 
 def _records() -> list[dict[str, Any]]:
-    from benchmarks.chaos import example_records
-
     return example_records()
 
 
@@ -56,15 +54,6 @@ def _varied_records(n: int = 600) -> list[dict[str, Any]]:
 
 def _log(state: Path) -> str:
     return f"sqlite:///{state / 'predictions.db'}"
-
-
-def version_changes(replies: list[Reply], concurrency: int) -> list[int]:
-    """Per client connection, how many times the answering version changed (in the order sent)."""
-    out = []
-    for client in range(concurrency):
-        seen = [r.version for r in sorted(replies, key=lambda r: r.started) if r.client == client and r.ok]
-        out.append(sum(a != b for a, b in itertools.pairwise(seen)))
-    return out
 
 
 def worker_pids(api_pid: int) -> list[int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import threading
@@ -104,6 +105,16 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
         if time.monotonic() > deadline:
             return None
         time.sleep(interval)
+
+
+def example_records(n: int = 3) -> list[dict[str, Any]]:
+    """`n` copies of the contract's example record, each with an id of its own."""
+    from demo.simulator import roles
+
+    contract = get_settings().contract
+    base = {name: contract.column(name).example for name in contract.input_columns}
+    _, id_col = roles(contract)
+    return [{**base, id_col: f"chaos-{i}"} for i in range(n)]
 
 
 # ---- models ---------------------------------------------------------------------------------------
@@ -271,6 +282,15 @@ class Load:
                     reply.error = f"{type(exc).__name__}: {exc}"
                 reply.ended = time.monotonic()
                 self.replies.append(reply)
+
+
+def version_changes(replies: list[Reply], concurrency: int) -> list[int]:
+    """Per client connection, how many times the answering version changed (in the order sent)."""
+    out = []
+    for client in range(concurrency):
+        seen = [r.version for r in sorted(replies, key=lambda r: r.started) if r.client == client and r.ok]
+        out.append(sum(a != b for a, b in itertools.pairwise(seen)))
+    return out
 
 
 def load_summary(replies: list[Reply]) -> dict[str, Any]:

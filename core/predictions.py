@@ -231,16 +231,31 @@ def ensure_tables(engine: sa.Engine, metadata: sa.MetaData) -> None:
     column: NULL for the rows already there, which read as online). Both writers (the API's, batch
     scoring's) call this before their first insert; an added nullable column is safe on SQLite and
     PostgreSQL alike."""
-    with engine.begin() as conn:
-        metadata.create_all(conn)
+    try:
+        with engine.begin() as conn:
+            metadata.create_all(conn)
+    except sa.exc.DBAPIError:
+        # Another worker created them between the check and the CREATE (PostgreSQL: "relation already
+        # exists", or a unique violation in pg_type): fine if they are all there now.
+        if not set(metadata.tables) <= set(sa.inspect(engine).get_table_names()):
+            raise
     with engine.begin() as conn:
         if add_roles(conn):
             log.info("prediction log: added the role column to %s", PREDICTIONS)
-    with engine.begin() as conn:
-        if SOURCE not in {c["name"] for c in sa.inspect(conn).get_columns(PREDICTIONS)}:
-            quote = conn.dialect.identifier_preparer.quote
-            conn.exec_driver_sql(f"ALTER TABLE {quote(PREDICTIONS)} ADD COLUMN {quote(SOURCE)} VARCHAR(20)")
-            log.info("prediction log: added the source column to %s", PREDICTIONS)
+    try:
+        with engine.begin() as conn:
+            if SOURCE not in _columns(conn):
+                quote = conn.dialect.identifier_preparer.quote
+                conn.exec_driver_sql(f"ALTER TABLE {quote(PREDICTIONS)} ADD COLUMN {quote(SOURCE)} VARCHAR(20)")
+                log.info("prediction log: added the source column to %s", PREDICTIONS)
+    except sa.exc.DBAPIError:
+        with engine.connect() as conn:
+            if SOURCE not in _columns(conn):  # not another worker's ALTER: a real failure
+                raise
+
+
+def _columns(conn: sa.Connection) -> set[str]:
+    return {c["name"] for c in sa.inspect(conn).get_columns(PREDICTIONS)}
 
 
 def _with_source(frame: pd.DataFrame) -> pd.DataFrame:

@@ -65,6 +65,7 @@ def arrow_schema(contract: DatasetContract, columns: Sequence[str] | None = None
 
 # ---- timestamps: one reading for every entry point ---------------------------------------------------
 # A date, or a date and time to the minute, second or microsecond, with an optional Z or +HH:MM offset.
+_NS_MIN, _NS_MAX = pd.Timestamp.min.to_pydatetime(), pd.Timestamp.max.to_pydatetime()
 _PLAIN_ISO = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)?(?:Z|[+-]\d{2}:\d{2})?")
 
 
@@ -81,9 +82,12 @@ def parse_timestamp(value: Any) -> datetime | None:
         # reading as to_timestamps' ISO 8601 parse, which tests/unit/test_rules.py checks.
         try:
             parsed = datetime.fromisoformat(value.strip())
-        except ValueError:
-            return None  # e.g. month 13: not a timestamp, as pandas says too
-        return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo is not None else parsed
+            if parsed.tzinfo is not None:
+                parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        except (ValueError, OverflowError):
+            return None  # e.g. month 13, or year 1 moved before year 1 by its offset: not a timestamp
+        # Outside datetime64[ns] (1677-2262) the batch path's reading is NaT: the same answer here.
+        return parsed if _NS_MIN <= parsed <= _NS_MAX else None
     out = to_timestamps(pd.Series([value], dtype=object)).iloc[0]
     return None if pd.isna(out) else pd.Timestamp(out).to_pydatetime()
 

@@ -223,3 +223,37 @@ def test_an_older_log_gains_the_source_column_online_and_batch_rows_told_apart(
     }
     batch = frame[frame["source"] == "batch"].sort_values("request_id")
     assert batch["probability"].tolist() == [0.1, 0.8, 0.2]
+
+
+def test_workers_creating_the_log_at_the_same_moment_all_succeed(postgres_url: str) -> None:
+    """Two API workers on a new database both created the tables at their first write: one got 'relation
+    "predictions" already exists', and its first batch went to the rejected file (found by the prod-local
+    loop test: 1,750 rows)."""
+    import threading
+
+    from core.databases import engine_for
+    from core.predictions import LogSchema, ensure_tables
+
+    contract = get_settings().contract
+    start = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        engine = engine_for(postgres_url)
+        metadata = sa.MetaData()
+        LogSchema(contract).tables(metadata)
+        try:
+            start.wait()
+            ensure_tables(engine, metadata)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert {PREDICTIONS, "feedback"} <= set(sa.inspect(engine_for(postgres_url)).get_table_names())

@@ -319,12 +319,29 @@ def test_an_idle_keep_alive_connection_is_not_closed_under_the_client(service: S
     import socket
 
     request = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{service.port}\r\n\r\n".encode()
+
+    def response(sock: socket.socket) -> bytes:
+        """One whole response: the head, then Content-Length bytes (they may come in separate packets)."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data  # closed by the server
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+        )
+        while len(body) < length:
+            body += sock.recv(65536)
+        return head
+
     with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
         for pause in (0.0, 8.0):
             time.sleep(pause)
             sock.sendall(request)
-            reply = sock.recv(65536)
-            assert reply.startswith(b"HTTP/1.1 200"), f"after {pause}s idle: {reply[:200]!r}"
+            head = response(sock)
+            assert head.startswith(b"HTTP/1.1 200"), f"after {pause}s idle: {head[:200]!r}"
 
 
 def test_health_ready_model(service: Service) -> None:
