@@ -30,16 +30,13 @@ from benchmarks.chaos_support import (
     unique,
     version_changes,
     wait_until,
+    worker_pids,
 )
 from core.servers import free_port
 from core.settings import get_settings
 
 WORKERS = 2
 ADMIN = {"X-API-Key": ADMIN_KEY}
-
-
-def _records() -> list[dict[str, Any]]:
-    return example_records()
 
 
 def _varied_records(n: int = 600) -> list[dict[str, Any]]:
@@ -54,22 +51,6 @@ def _varied_records(n: int = 600) -> list[dict[str, Any]]:
 
 def _log(state: Path) -> str:
     return f"sqlite:///{state / 'predictions.db'}"
-
-
-def worker_pids(api_pid: int) -> list[int]:
-    """The uvicorn worker processes of a multi-worker service (children started by multiprocessing's
-    spawn, not its resource tracker)."""
-    pids = []
-    for task in Path(f"/proc/{api_pid}/task").iterdir():
-        children = (task / "children").read_text().split()
-        for pid in map(int, children):
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except FileNotFoundError:
-                continue
-            if "spawn_main" in cmdline and "resource_tracker" not in cmdline:
-                pids.append(pid)
-    return sorted(pids)
 
 
 # ---- a bad canary under load ----------------------------------------------------------------------
@@ -164,7 +145,7 @@ def webhook_lost(
     env = {"MLOPS_SERVING__WORKERS": str(WORKERS), "MLOPS_SERVING__WEBHOOK_SECRET": "chaos-webhook-secret"}
     try:
         with serve(ctx.tracking_uri, name, root / "api", env) as api:
-            load = Load(api.url, requests, concurrency, timeout_s, _records())
+            load = Load(api.url, requests, concurrency, timeout_s, example_records())
             thread = load.start()
             moved_at = None
             try:
@@ -217,7 +198,7 @@ def worker_killed(
     with serve(ctx.tracking_uri, name, root / "api", env) as api:
         before = worker_pids(api.pid)
         res.expect(len(before) == WORKERS, f"{len(before)} worker processes found, not {WORKERS}")
-        load = Load(api.url, requests, concurrency, timeout_s, _records())
+        load = Load(api.url, requests, concurrency, timeout_s, example_records())
         thread = load.start()
         killed_at = None
         try:

@@ -293,6 +293,22 @@ def version_changes(replies: list[Reply], concurrency: int) -> list[int]:
     return out
 
 
+def worker_pids(api_pid: int) -> list[int]:
+    """The uvicorn worker processes of a multi-worker service (children started by multiprocessing's
+    spawn, not its resource tracker)."""
+    pids = []
+    for task in Path(f"/proc/{api_pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        for pid in map(int, children):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except FileNotFoundError:
+                continue
+            if "spawn_main" in cmdline and "resource_tracker" not in cmdline:
+                pids.append(pid)
+    return sorted(pids)
+
+
 def load_summary(replies: list[Reply]) -> dict[str, Any]:
     failed = [r for r in replies if not r.ok]
     versions: dict[str, int] = {}

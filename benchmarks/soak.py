@@ -24,8 +24,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from benchmarks.chaos_rollout import worker_pids
-from benchmarks.chaos_support import ADMIN_KEY, register, serve, set_champion, unique
+from benchmarks.chaos_support import ADMIN_KEY, register, serve, set_champion, unique, worker_pids
 from benchmarks.loadgen import build_request, run_load
 from benchmarks.record import write_result
 from core.databases import engine_for

@@ -95,7 +95,6 @@ class PredictionLog:
         self._copy_sql = self._build_copy_sql()
         self._queue: deque[tuple[str, Any]] = deque()
         self._backlog = 0  # rows queued, not yet written or spooled
-        self._taken = 0
         self._backlog_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -234,13 +233,15 @@ class PredictionLog:
             stopping = self._stop.is_set()
             self._replay_spool()
             while self._queue:
-                self._write_batch(self._take(self.batch_rows * 20))
-                self._written(self._taken)
+                batch, taken = self._take(self.batch_rows * 20)
+                self._write_batch(batch)
+                self._written(taken)
             metrics.LOG_SPOOL_BYTES.set(self.spool_bytes())
             if stopping:
                 return
 
-    def _take(self, max_rows: int) -> list[Row]:
+    def _take(self, max_rows: int) -> tuple[list[Row], int]:
+        """Up to `max_rows` queued rows as a batch, and how many rows it holds."""
         out: list[Row] = []
         taken = 0
         while self._queue and taken < max_rows:
@@ -259,8 +260,7 @@ class PredictionLog:
             except Exception as exc:  # a block that cannot become rows must not stop the writer
                 log.exception("prediction-log block dropped to the rejected file")
                 self._reject([(PREDICTIONS, _jsonable_block(item[0]))], exc)
-        self._taken = taken
-        return out
+        return out, taken
 
     def _written(self, rows: int) -> None:
         """Rows taken from the queue have reached the store, the spool or the rejected file."""
