@@ -65,7 +65,7 @@ def arrow_schema(contract: DatasetContract, columns: Sequence[str] | None = None
 
 # ---- timestamps: one reading for every entry point ---------------------------------------------------
 # A date, or a date and time to the minute, second or microsecond, with an optional Z or +HH:MM offset.
-_NS_MIN, _NS_MAX = pd.Timestamp.min.to_pydatetime(), pd.Timestamp.max.to_pydatetime()
+_NS_MIN, _NS_MAX = pd.Timestamp.min.ceil("us").to_pydatetime(), pd.Timestamp.max.floor("us").to_pydatetime()
 _PLAIN_ISO = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)?(?:Z|[+-]\d{2}:\d{2})?")
 
 
