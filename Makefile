@@ -50,13 +50,9 @@ lint-prometheus: prometheus-tools ## promtool: the scrape config, the alerting r
 	promtool test rules deploy/prometheus/alerts_test.yml
 
 # A plain `pytest` runs the whole suite in one process (one Prefect server per run: tests/conftest.py);
-# `make test` spreads the test files over two workers, each file whole in one worker. The Dask modules still
-# run in a process of their own: in a worker shared with earlier modules, a spawned Dask worker could not
-# import the project ("No module named 'core.modeling.tuning'", "... 'core.inference'"); issue 15.
-ISOLATED := tests/integration/test_tuning_dask.py tests/integration/test_scoring_dask.py
-test: $(STAMP) ## all tests: unit, model, integration, end-to-end
-	@rc=0; $(VENV)/bin/pytest -n 2 --dist loadfile $(addprefix --ignore=,$(ISOLATED)) || rc=1; \
-	  $(VENV)/bin/pytest $(ISOLATED) || rc=1; exit $$rc
+# `make test` is that command, spreading the test files over two workers, each file whole in one worker.
+test: $(STAMP) prometheus-tools ## all tests: unit, model, integration, end-to-end
+	$(VENV)/bin/pytest -n 2 --dist loadfile
 
 test-unit: $(STAMP) ## unit tests only (no servers)
 	$(VENV)/bin/pytest tests/unit

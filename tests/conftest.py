@@ -155,3 +155,23 @@ def _mlflow_uris_put_back_per_module() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _mlflow_uris_put_back() -> Iterator[None]:
     yield from _put_mlflow_uris_back()
+
+
+# `mlflow.*.load_model` prepends a model's ``code/`` folder (a partial copy of ``core``) to ``sys.path`` for
+# good, in a test or in a module's fixture; a process spawned by a later test in this worker (the Dask tests'
+# LocalCluster) would import ``core`` from that copy and fail ("No module named 'core.modeling.tuning'").
+# After every test ``sys.path`` is what it was once the test modules were collected.
+_COLLECTED_SYS_PATH: list[str] = []
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _COLLECTED_SYS_PATH[:] = sys.path
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    try:
+        return (yield)
+    finally:
+        if _COLLECTED_SYS_PATH:
+            sys.path[:] = _COLLECTED_SYS_PATH

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -120,6 +121,24 @@ def model_code() -> Iterator[list[str]]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def _sys_path_kept() -> Iterator[None]:
+    """Put ``sys.path`` back as it was.
+
+    ``log_model`` loads the saved model once to check the input example, and MLflow's loader prepends the
+    model's ``code/`` folder (a temporary copy of a few project modules) to ``sys.path`` for good. Left
+    there, a process this one spawns afterwards (a Dask worker of a ``LocalCluster``, a multiprocessing
+    child) imports ``core`` from that partial copy, or from a folder that no longer exists, and fails
+    with ``No module named 'core.modeling.tuning'``. In this process the project's own modules are
+    already importable, so the copy is not needed here.
+    """
+    before = list(sys.path)
+    try:
+        yield
+    finally:
+        sys.path[:] = before
+
+
 def log_model(pipeline: Any, metadata: ModelMetadata, example: Any, *, name: str = "model") -> str:
     """Log `pipeline` in the active MLflow run; return its model URI.
 
@@ -134,7 +153,7 @@ def log_model(pipeline: Any, metadata: ModelMetadata, example: Any, *, name: str
     os.environ.setdefault("MLFLOW_UV_AUTO_DETECT", "false")
     classifier = hasattr(pipeline, "predict_proba")
     output = pipeline.predict_proba(example) if classifier else pipeline.predict(example)
-    with model_code() as code_paths:
+    with model_code() as code_paths, _sys_path_kept():
         info = mlflow.sklearn.log_model(
             pipeline,
             name=name,

@@ -47,7 +47,9 @@ def test_a_registered_model_loads_and_predicts_in_a_fresh_environment(tmp_path: 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking)
     mlflow.set_registry_uri(tracking)
+    path_before = list(sys.path)
     version = register_example_model(contract, "portable", n_rows=500, alias=None)
+    assert sys.path == path_before, "logging a model left MLflow's code folder on sys.path"
     local = Path(mlflow.artifacts.download_artifacts(f"models:/portable/{version}", dst_path=str(tmp_path / "model")))
     requirements = (local / "requirements.txt").read_text().split()
     assert any(r.startswith("scikit-learn==") for r in requirements)
