@@ -214,6 +214,12 @@ def start_prefect(
 def start_worker(
     api_url: str, home: Path, pool: str, log: Path, cwd: Path, *, env: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """A process worker: each flow run it picks up runs in a child process that inherits `env`."""
+    """A process worker: each flow run it picks up runs in a child process that inherits `env`.
+
+    It asks the server for work every second (Prefect's default is 10 s): a local stack's server answers
+    that easily, and `prefect deployment run` starts within a second instead of up to ten.
+    """
     cmd = [str(VENV_BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
-    return spawn("worker", cmd, log, {**(env or {}), **prefect_env(api_url, home)}, cwd=cwd)
+    query = os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "1")  # a setting of the user's own wins
+    worker_env = {"PREFECT_WORKER_QUERY_SECONDS": query, **(env or {}), **prefect_env(api_url, home)}
+    return spawn("worker", cmd, log, worker_env, cwd=cwd)

@@ -7,6 +7,7 @@ in <state>/stack/stack.json, so `make stop` works from another shell.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -14,6 +15,7 @@ import secrets
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -21,6 +23,7 @@ from pydantic import SecretStr
 from core.registry.webhooks import WebhookSetupError, ensure_alias_webhook
 from core.servers import (
     VENV_BIN,
+    Server,
     port_open,
     prefect_env,
     process_alive,
@@ -120,24 +123,36 @@ def up_servers(settings: Settings, say: Progress = print) -> Stack:
     logs = settings.state / "logs"
     home = settings.state / "prefect-home"
 
+    # Both servers start at once (each spends seconds importing before it listens), as prod-local's do.
+    starts: dict[str, Callable[[], Server]] = {}
     if _healthy(stack.components.get("mlflow"), "/health"):
         say(f"MLflow server already running at {stack.mlflow_url}")
     else:
         _check_port_free("mlflow", settings.stack.mlflow_port)
         say("starting the MLflow tracking server (SQLite backend, local artifacts) ...")
         backend = f"sqlite:///{settings.state / 'mlflow' / 'mlflow.db'}"
-        srv = start_mlflow(backend, settings.mlflow_artifacts_dir, logs / "mlflow.log", settings.stack.mlflow_port)
-        stack.components["mlflow"] = Component(srv.proc.pid, srv.url, str(srv.log))
-        _save(settings, stack)
-
+        starts["mlflow"] = partial(
+            start_mlflow, backend, settings.mlflow_artifacts_dir, logs / "mlflow.log", settings.stack.mlflow_port
+        )
     if _healthy(stack.components.get("prefect"), "/api/health"):
         say(f"Prefect server already running at {stack.components['prefect'].url}")
     else:
         _check_port_free("prefect", settings.stack.prefect_port)
         say("starting the Prefect server ...")
-        srv = start_prefect(home, logs / "prefect.log", settings.stack.prefect_port)
-        stack.components["prefect"] = Component(srv.proc.pid, srv.url, str(srv.log))
-        _save(settings, stack)
+        starts["prefect"] = partial(start_prefect, home, logs / "prefect.log", settings.stack.prefect_port)
+    with concurrent.futures.ThreadPoolExecutor(2) as starter:
+        futures = {name: starter.submit(start) for name, start in starts.items()}
+        failed: list[BaseException] = []
+        for name, future in futures.items():
+            try:
+                srv = future.result()
+            except Exception as exc:  # the other server is still recorded, so `make stop` stops it
+                failed.append(exc)
+                continue
+            stack.components[name] = Component(srv.proc.pid, srv.url, str(srv.log))
+            _save(settings, stack)
+    if failed:
+        raise failed[0]
 
     env = {**os.environ, **env_for_flows(settings, stack)}
     say("registering the deployments from prefect.yaml ...")

@@ -32,6 +32,17 @@ from core.servers import Server, free_port, stop_process_group
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# Each xdist worker gets its share of the cores for OpenMP and BLAS threads (scikit-learn's gradient
+# boosting, ONNX Runtime, numpy), and so do the servers and flow runs it starts: workers that each spin
+# one thread per core against each other made a 30-second test take 90.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, _threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(int(os.environ["OMP_NUM_THREADS"]))  # libraries this worker has already loaded
+
 if "MLOPS_TESTS_RUN_DIR" not in os.environ:  # the process that starts the run; xdist workers inherit this
     os.environ["MLOPS_TESTS_RUN_DIR"] = tempfile.mkdtemp(prefix="mlops-tests-")
     os.environ["PREFECT_HOME"] = str(Path(os.environ["MLOPS_TESTS_RUN_DIR"]) / "prefect-home")
