@@ -4,7 +4,7 @@ Servers are real and started once per test run; every test that changes settings
 environment, as a user would, in its own state directory.
 
 One Prefect server serves the whole run, however many pytest-xdist workers share it (`make test` runs
-two), and each worker has its own MLflow server (SQLite behind one MLflow server is not made for two
+three), and each worker has its own MLflow server (SQLite behind one MLflow server is not made for two
 processes writing at once, and a registry per worker keeps model names of unrelated tests apart).
 
 Prefect reads its settings once, when it is first imported, and its clients and event workers stay
