@@ -457,13 +457,29 @@ class FileSource:
         if self.kind == "csv":
             chunks: Iterable[pa.Table] = (frame_to_arrow(c) for c in self._chunks(chunk_rows))
         else:
-            dataset = pads.dataset(self.files, format="parquet", filesystem=self.fs)
-            batches = dataset.to_batches(batch_size=chunk_rows, batch_readahead=2, fragment_readahead=1)
-            chunks = (self.rename.table(c) for c in _rechunk(batches, chunk_rows))
+            chunks = (self.rename.table(c) for c in _rechunk(self._parquet_batches(chunk_rows), chunk_rows))
         for chunk in chunks:
             rows = _select_window_arrow(chunk, window, self.contract)
             if rows.num_rows:
                 yield rows
+
+    def _parquet_batches(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        """The files' rows, one file at a time, under the first file's schema (as a dataset unifies them).
+
+        Not one ``pyarrow.dataset`` scan over every file: its scanner read ahead of a consumer slower than
+        the disk without bound (2 GB of resident memory over 20M rows here, growing with the rows), where
+        one file at a time holds one file's batches (under 300 MB) and reads faster.
+        """
+        schema = pads.dataset(self.files, format="parquet", filesystem=self.fs).schema
+        for path in self.files:
+            with pq.ParquetFile(path, filesystem=self.fs) as pf:
+                if pf.schema_arrow.equals(schema):
+                    yield from pf.iter_batches(batch_size=chunk_rows)
+                    continue
+            # A file whose columns differ (order, a missing column, another type): the dataset's reading
+            # of it against the unified schema, as before.
+            one = pads.dataset(path, schema=schema, format="parquet", filesystem=self.fs)
+            yield from one.to_batches(batch_size=chunk_rows)
 
 
 class Renamer:

@@ -1,4 +1,4 @@
-"""File sources: text encodings."""
+"""File sources: text encodings; Parquet files read one at a time under one schema."""
 
 from __future__ import annotations
 
@@ -39,3 +39,24 @@ def test_the_configured_encoding_reads_it(tmp_path: Path) -> None:
     rows = pd.concat(source.read(Window(since=Watermark(), until=clock), chunk_rows=1_000))
     assert len(rows) == 20
     assert rows["transaction_id"].iloc[3] == "café-3"
+
+
+def test_parquet_files_read_one_at_a_time_keep_the_first_files_columns(tmp_path: Path) -> None:
+    """Files whose columns come in another order, or lack one, are read under the first file's schema (as
+    one dataset scan read them), in chunks of exactly chunk_rows rows across file boundaries."""
+    contract = get_settings().contract
+    frame = synthetic_frame(contract, 300, seed=7)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    frame.iloc[:100].to_parquet(folder / "part-0.parquet", index=False)
+    frame.iloc[100:200][list(reversed(frame.columns))].to_parquet(folder / "part-1.parquet", index=False)
+    missing = contract.numeric_features[0]
+    frame.iloc[200:].drop(columns=[missing]).to_parquet(folder / "part-2.parquet", index=False)
+
+    source = FileSource(str(folder), "parquet", contract)
+    chunks = list(source.read_arrow(None, chunk_rows=70))
+    assert [c.num_rows for c in chunks] == [70, 70, 70, 70, 20]
+    assert all(c.column_names == list(frame.columns) for c in chunks)
+    rows = pd.concat([c.to_pandas() for c in chunks], ignore_index=True)
+    assert rows[contract.id_column].tolist() == frame[contract.id_column].tolist()
+    assert rows[missing].iloc[200:].isna().all() and rows[missing].iloc[:200].notna().all()
