@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -531,21 +532,36 @@ class WarehouseSink:
     def commit(self, partition: Partition) -> None:
         parts = self._pending.pop(partition.key, [])
         frame = pa.concat_tables(parts).to_pandas() if parts else None
+        if frame is not None and len(frame):
+            frame.insert(0, PARTITION_COLUMN, partition.key)
+            for column in frame.columns:  # SQLite keeps no time zone: UTC, naive
+                if hasattr(frame[column], "dt") and getattr(frame[column].dt, "tz", None) is not None:
+                    frame[column] = frame[column].dt.tz_convert("UTC").dt.tz_localize(None)
+                elif column.startswith("reason_"):  # a reason code (a struct) as JSON text in SQL
+                    frame[column] = frame[column].map(lambda v: None if v is None else json.dumps(v))
+        else:
+            frame = None
+        try:
+            self._replace(partition, frame)
+        except sa.exc.DBAPIError:
+            # Two writers (Dask tasks, or two runs) saw no table and both created it: the second one's
+            # CREATE failed ("table ... already exists") and its transaction rolled back. Once more, into
+            # the table the other made.
+            if not sa.inspect(self.engine).has_table(self.table_name):
+                raise
+            self._replace(partition, frame)
+
+    def _replace(self, partition: Partition, frame: pd.DataFrame | None) -> None:
+        """The partition's old rows deleted and `frame` appended, in one transaction (pandas creates the
+        table from the first frame it writes)."""
         with self.engine.begin() as conn:
-            exists = sa.inspect(conn).has_table(self.table_name)
-            if exists:
+            if sa.inspect(conn).has_table(self.table_name):
                 quote = conn.dialect.identifier_preparer.quote
                 conn.execute(
                     sa.text(f"DELETE FROM {quote(self.table_name)} WHERE {quote(PARTITION_COLUMN)} = :p"),
                     {"p": partition.key},
                 )
-            if frame is not None and len(frame):
-                frame.insert(0, PARTITION_COLUMN, partition.key)
-                for column in frame.columns:  # SQLite keeps no time zone: UTC, naive
-                    if hasattr(frame[column], "dt") and getattr(frame[column].dt, "tz", None) is not None:
-                        frame[column] = frame[column].dt.tz_convert("UTC").dt.tz_localize(None)
-                    elif column.startswith("reason_"):  # a reason code (a struct) as JSON text in SQL
-                        frame[column] = frame[column].map(lambda v: None if v is None else json.dumps(v))
+            if frame is not None:
                 frame.to_sql(self.table_name, conn, if_exists="append", index=False, chunksize=10_000)
 
     def discard(self, partition: Partition) -> None:
