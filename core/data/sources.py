@@ -479,7 +479,13 @@ class FileSource:
             # A file whose columns differ (order, a missing column, another type): the dataset's reading
             # of it against the unified schema, as before.
             one = pads.dataset(path, schema=schema, format="parquet", filesystem=self.fs)
-            yield from one.to_batches(batch_size=chunk_rows)
+            try:
+                yield from one.to_batches(batch_size=chunk_rows)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                columns = ", ".join(f"{f.name} {f.type}" for f in schema)
+                raise SourceError(
+                    f"{path}: its columns do not read as the first file's ({self.files[0]}: {columns}): {exc}"
+                ) from exc
 
 
 class Renamer:

@@ -60,3 +60,16 @@ def test_parquet_files_read_one_at_a_time_keep_the_first_files_columns(tmp_path:
     rows = pd.concat([c.to_pandas() for c in chunks], ignore_index=True)
     assert rows[contract.id_column].tolist() == frame[contract.id_column].tolist()
     assert rows[missing].iloc[200:].isna().all() and rows[missing].iloc[:200].notna().all()
+
+
+def test_a_parquet_file_whose_column_does_not_read_as_the_first_files_names_the_file(tmp_path: Path) -> None:
+    contract = get_settings().contract
+    frame = synthetic_frame(contract, 40, seed=3)
+    frame.iloc[:20].to_parquet(tmp_path / "a.parquet", index=False)
+    later = frame.iloc[20:].copy()
+    later["amount"] = "n/a"
+    later.to_parquet(tmp_path / "b.parquet", index=False)
+    with pytest.raises(SourceError) as raised:
+        list(FileSource(str(tmp_path), "parquet", contract).read_arrow(None, chunk_rows=100))
+    message = str(raised.value)
+    assert "b.parquet" in message and "a.parquet" in message and "n/a" in message
