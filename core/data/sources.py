@@ -470,7 +470,7 @@ class FileSource:
         the disk without bound (2 GB of resident memory over 20M rows here, growing with the rows), where
         one file at a time holds one file's batches (under 300 MB) and reads faster.
         """
-        schema = pads.dataset(self.files, format="parquet", filesystem=self.fs).schema
+        schema = pq.read_schema(self.files[0], filesystem=self.fs)  # what a dataset over the files infers
         for path in self.files:
             with pq.ParquetFile(path, filesystem=self.fs) as pf:
                 if pf.schema_arrow.equals(schema):
