@@ -8,6 +8,7 @@ lock file installs, not SQLAlchemy's default psycopg2; a ``sqlite:///path`` gets
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +58,15 @@ def safe_url(url: str) -> str:
         return sa.make_url(url).render_as_string(hide_password=True)
     except sa.exc.ArgumentError:
         return url.rsplit("@", maxsplit=1)[-1]
+
+
+def create_tables(engine: sa.Engine, create: Callable[[sa.Connection], object], names: set[str]) -> None:
+    """Run `create` (a ``CREATE TABLE`` of tables `names` if missing) in its own transaction, safe when
+    several writers race to do it: the loser's CREATE fails (PostgreSQL: "relation already exists", or a
+    unique violation in pg_type; SQLite: "table ... already exists"), which is fine once all are there."""
+    try:
+        with engine.begin() as conn:
+            create(conn)
+    except sa.exc.DBAPIError:
+        if not names <= set(sa.inspect(engine).get_table_names()):
+            raise

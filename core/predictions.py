@@ -24,7 +24,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from core.contract import DatasetContract, identifier, label_text
-from core.databases import engine_for
+from core.databases import create_tables, engine_for
 
 log = logging.getLogger(__name__)
 
@@ -231,14 +231,7 @@ def ensure_tables(engine: sa.Engine, metadata: sa.MetaData) -> None:
     column: NULL for the rows already there, which read as online). Both writers (the API's, batch
     scoring's) call this before their first insert; an added nullable column is safe on SQLite and
     PostgreSQL alike."""
-    try:
-        with engine.begin() as conn:
-            metadata.create_all(conn)
-    except sa.exc.DBAPIError:
-        # Another worker created them between the check and the CREATE (PostgreSQL: "relation already
-        # exists", or a unique violation in pg_type): fine if they are all there now.
-        if not set(metadata.tables) <= set(sa.inspect(engine).get_table_names()):
-            raise
+    create_tables(engine, metadata.create_all, set(metadata.tables))
     with engine.begin() as conn:
         if add_roles(conn):
             log.info("prediction log: added the role column to %s", PREDICTIONS)

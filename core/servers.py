@@ -6,6 +6,7 @@ Used by `make demo` and by the test suite, so that both run the same commands. S
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -15,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,13 +90,51 @@ def stop_process_group(pid: int, timeout: float = 15) -> None:
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
             with contextlib.suppress(ChildProcessError):  # reap our own child: no zombie left behind
                 os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.1)
+            if not _group_running(pgid):
+                return
+            time.sleep(0.05)
+
+
+def stop_in_phases(phases: Sequence[Mapping[str, int]], say: Callable[[str], None] = lambda line: None) -> list[str]:
+    """Stop process groups (name -> pid) phase by phase, the groups of one phase at once; the names stopped.
+
+    A stack's front (the API, the worker) goes in the first phase and what it talks to (servers, stores) in
+    a later one, so nothing in flight loses its back end; within a phase nothing waits for another.
+    """
+    stopped: list[str] = []
+    for phase in phases:
+        for name, pid in phase.items():
+            say(f"stopping {name} (pid {pid})")
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(phase))) as pool:
+            list(pool.map(stop_process_group, phase.values()))
+        stopped += phase
+    return stopped
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group `pgid` is still running. A member that has exited but is not reaped yet
+    (a zombie) does not count: a stack's servers are orphans once the process that started them exits,
+    and init reaps them only every second or so, which made every stop wait a second or two."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():  # not Linux: any member, zombie or not
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def spawn(
@@ -110,6 +149,30 @@ def spawn(
 
 
 WEBHOOK_CACHE_TTL_S = 5
+
+
+def start_together(
+    starts: Mapping[str, Callable[[], Server]], started: Callable[[str, Server], None] = lambda name, server: None
+) -> dict[str, Server]:
+    """Start several servers at once (each spends seconds importing before it listens).
+
+    `started(name, server)` is called, in this thread, for every server that came up, also when another
+    failed, so that the caller records it and can stop it; the first failure is raised once all are done.
+    """
+    servers: dict[str, Server] = {}
+    failed: list[BaseException] = []
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(starts))) as pool:
+        futures = {name: pool.submit(start) for name, start in starts.items()}
+        for name, future in futures.items():
+            try:
+                servers[name] = future.result()
+            except Exception as exc:
+                failed.append(exc)
+                continue
+            started(name, servers[name])
+    if failed:
+        raise failed[0]
+    return servers
 
 
 def start_mlflow(

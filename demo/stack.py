@@ -7,7 +7,6 @@ in <state>/stack/stack.json, so `make stop` works from another shell.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import json
 import os
@@ -30,13 +29,16 @@ from core.servers import (
     start_api,
     start_mlflow,
     start_prefect,
+    start_together,
     start_worker,
-    stop_process_group,
+    stop_in_phases,
     wait_http,
 )
 from core.settings import PROJECT_ROOT, Settings, get_settings
 
 Progress = Callable[[str], None]
+# The API and the worker stop first, then the servers they talk to.
+STOP_PHASES = (("api", "worker"), ("prefect", "mlflow"))
 
 
 @dataclass
@@ -140,19 +142,12 @@ def up_servers(settings: Settings, say: Progress = print) -> Stack:
         _check_port_free("prefect", settings.stack.prefect_port)
         say("starting the Prefect server ...")
         starts["prefect"] = partial(start_prefect, home, logs / "prefect.log", settings.stack.prefect_port)
-    with concurrent.futures.ThreadPoolExecutor(2) as starter:
-        futures = {name: starter.submit(start) for name, start in starts.items()}
-        failed: list[BaseException] = []
-        for name, future in futures.items():
-            try:
-                srv = future.result()
-            except Exception as exc:  # the other server is still recorded, so `make stop` stops it
-                failed.append(exc)
-                continue
-            stack.components[name] = Component(srv.proc.pid, srv.url, str(srv.log))
-            _save(settings, stack)
-    if failed:
-        raise failed[0]
+
+    def started(name: str, srv: Server) -> None:  # recorded at once, so that `make stop` stops it
+        stack.components[name] = Component(srv.proc.pid, srv.url, str(srv.log))
+        _save(settings, stack)
+
+    start_together(starts, started)
 
     env = {**os.environ, **env_for_flows(settings, stack)}
     say("registering the deployments from prefect.yaml ...")
@@ -217,16 +212,13 @@ def down(settings: Settings | None = None, say: Progress = print) -> list[str]:
     """Stop every process the stack started, newest first."""
     settings = settings or get_settings()
     stack = load(settings)
-    stopped = []
-    for name in ("api", "worker", "prefect", "mlflow"):
-        c = stack.components.get(name)
-        if c is None:
-            continue
-        if process_alive(c.pid):
-            say(f"stopping {name} (pid {c.pid})")
-            stop_process_group(c.pid)
-            stopped.append(name)
-        del stack.components[name]
+    phases = [
+        {n: stack.components[n].pid for n in phase if n in stack.components and process_alive(stack.components[n].pid)}
+        for phase in STOP_PHASES
+    ]
+    stopped = stop_in_phases(phases, say)
+    for name in {n for phase in STOP_PHASES for n in phase}:
+        stack.components.pop(name, None)
     _save(settings, stack)
     return stopped
 

@@ -22,7 +22,6 @@ the bucket in memory: artifacts are gone once it stops, the databases stay.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import os
 import re
@@ -32,6 +31,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +41,16 @@ from core.databases import engine_for, normalise_url, safe_url
 from core.servers import (
     HOST,
     VENV_BIN,
+    Server,
     free_port,
     prefect_env,
     spawn,
     start_api,
     start_mlflow,
     start_prefect,
+    start_together,
     start_worker,
-    stop_process_group,
+    stop_in_phases,
     wait_http,
 )
 
@@ -56,7 +58,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432"
 API_WORKERS = 2
-STOP_ORDER = ("prometheus", "api", "worker", "prefect", "mlflow", "s3")
+# The front (what scrapes, serves or runs flows) stops first, then what it talks to.
+STOP_PHASES = (("prometheus", "api", "worker"), ("prefect", "mlflow", "s3"))
 
 Say = Callable[[str], None]
 
@@ -256,24 +259,29 @@ def up(
         _save(stack)
 
         say("starting the MLflow and Prefect servers ...")
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            mlflow_f = pool.submit(
-                start_mlflow,
-                stack.database_url("mlflow"),
-                f"s3://{stack.bucket}",
-                logs / "mlflow.log",
-                env=stack.env,
-            )
-            prefect_f = pool.submit(
-                start_prefect,
-                home,
-                logs / "prefect.log",
-                database_url=stack.database_url("prefect").replace("+psycopg", "+asyncpg"),
-            )
-            for name, future in (("mlflow", mlflow_f), ("prefect", prefect_f)):
-                server = future.result()
-                stack.components[name] = Component(server.proc.pid, server.url, str(server.log))
-                _save(stack)
+
+        def started(name: str, server: Server) -> None:  # recorded at once, so that `down` stops it
+            stack.components[name] = Component(server.proc.pid, server.url, str(server.log))
+            _save(stack)
+
+        start_together(
+            {
+                "mlflow": partial(
+                    start_mlflow,
+                    stack.database_url("mlflow"),
+                    f"s3://{stack.bucket}",
+                    logs / "mlflow.log",
+                    env=stack.env,
+                ),
+                "prefect": partial(
+                    start_prefect,
+                    home,
+                    logs / "prefect.log",
+                    database_url=stack.database_url("prefect").replace("+psycopg", "+asyncpg"),
+                ),
+            },
+            started,
+        )
         mlflow_url = stack.url("mlflow")
         stack.env |= {"MLOPS_MLFLOW_TRACKING_URI": mlflow_url, "MLFLOW_TRACKING_URI": mlflow_url}
         flow_env = {**stack.env, **prefect_env(stack.url("prefect") + "/api", home)}
@@ -306,13 +314,8 @@ def down(state: Path, *, drop: bool = False, say: Say = print) -> list[str]:
     stack = load(state)
     if stack is None:
         return []
-    stopped = []
-    for name in STOP_ORDER:
-        component = stack.components.get(name)
-        if component is not None:
-            say(f"stopping {name} (pid {component.pid})")
-            stop_process_group(component.pid)
-            stopped.append(name)
+    phases = [{n: stack.components[n].pid for n in phase if n in stack.components} for phase in STOP_PHASES]
+    stopped = stop_in_phases(phases, say)
     if drop:
         say(f"dropping the databases {', '.join(stack.db_prefix + n for n in database_names())}")
         drop_databases(stack.pg_url, database_names(), stack.db_prefix)

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -44,7 +43,7 @@ import sqlalchemy as sa
 from core.contract import DatasetContract, identifier, label_text
 from core.data.rules import ContractChecker
 from core.data.snapshots import UNORDERED_PARTITION, raw_part_files, utc_now, write_json_atomic
-from core.databases import engine_for
+from core.databases import create_tables, engine_for
 from core.inference.predictor import Prediction, Predictor, columns_from_typed, predictor_for
 from core.modeling.compiled import Columns
 from core.modeling.explain import top_reasons
@@ -541,20 +540,14 @@ class WarehouseSink:
                     frame[column] = frame[column].map(lambda v: None if v is None else json.dumps(v))
         else:
             frame = None
-        try:
-            self._replace(partition, frame)
-        except sa.exc.DBAPIError:
-            # Two writers (Dask tasks, or two runs) saw no table and both created it: the second one's
-            # CREATE failed ("table ... already exists") and its transaction rolled back. Once more, into
-            # the table the other made.
-            if not sa.inspect(self.engine).has_table(self.table_name):
-                raise
-            self._replace(partition, frame)
-
-    def _replace(self, partition: Partition, frame: pd.DataFrame | None) -> None:
-        """The partition's old rows deleted and `frame` appended, in one transaction (pandas creates the
-        table from the first frame it writes)."""
-        with self.engine.begin() as conn:
+        if frame is not None:  # pandas makes the table from the frame's columns: created once, race-safe
+            empty = frame.head(0)
+            create_tables(
+                self.engine,
+                lambda conn: empty.to_sql(self.table_name, conn, if_exists="append", index=False),
+                {self.table_name},
+            )
+        with self.engine.begin() as conn:  # the partition's old rows deleted, its new ones in: one transaction
             if sa.inspect(conn).has_table(self.table_name):
                 quote = conn.dialect.identifier_preparer.quote
                 conn.execute(
