@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".work" / "drift"
 RESULT = ROOT / "benchmarks" / "results" / "drift.json"
 TARGETS = {"seconds": 15.0, "peak_rss_mb": 2000.0, "agreement": 0.95}
+MERGED_PARTS = (10, 4)  # reference and window partition files of the merged path
 
 
 def build_frames(reference_rows: int, window_rows: int, seed: int) -> tuple[Path, Path]:
@@ -73,13 +74,17 @@ def worker(kind: str, ref_path: Path, win_path: Path, out: Path, repeats: int = 
 
     settings = get_settings()
     contract = settings.contract
-    reference = pd.read_parquet(ref_path)
-    window = pd.read_parquet(win_path)
-
     t0 = time.perf_counter()
     import evidently  # noqa: F401 - timed on its own: a cold process pays it once
 
     import_seconds = time.perf_counter() - t0
+    if kind in ("merged", "merged-dask"):  # reads partition files one at a time: no whole frame loaded
+        merged = _merged(kind, contract, ref_path, win_path)
+        verdicts, seconds, peak = merged.pop("verdicts"), merged.pop("seconds"), _peak_rss_mb()
+        _write(out, seconds, import_seconds, peak, verdicts=verdicts, extra=merged)
+        return
+    reference = pd.read_parquet(ref_path)
+    window = pd.read_parquet(win_path)
     from monitoring.drift import column_verdicts, compute_drift, data_definition, drift_frame, run_drift_report
 
     t0 = time.perf_counter()
@@ -125,6 +130,12 @@ def worker(kind: str, ref_path: Path, win_path: Path, out: Path, repeats: int = 
         seconds = time.perf_counter() - t0
         peak = _peak_rss_mb()
         extra = {}
+    _write(out, seconds, import_seconds, peak, verdicts=verdicts, extra=extra)
+
+
+def _write(
+    out: Path, seconds: float, import_seconds: float, peak: float, *, verdicts: Any, extra: dict[str, Any]
+) -> None:
     out.write_text(
         json.dumps(
             {
@@ -136,6 +147,46 @@ def worker(kind: str, ref_path: Path, win_path: Path, out: Path, repeats: int = 
             }
         )
     )
+
+
+def _partitions(path: Path, parts: int) -> list[Path]:
+    """`path` cut into `parts` Parquet files beside it (once): the partitions the merged path reads."""
+    import pyarrow.parquet as pq
+
+    folder = path.with_suffix(f".{parts}-parts")
+    files = [folder / f"part-{i:03d}.parquet" for i in range(parts)]
+    if not all(f.exists() for f in files):
+        folder.mkdir(exist_ok=True)
+        table = pq.read_table(path)
+        size = -(-table.num_rows // parts)
+        for i, f in enumerate(files):
+            pq.write_table(table.slice(i * size, size), f)
+    return files
+
+
+def _merged(kind: str, contract: Any, ref_path: Path, win_path: Path) -> dict[str, Any]:
+    """monitoring.merged_drift over the partition files, here or on a LocalCluster of 2 worker processes."""
+    from functools import partial
+
+    import pandas as pd
+
+    from monitoring.merged_drift import merged_drift
+
+    reference = [partial(pd.read_parquet, f) for f in _partitions(ref_path, MERGED_PARTS[0])]
+    window = [partial(pd.read_parquet, f) for f in _partitions(win_path, MERGED_PARTS[1])]
+    if kind == "merged":
+        t0 = time.perf_counter()
+        result = merged_drift(reference, window, contract)
+        return {"verdicts": result.columns, "seconds": time.perf_counter() - t0, "skipped": result.skipped}
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        t0 = time.perf_counter()
+        result = merged_drift(reference, window, contract, client=client)
+        return {"verdicts": result.columns, "seconds": time.perf_counter() - t0, "skipped": result.skipped}
 
 
 def _run_child(kind: str, ref_path: Path, win_path: Path, repeats: int = 0) -> dict[str, Any]:
@@ -190,6 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     mon = _run_child("monitoring", ref_path, win_path, args.repeats)
     plain = _run_child("plain", ref_path, win_path)
     cmp = compare(mon, plain)
+    _partitions(ref_path, MERGED_PARTS[0]), _partitions(win_path, MERGED_PARTS[1])  # written before timing
+    merged = _run_child("merged", ref_path, win_path)
+    merged_dask = _run_child("merged-dask", ref_path, win_path)
+    merged_cmp = compare(merged, plain)
     # Agreement under each extra sampling seed (same sizes), against the same plain run.
     per_seed = {
         seed: sum(v == plain["columns"][c]["drifted"] for c, v in cols.items()) / len(plain["columns"])
@@ -222,6 +277,19 @@ def main(argv: list[str] | None = None) -> None:
         "agreement_min_over_seeds": round(min([cmp["agreement"], *per_seed.values()]), 4),
         "max_abs_score_diff": round(cmp["max_abs_score_diff"], 5),
         "columns": cmp["columns"],
+        "merged": {
+            "what": "monitoring.merged_drift: every row, per-partition statistics merged (no sample)",
+            "partitions": {"reference": MERGED_PARTS[0], "window": MERGED_PARTS[1]},
+            "agreement": round(merged_cmp["agreement"], 4),
+            "disagreeing_columns": merged_cmp["disagreeing_columns"],
+            "max_abs_score_diff": round(merged_cmp["max_abs_score_diff"], 5),
+            "seconds": round(merged["seconds"], 3),
+            "peak_rss_mb": round(merged["peak_rss_mb"], 1),
+            "dask_2_workers_seconds": round(merged_dask["seconds"], 3),
+            "dask_same_verdicts_and_scores": merged_dask["columns"] == merged["columns"],
+            "skipped": merged["skipped"],
+            "scores": {c: round(v["score"], 5) for c, v in merged["columns"].items()},
+        },
         "notes": (
             "seconds and peak_rss_mb: compute_drift in its own process, frames loaded and evidently imported "
             "(peak RSS includes both frames). plain: Report([DataDriftPreset()]) on all rows with the same "
@@ -229,7 +297,10 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "machine": {"python": platform.python_version(), "cpus": _cpus()},
     }
-    write_result(result, args.out, shown=("seconds", "peak_rss_mb", "plain_seconds", "plain_peak_rss_mb", "agreement"))
+    result["merged_agreement"] = result["merged"]["agreement"]
+    result["merged_seconds"] = result["merged"]["seconds"]
+    shown = ("seconds", "peak_rss_mb", "plain_seconds", "plain_peak_rss_mb", "agreement", "merged_agreement")
+    write_result(result, args.out, shown=(*shown, "merged_seconds"))
 
 
 def _cpus() -> int:
