@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 HOST = "127.0.0.1"
 VENV_BIN = Path(sys.executable).parent
 
@@ -117,23 +119,12 @@ def _group_running(pgid: int) -> bool:
     """Whether a process of group `pgid` is still running. A member that has exited but is not reaped yet
     (a zombie) does not count: a stack's servers are orphans once the process that started them exits,
     and init reaps them only every second or so, which made every stop wait a second or two."""
-    proc = Path("/proc")
-    if not (proc / "self" / "stat").exists():  # not Linux: any member, zombie or not
+    for proc in psutil.process_iter():
         try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
+            if os.getpgid(proc.pid) == pgid and proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                return True
+        except (ProcessLookupError, psutil.NoSuchProcess):  # gone meanwhile
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, pgrp, ...
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
     return False
 
 

@@ -38,6 +38,7 @@ def _alias(client: MlflowClient, name: str, alias: str) -> str | None:
 
 
 def test_train_flow_records_registers_gates_and_is_reproducible(small_data: str, tmp_path: Path) -> None:
+    from core.registry.artefact import load_version
     from pipelines.train import train
 
     name = small_data
@@ -87,7 +88,7 @@ def test_train_flow_records_registers_gates_and_is_reproducible(small_data: str,
     assert info.metadata["threshold"] == pytest.approx(float(mv.tags["threshold"]), abs=1e-6)
     assert info.metadata["family"] == first.best_family and info.metadata["positive_class"] == 1
     assert info.flavors["sklearn"]["serialization_format"] == "skops"
-    model = mlflow.sklearn.load_model(f"models:/{name}@champion")
+    model, _ = load_version(f"models:/{name}@champion")  # the loader serving uses
     assert [s for s, _ in model.steps] == ["preprocess", "model"]
 
     # Same data, config and seed: identical metrics. An identical model cannot clear the gate.

@@ -38,6 +38,7 @@ def trained(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     import mlflow
 
     from core.data.datasets import latest_processed
+    from core.registry.artefact import load_version
     from core.settings import get_settings
     from pipelines.train import train
 
@@ -62,7 +63,7 @@ def trained(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         uri = f"models:/{name}@champion"
         info = mlflow.models.get_model_info(uri)
         yield TrainedModel(
-            model=mlflow.sklearn.load_model(uri),
+            model=load_version(uri)[0],  # the project's own loader (skops, trust list)
             threshold=float(info.metadata["threshold"]),
             holdout=latest_processed(get_settings()).load("holdout"),
             contract=get_settings().contract,
