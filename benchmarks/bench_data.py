@@ -159,6 +159,11 @@ def collect_and_preprocess(settings: Any) -> dict[str, Any]:
     return {"manifest": manifest, "processed": processed, "collect": t1 - t0, "preprocess": t2 - t1, "cpu": c2 - c0}
 
 
+def _size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
 def killed_and_rerun(settings: Any, files: int) -> dict[str, Any]:
     """A collection of the same warehouse in a child process, SIGKILLed once it has staged half of the
     ``files`` part files an uninterrupted run writes, then run again here: its processed version and
@@ -263,6 +268,13 @@ def run(rows: int, days: int | None, chunk_rows: int | None, keep: bool) -> dict
             "files_of_a_whole_run": len(manifest["files"]),
             "same_version_and_split_fingerprints": same_snapshot,
             "version": processed["version"],
+        },
+        # Bytes a row takes at rest, for the sizing in docs/scaling.md: the source table (SQLite), the
+        # Parquet export of it (zstd), and the data directory (raw snapshot, processed splits, manifests).
+        "bytes_per_row": {
+            "warehouse_sqlite": round(_size(Path(str(settings.warehouse_url).removeprefix("sqlite:///"))) / rows, 1),
+            "parquet_source_zstd": round(_size(source_dir) / rows, 1),
+            "data_dir": round(_size(settings.data_dir) / rows, 1),
         },
         "rows_loaded": manifest["rows"]["loaded"],
         "rows_quarantined": manifest["rows"]["quarantined"],
