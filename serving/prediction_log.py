@@ -485,8 +485,8 @@ def _arrow_column(value: Any, n: int) -> pa.Array:
         array = pa.array(value if value.dtype.kind != "U" else value.astype(object), from_pandas=True)
     elif isinstance(value, list):
         array = pa.array(value, from_pandas=True)
-    else:
-        array = pa.array([value.item() if isinstance(value, np.generic) else value] * n, from_pandas=True)
+    else:  # one value for the whole block (model name, version, the request's time): repeated by Arrow
+        array = pa.repeat(pa.scalar(value.item() if isinstance(value, np.generic) else value), n)
     if pa.types.is_boolean(array.type):
         array = array.cast(pa.int8())
     return array
