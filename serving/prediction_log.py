@@ -11,6 +11,7 @@ The tables' schema and the readers monitoring uses live in core/predictions.py.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -139,10 +140,10 @@ class PredictionLog:
         )
 
     # ---- producer side: called from request handlers, never blocks on I/O ------------------------
-    def log_block(self, block: Block, n_rows: int) -> None:
+    def log_block(self, block: Block, n_rows: int, *, wait: bool = True) -> None:
         """`n_rows` predictions as columns: the contract's input columns (by their contract names), the log's
         own columns, and for a multiclass model ``probabilities`` (n x k) with its ``classes``. ``role`` defaults
-        to the champion's."""
+        to the champion's. ``wait=False``: no back-pressure here; an ``async`` caller awaits :meth:`room`."""
         if block.get("role") is None:
             block["role"] = DEFAULT_ROLE
         self._queue.append((PREDICTIONS, (block, n_rows)))
@@ -151,7 +152,8 @@ class PredictionLog:
         # middle of the response that produced the block.
         if len(self._queue) >= self.batch_rows:
             self._wake.set()
-        self._hold_back()
+        if wait:
+            self._hold_back()
 
     def log_predictions(self, rows: Iterable[dict[str, Any]]) -> None:
         rows = list(rows)
@@ -160,12 +162,13 @@ class PredictionLog:
             block["role"] = [r.get("role") or DEFAULT_ROLE for r in rows]
             self.log_block(block, len(rows))
 
-    def log_feedback(self, request_id: str, label: Any) -> None:
+    def log_feedback(self, request_id: str, label: Any, *, wait: bool = True) -> None:
         row = {"request_id": request_id, "label": self.schema.label_value(label), "received_at": datetime.now(UTC)}
         self._queue.append((FEEDBACK, row))
         self._count(1)
         self._wake.set()
-        self._hold_back()
+        if wait:
+            self._hold_back()
 
     @property
     def pending(self) -> int:
@@ -187,13 +190,32 @@ class PredictionLog:
         interpreter to keep up, and its queue (memory) would grow without end. Waiting here slows the answers
         to the rate at which every prediction is logged; nothing is dropped. A writer that cannot write at
         all spools to disk, so the wait ends either way."""
-        if self._backlog <= self.max_backlog_rows or self._thread is None:
+        if not self._over_backlog():
             return
-        self._wake.set()
         started = time.monotonic()
-        while self._backlog > self.max_backlog_rows // 2 and time.monotonic() - started < BACKPRESSURE_MAX_S:
+        while self._still_over(started):
             time.sleep(0.002)
         metrics.LOG_BACKPRESSURE.inc(time.monotonic() - started)
+
+    async def room(self) -> None:
+        """:meth:`_hold_back` for a request handled on the event loop: the request that added rows waits,
+        while the loop goes on serving the worker's other requests (health checks and metrics among them);
+        a `time.sleep` there would stop the whole worker."""
+        if not self._over_backlog():
+            return
+        started = time.monotonic()
+        while self._still_over(started):
+            await asyncio.sleep(0.002)
+        metrics.LOG_BACKPRESSURE.inc(time.monotonic() - started)
+
+    def _over_backlog(self) -> bool:
+        if self._backlog <= self.max_backlog_rows or self._thread is None:
+            return False
+        self._wake.set()
+        return True
+
+    def _still_over(self, started: float) -> bool:
+        return self._backlog > self.max_backlog_rows // 2 and time.monotonic() - started < BACKPRESSURE_MAX_S
 
     def spool_bytes(self) -> int:
         """Bytes waiting in spool files (claimed ones included): the backlog of a store outage."""

@@ -95,8 +95,11 @@ def log_result(  # noqa: PLR0917 - one call per endpoint and the shadow thread, 
     flags: list[str | None] | pa.Array,
     latency_ms: float,
     role: str = "champion",
+    *,
+    wait: bool = True,
 ) -> None:
-    """Hand the prediction log the arrays the prediction was made from: no per-row work here."""
+    """Hand the prediction log the arrays the prediction was made from: no per-row work here. ``wait=False``
+    for a caller on the event loop, which then awaits ``plog.room()`` (see PredictionLog.room)."""
     probs = result.probabilities
     block: dict[str, Any] = {
         **columns,
@@ -112,7 +115,7 @@ def log_result(  # noqa: PLR0917 - one call per endpoint and the shadow thread, 
     }
     if probs is not None and probs.shape[1] > 2:  # multiclass: every class's probability, p_<label> in the log
         block["probabilities"], block["classes"] = probs, result.classes
-    plog.log_block(block, len(ids))
+    plog.log_block(block, len(ids), wait=wait)
 
 
 def _scores(model: LoadedModel, result: Prediction) -> np.ndarray | None:

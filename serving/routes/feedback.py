@@ -16,7 +16,8 @@ def feedback_router(models: ContractModels) -> APIRouter:
 
     @router.post("/feedback", response_model=FeedbackOut, status_code=202, responses=ERROR_RESPONSES)
     async def feedback(body: feedback_type, plog: LogDep) -> FeedbackOut:
-        plog.log_feedback(body.request_id, body.label)
+        plog.log_feedback(body.request_id, body.label, wait=False)
+        await plog.room()
         return FeedbackOut(request_id=body.request_id)
 
     return router

@@ -129,7 +129,7 @@ def predictions_router(models: ContractModels) -> APIRouter:
         ]
         latency_ms = (time.perf_counter() - started) * 1000
         flag_text = ["; ".join(f) or None for f in flags]
-        log_result(plog, model, columns, ids, result, flag_text, latency_ms, role)
+        log_result(plog, model, columns, ids, result, flag_text, latency_ms, role, wait=False)
         _count(model, result)
         if rollout.active:
             rollout.observe(role, model, result, predicted_ms)
@@ -137,6 +137,7 @@ def predictions_router(models: ContractModels) -> APIRouter:
         for row_flags in flags:
             for flag in row_flags:
                 metrics.UNKNOWN_CATEGORIES.labels(flag.split(":", 1)[0]).inc()
+        await plog.room()  # back-pressure from the log's writer: this request waits, the worker goes on
         return PredictOut(
             request_id=request_id, model_name=model.name, model_version=model.version, role=role, predictions=out
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -200,3 +201,57 @@ def test_a_writer_that_falls_behind_holds_the_requests_back_and_loses_nothing(
         plog.stop()
     assert len(read_predictions(url)) == 1_500
     assert plog.backlog_rows == 0
+
+
+def test_an_async_request_waits_for_room_while_the_event_loop_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API's handlers run on the event loop: a request held back by the log's writer must wait alone.
+    A `time.sleep` there stopped the whole worker (its health check and every other request) for up to
+    BACKPRESSURE_MAX_S."""
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    plog = PredictionLog(url, get_settings().contract, tmp_path / "spool", batch_rows=50, flush_s=0.05,
+                         max_backlog_rows=100)  # fmt: skip
+    slow_insert = plog._insert
+
+    def slow(batch: list[Any]) -> None:
+        time.sleep(0.002 * len(batch))
+        slow_insert(batch)
+
+    monkeypatch.setattr(plog, "_insert", slow)
+    base = row(0)
+
+    async def requests() -> tuple[float, int]:
+        """200 one-row requests as the API makes them, and a ticker that counts while they wait."""
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        task = asyncio.create_task(ticker())
+        started = time.monotonic()
+        for i in range(200):
+            block = {k: [v] for k, v in {**base, "request_id": f"a-{i}"}.items() if k != "role"}
+            plog.log_block(block, 1, wait=False)
+            await plog.room()
+        waited = time.monotonic() - started
+        stop.set()
+        await task
+        return waited, ticks
+
+    waited_before = metrics.LOG_BACKPRESSURE._value.get()
+    plog.start()
+    try:
+        waited, ticks = asyncio.run(requests())
+        assert metrics.LOG_BACKPRESSURE._value.get() > waited_before, "the requests were held back"
+        assert plog.backlog_rows <= 101
+        # Held back for `waited` seconds, the loop still ran the ticker (1 ms sleeps) most of that time.
+        assert ticks >= waited / 0.001 * 0.1, f"{ticks} ticks in {waited:.2f} s: the event loop was blocked"
+        assert plog.flush(30)
+    finally:
+        plog.stop()
+    assert len(read_predictions(url)) == 200
