@@ -22,20 +22,16 @@ Always checked: loaded + quarantined == pulled.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import queue
 import shutil
-import threading
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,10 +51,10 @@ from core.data.snapshots import (
 )
 from core.data.sources import Watermark, Window, open_source
 from core.data.validation import SchemaMismatchError, check_columns, validate_table
+from core.prefetch import prefetch
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class CollectionError(RuntimeError):
@@ -187,7 +183,8 @@ def pull_and_stage(settings: Settings, plan: CollectionPlan) -> PullResult:
     seen_keys: dict[int, int] = {}  # row-key occurrence counts across this run's chunks
     writer = _StagingWriter(paths["staging"], contract, quarantine)
     try:
-        for chunk in prefetch(source.read_arrow(plan.window, settings.collection.chunk_rows), depth=2):
+        chunks = source.read_arrow(plan.window, settings.collection.chunk_rows)
+        for chunk in prefetch(chunks, depth=2, name="collect-reader"):
             checked = validate_table(chunk, contract)
             valid = checked.valid
             if contract.id_column is None and valid.num_rows:
@@ -218,50 +215,6 @@ def pull_and_stage(settings: Settings, plan: CollectionPlan) -> PullResult:
             f"accounting broke: {result.loaded} loaded + {result.quarantined} quarantined != {result.pulled} pulled"
         )
     return result
-
-
-_DONE = object()
-
-
-def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
-    """``items``, produced in a background thread at most ``depth`` ahead of the consumer.
-
-    An error in the producer is raised in the consumer; a consumer that stops early stops the producer.
-    """
-    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        slots.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            slots.put(_DONE)
-        except BaseException as exc:
-            slots.put(exc)
-
-    thread = threading.Thread(target=produce, name="collect-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = slots.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            with contextlib.suppress(queue.Empty):
-                slots.get(timeout=0.1)
-        thread.join()
 
 
 class _StagingWriter:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -48,6 +47,7 @@ from core.inference.predictor import Prediction, Predictor, columns_from_typed, 
 from core.modeling.compiled import Columns
 from core.modeling.explain import top_reasons
 from core.predictions import BATCH, DEFAULT_ROLE, LogSchema, ensure_tables
+from core.prefetch import prefetch
 from core.registry.artefact import RegisteredModel, load_registered
 from core.settings import Settings
 
@@ -387,7 +387,8 @@ def score_partition(
     pool = writer or ThreadPoolExecutor(1, thread_name_prefix="score-write")
     writes: list[Future[None]] = []
     try:
-        for item in _prefetched(_prepared(partition.path, batch_rows, checker, contract, needed)):
+        prepared = _prepared(partition.path, batch_rows, checker, contract, needed)
+        for item in prefetch(prepared, depth=1, name="score-read"):
             result.read += item.batch.num_rows
             if item.refused is not None:
                 writes.append(pool.submit(refused.write, item.refused))
@@ -472,47 +473,6 @@ def _prepared(
         rows = table if mask is None else table.filter(mask)
         typed = {k: v if mask is None else v.filter(mask) for k, v in checked.typed.items() if k in needed}
         yield _Prepared(table, rows, columns_from_typed(typed, contract), refused, texts)
-
-
-_END = object()
-
-
-def _prefetched(items: Iterator[_Prepared]) -> Iterator[_Prepared]:
-    """`items`, with the next one produced in a thread while the caller works on the current one."""
-    handoff: queue.Queue[Any] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                handoff.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(_END)
-        except BaseException as exc:  # handed to the consumer, raised there
-            put(exc)
-
-    thread = threading.Thread(target=produce, name="score-read", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = handoff.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
 
 
 # ---- sinks: the warehouse table and the prediction log -------------------------------------------------
