@@ -34,7 +34,7 @@ LATENCY = Histogram(
 PREDICTIONS = Counter("serving_predictions_total", "Predictions by model version and label.", ["version", "label"])
 SCORES = Histogram(
     "serving_prediction_score",
-    "Positive-class probability (binary classifiers).",
+    "The model's score: positive-class probability (binary), top-class probability (multiclass).",
     buckets=tuple(i / 20 for i in range(1, 21)),
 )
 UNKNOWN_CATEGORIES = Counter("serving_unknown_categories_total", "Unknown categories accepted.", ["column"])

@@ -233,3 +233,5 @@ def _count(model: LoadedModel, result: Prediction) -> None:
     probs = result.probabilities
     if probs is not None and probs.shape[1] == 2:
         metrics.observe_many(metrics.SCORES, probs[:, positive_index(model)])
+    elif probs is not None and probs.shape[1] > 2:  # multiclass: how sure the model is of its answer
+        metrics.observe_many(metrics.SCORES, probs.max(axis=1))

@@ -136,6 +136,27 @@ def test_predict_takes_original_names_and_answers_with_the_datasets_labels(clien
     assert pred["probabilities"]["cultivar_c"] == max(pred["probabilities"].values())
 
 
+def test_a_multiclass_model_fills_the_score_histogram_with_its_top_class_probability(client: Any) -> None:
+    """The dashboard's score panel: empty for a multiclass fork until the top-class probability went in."""
+
+    def scored() -> tuple[float, float]:
+        text = client.get("/metrics").text
+        values = {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith("serving_prediction_score_")
+        }
+        return values.get("serving_prediction_score_count", 0.0), values.get("serving_prediction_score_sum", 0.0)
+
+    count, total = scored()
+    resp = client.post("/predict", json=[record(), record()])
+    assert resp.status_code == 200, resp.text
+    top = [max(p["probabilities"].values()) for p in resp.json()["predictions"]]
+    after_count, after_total = scored()
+    assert after_count == count + 2
+    assert after_total - total == pytest.approx(sum(top), abs=1e-6)
+
+
 @pytest.mark.parametrize(
     "stamp", ["2025-02-01", "2025-02-01T10:00:00+02:00", "2025-02-01T08:00:00Z", 1738396800, "1738396800"]
 )
