@@ -145,10 +145,6 @@ class MergedDrift:
     partitions: tuple[int, int]  # (reference, window)
     skipped: dict[str, str]  # column -> why it was not tested here
 
-    @property
-    def drift_share(self) -> float:
-        return sum(d.drifted for d in self.columns.values()) / len(self.columns) if self.columns else 0.0
-
 
 def merged_drift(
     reference: Sequence[Partition],
@@ -176,7 +172,7 @@ def merged_drift(
             skipped[name] = "no values in the window"
         elif ref[name].n <= MIN_ROWS:
             skipped[name] = f"{ref[name].n} non-null reference rows (<= {MIN_ROWS}: Evidently tests p-values)"
-        elif name in numerical and _distinct(ref[name], cur[name]) is None:
+        elif name in numerical and not _few_values(ref[name], cur[name]):
             wasserstein.append(name)
     # One range for both sides, so both histograms share their bins: with a range of its own each side's
     # bin centres sit at other offsets from the values, which reads as a distance where there is none
@@ -252,12 +248,10 @@ def _numerical(contract: DatasetContract, parts: list[Stats]) -> set[str]:
     return set(column_mapping(contract, present)["numerical"])
 
 
-def _distinct(ref: ColumnStats, cur: ColumnStats) -> Counter[Any] | None:
-    """The union's value counts when there are at most FEW_VALUES distinct values, else None."""
-    if ref.values is None or cur.values is None:
-        return None
-    union = ref.values + cur.values
-    return union if len(union) <= FEW_VALUES else None
+def _few_values(ref: ColumnStats, cur: ColumnStats) -> bool:
+    """Whether both sides together hold at most FEW_VALUES distinct values (Evidently then tests the
+    frequencies, not the distance between distributions)."""
+    return ref.values is not None and cur.values is not None and len(set(ref.values) | set(cur.values)) <= FEW_VALUES
 
 
 def _counts(stats: ColumnStats) -> Counter[Any]:

@@ -508,7 +508,7 @@ def _arrow_column(value: Any, n: int) -> pa.Array:
     elif isinstance(value, list):
         array = pa.array(value, from_pandas=True)
     else:  # one value for the whole block (model name, version, the request's time): repeated by Arrow
-        array = pa.repeat(pa.scalar(value.item() if isinstance(value, np.generic) else value), n)
+        array = pa.repeat(pa.scalar(value.item() if isinstance(value, np.generic) else value, from_pandas=True), n)
     if pa.types.is_boolean(array.type):
         array = array.cast(pa.int8())
     return array

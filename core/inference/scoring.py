@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -484,31 +485,23 @@ class WarehouseSink:
         self.engine = engine_for(url)
         self.table_name = table
         self._pending: dict[str, list[pa.Table]] = {}
+        self._table_made = False  # by this sink (race-safe: another writer may have made it first)
 
     def __call__(self, partition: Partition, scored: pa.Table, rows: pa.Table) -> None:
         self._pending.setdefault(partition.key, []).append(scored)
 
     def commit(self, partition: Partition) -> None:
-        parts = self._pending.pop(partition.key, [])
-        frame = pa.concat_tables(parts).to_pandas() if parts else None
-        if frame is not None and len(frame):
-            frame.insert(0, PARTITION_COLUMN, partition.key)
-            for column in frame.columns:  # SQLite keeps no time zone: UTC, naive
-                if hasattr(frame[column], "dt") and getattr(frame[column].dt, "tz", None) is not None:
-                    frame[column] = frame[column].dt.tz_convert("UTC").dt.tz_localize(None)
-                elif column.startswith("reason_"):  # a reason code (a struct) as JSON text in SQL
-                    frame[column] = frame[column].map(lambda v: None if v is None else json.dumps(v))
-        else:
-            frame = None
-        if frame is not None:  # pandas makes the table from the frame's columns: created once, race-safe
+        frame = self._frame(partition)
+        if frame is not None and not self._table_made:  # pandas makes the table from the frame's columns
             empty = frame.head(0)
             create_tables(
                 self.engine,
                 lambda conn: empty.to_sql(self.table_name, conn, if_exists="append", index=False),
                 {self.table_name},
             )
+            self._table_made = True
         with self.engine.begin() as conn:  # the partition's old rows deleted, its new ones in: one transaction
-            if sa.inspect(conn).has_table(self.table_name):
+            if self._table_made or sa.inspect(conn).has_table(self.table_name):
                 quote = conn.dialect.identifier_preparer.quote
                 conn.execute(
                     sa.text(f"DELETE FROM {quote(self.table_name)} WHERE {quote(PARTITION_COLUMN)} = :p"),
@@ -516,6 +509,20 @@ class WarehouseSink:
                 )
             if frame is not None:
                 frame.to_sql(self.table_name, conn, if_exists="append", index=False, chunksize=10_000)
+
+    def _frame(self, partition: Partition) -> pd.DataFrame | None:
+        """The partition's scored rows as SQL takes them, or None when it has none."""
+        parts = self._pending.pop(partition.key, [])
+        frame = pa.concat_tables(parts).to_pandas() if parts else None
+        if frame is None or not len(frame):
+            return None
+        frame.insert(0, PARTITION_COLUMN, partition.key)
+        for column in frame.columns:  # SQLite keeps no time zone: UTC, naive
+            if hasattr(frame[column], "dt") and getattr(frame[column].dt, "tz", None) is not None:
+                frame[column] = frame[column].dt.tz_convert("UTC").dt.tz_localize(None)
+            elif column.startswith("reason_"):  # a reason code (a struct) as JSON text in SQL
+                frame[column] = frame[column].map(lambda v: None if v is None else json.dumps(v))
+        return frame
 
     def discard(self, partition: Partition) -> None:
         self._pending.pop(partition.key, None)
