@@ -209,6 +209,9 @@ def merged_drift(
 def partial_stats(read: Partition, contract: DatasetContract) -> tuple[int, Stats]:
     """(rows, statistics) of one partition, read where this runs."""
     frame = read()
+    absent = [c for c in contract.feature_columns if c not in frame]
+    if absent:  # as compute_drift refuses a frame without them: no column silently tested as empty
+        raise DriftError(f"the partition {read!r} lacks the contract's feature columns {absent}")
     return len(frame), partition_stats(frame, contract)
 
 

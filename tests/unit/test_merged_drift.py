@@ -66,3 +66,9 @@ def test_a_small_reference_is_skipped_with_the_reason() -> None:
 def test_no_partitions_is_a_clear_error() -> None:
     with pytest.raises(DriftError, match="at least one reference and one window partition"):
         merged_drift([], parts(flats(2_000, 2), 1_000), CONTRACT)
+
+
+def test_a_partition_without_a_contract_column_is_a_clear_error() -> None:
+    window = flats(3_000, 2).drop(columns=["district"])
+    with pytest.raises(DriftError, match=r"lacks the contract's feature columns \['district'\]"):
+        merged_drift(parts(flats(3_000, 1), 1_500), parts(window, 1_500), CONTRACT)
