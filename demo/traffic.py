@@ -2,7 +2,8 @@
 
 New days of transactions land in the warehouse (as the card system writes them), the same rows
 are scored through the prediction API over HTTP, and the true labels come back through
-POST /feedback once they are known. The demo, the end-to-end test and `make bench-loop` use it.
+POST /feedback once they are known (in lists, as a team sends a day's chargebacks). The demo, the
+end-to-end test and `make bench-loop` use it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from core.contract import DatasetContract
 from core.databases import engine_for
 from core.settings import Settings
 from demo.simulator import WarehouseWrite, roles, write_warehouse
+
+FEEDBACK_PER_REQUEST = 1_000  # labels a POST /feedback: about 60 kB of JSON, far under max_body_bytes
 
 
 @dataclass
@@ -155,23 +158,32 @@ def send_predictions(
 
 
 def send_feedback(
-    api_url: str, request_ids: list[str], labels: list[Any], *, concurrency: int = 4, api_key: str | None = None
+    api_url: str,
+    request_ids: list[str],
+    labels: list[Any],
+    *,
+    concurrency: int = 4,
+    api_key: str | None = None,
+    per_request: int = FEEDBACK_PER_REQUEST,
 ) -> int:
-    """POST /feedback for every (request id, label) with a known label; returns how many were accepted."""
+    """POST /feedback for every (request id, label) with a known label, `per_request` labels a request (as a
+    team sends a day's chargebacks); returns how many were accepted."""
     pairs = [(rid, lab) for rid, lab in zip(request_ids, labels, strict=True) if not pd.isna(lab)]
+    items = [{"request_id": rid, "label": int(lab) if isinstance(lab, float) and lab.is_integer() else lab}
+             for rid, lab in pairs]  # fmt: skip
     headers = {"X-API-Key": api_key} if api_key else {}
     with httpx.Client(base_url=api_url, timeout=30, headers=headers) as client:
 
-        def one(pair: tuple[str, Any]) -> bool:
-            rid, lab = pair
-            label = int(lab) if isinstance(lab, float) and lab.is_integer() else lab
+        def some(chunk: list[dict[str, Any]]) -> int:
             try:
-                return client.post("/feedback", json={"request_id": rid, "label": label}).status_code == 202
+                resp = client.post("/feedback", json=chunk)
             except httpx.HTTPError:
-                return False
+                return 0
+            return int(resp.json()["accepted"]) if resp.status_code == 202 else 0
 
+        chunks = [items[i : i + per_request] for i in range(0, len(items), per_request)]
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            return sum(pool.map(one, pairs))
+            return sum(pool.map(some, chunks))
 
 
 def served_version(api_url: str) -> str | None:

@@ -231,6 +231,10 @@ class FeedbackOut(_Out):
     accepted: bool = True
 
 
+class FeedbackListOut(_Out):
+    accepted: int = Field(description="Labels received (every item of the list; a bad item refuses the whole list).")
+
+
 class HealthOut(_Out):
     status: Literal["ok"] = "ok"
 

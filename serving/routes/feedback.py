@@ -1,23 +1,44 @@
-"""POST /feedback: the true label of an earlier prediction, for monitoring's performance reports."""
+"""POST /feedback: the true labels of earlier predictions, for monitoring's performance reports.
 
-from typing import Any
+One label, or a list of them in one request: labels usually arrive in bulk (a day's chargebacks, a
+review queue's verdicts), and a request per label costs the service an HTTP round trip each.
+"""
 
-from fastapi import APIRouter
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
+from pydantic import Discriminator, Field, Tag
 
 from serving.deps import LogDep, PredictKey
 from serving.errors import ERROR_RESPONSES
-from serving.schemas import ContractModels, FeedbackOut
+from serving.schemas import ContractModels, FeedbackListOut, FeedbackOut
 
 
 def feedback_router(models: ContractModels) -> APIRouter:
     """A function of the contract's models: the label's type (its classes, or a number) comes from the contract."""
     router = APIRouter(tags=["feedback"], dependencies=[PredictKey])
-    feedback_type: Any = models.feedback
+    one: Any = models.feedback
+    body_type: Any = Annotated[
+        # The tags /predict's body uses, which error messages leave out of a field's name (serving.errors).
+        Annotated[one, Tag("record")] | Annotated[Annotated[list[one], Field(min_length=1)], Tag("records")],
+        Discriminator(lambda v: "records" if isinstance(v, list) else "record"),
+    ]
 
-    @router.post("/feedback", response_model=FeedbackOut, status_code=202, responses=ERROR_RESPONSES)
-    async def feedback(body: feedback_type, plog: LogDep) -> FeedbackOut:
-        plog.log_feedback(body.request_id, body.label, wait=False)
+    @router.post(
+        "/feedback",
+        response_model=FeedbackOut | FeedbackListOut,
+        status_code=202,
+        responses=ERROR_RESPONSES,
+        summary="The true label of one prediction, or of a list of them",
+    )
+    async def feedback(body: Annotated[body_type, Body()], plog: LogDep) -> FeedbackOut | FeedbackListOut:
+        # Validated as a whole first: one bad item refuses the request (422 naming the item), nothing is half-logged.
+        items = body if isinstance(body, list) else [body]
+        for item in items:
+            plog.log_feedback(item.request_id, item.label, wait=False)
         await plog.room()
+        if isinstance(body, list):
+            return FeedbackListOut(accepted=len(items))
         return FeedbackOut(request_id=body.request_id)
 
     return router

@@ -193,6 +193,9 @@ def test_feedback_takes_the_datasets_labels(client: Any, settings: Settings) -> 
     assert client.post("/feedback", json={"request_id": request_id, "label": "cultivar_c"}).status_code == 202
     wrong = client.post("/feedback", json={"request_id": request_id, "label": 2})
     assert wrong.status_code == 422 and "label" in wrong.json()["detail"]
+    both = [{"request_id": request_id, "label": "cultivar_a"}, {"request_id": request_id, "label": "cultivar_b"}]
+    assert client.post("/feedback", json=both).json() == {"accepted": 2}
+    assert client.post("/feedback", json=[*both, {"request_id": request_id, "label": 2}]).status_code == 422
 
 
 def test_the_log_keeps_every_class_probability_and_monitoring_reads_the_names_back(

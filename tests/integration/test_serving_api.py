@@ -113,6 +113,34 @@ def test_feedback_is_stored(client: Any, service: Service) -> None:
     assert wait_for(stored) == [1]
 
 
+def test_feedback_takes_a_list_of_labels_in_one_request(client: Any, service: Service) -> None:
+    ids = [p["request_id"] for p in client.post("/predict", json=[record()] * 5).json()["predictions"]]
+    labels = [1, 0, 1, 1, 0]
+    r = client.post("/feedback", json=[{"request_id": i, "label": y} for i, y in zip(ids, labels, strict=True)])
+    assert r.status_code == 202, r.text
+    assert r.json() == {"accepted": 5}
+
+    def stored() -> dict[str, int] | None:
+        df = read_feedback(log_url(service))
+        got = dict(zip(df["request_id"], df["label"], strict=True))
+        return {i: got[i] for i in ids} if all(i in got for i in ids) else None
+
+    assert wait_for(stored) == dict(zip(ids, labels, strict=True))
+
+
+def test_a_bad_item_refuses_the_whole_feedback_list_naming_it(client: Any, service: Service) -> None:
+    *ids, later = [p["request_id"] for p in client.post("/predict", json=[record()] * 4).json()["predictions"]]
+    body = [{"request_id": ids[0], "label": 1}, {"request_id": ids[1], "label": 1}, {"request_id": ids[2], "label": 7}]
+    r = client.post("/feedback", json=body)
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "2.label", r.json()
+    assert client.post("/feedback", json=[]).status_code == 422
+    # The log writes in order: once a label sent afterwards is stored, the refused list would be there too.
+    assert client.post("/feedback", json={"request_id": later, "label": 0}).status_code == 202
+    assert wait_for(lambda: later in set(read_feedback(log_url(service))["request_id"]))
+    assert not set(ids) & set(read_feedback(log_url(service))["request_id"])
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
