@@ -265,6 +265,32 @@ def start_prefect(
     return Server("prefect", url, proc, log)
 
 
+def register_deployments(env: Mapping[str, str], pool: str, cwd: Path) -> None:
+    """What deploy/prefect/deploy.sh does: the process work pool `pool` unless the server has it, then every
+    deployment of prefect.yaml (`prefect deploy --all` in `cwd`). `env` holds PREFECT_API_URL.
+
+    Whether the pool exists is asked over the server's REST API (GET /work_pools/{name}): a CLI process
+    to ask it costs seconds of imports."""
+    prefect = str(VENV_BIN / "prefect")
+    run_env = {**os.environ, **env}
+    try:
+        with urllib.request.urlopen(f"{run_env['PREFECT_API_URL']}/work_pools/{pool}", timeout=30):
+            exists = True
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise
+        exists = False
+    if not exists:
+        subprocess.run(
+            [prefect, "work-pool", "create", pool, "--type", "process"], env=run_env, check=True, capture_output=True
+        )
+    out = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--all"], env=run_env, cwd=cwd, capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"prefect deploy failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+
+
 def start_worker(
     api_url: str, home: Path, pool: str, log: Path, cwd: Path, *, env: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:

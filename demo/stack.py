@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import secrets
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -21,11 +20,11 @@ from pydantic import SecretStr
 
 from core.registry.webhooks import WebhookSetupError, ensure_alias_webhook
 from core.servers import (
-    VENV_BIN,
     Server,
     port_open,
     prefect_env,
     process_alive,
+    register_deployments,
     start_api,
     start_mlflow,
     start_prefect,
@@ -149,23 +148,9 @@ def up_servers(settings: Settings, say: Progress = print) -> Stack:
 
     start_together(starts, started)
 
-    env = {**os.environ, **env_for_flows(settings, stack)}
     say("registering the deployments from prefect.yaml ...")
-    prefect = str(VENV_BIN / "prefect")
     pool = settings.stack.work_pool
-    inspect = subprocess.run([prefect, "work-pool", "inspect", pool], env=env, capture_output=True, check=False)
-    if inspect.returncode != 0:
-        subprocess.run([prefect, "work-pool", "create", pool, "--type", "process"], env=env, check=True)
-    deploy = subprocess.run(
-        [prefect, "--no-prompt", "deploy", "--all"],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if deploy.returncode != 0:
-        raise RuntimeError(f"prefect deploy failed:\n{deploy.stdout[-3000:]}\n{deploy.stderr[-3000:]}")
+    register_deployments(env_for_flows(settings, stack), pool, PROJECT_ROOT)
 
     worker = stack.components.get("worker")
     if worker and process_alive(worker.pid):

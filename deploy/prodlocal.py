@@ -27,7 +27,6 @@ import os
 import re
 import secrets
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,7 @@ from core.servers import (
     Server,
     free_port,
     prefect_env,
+    register_deployments,
     spawn,
     start_api,
     start_mlflow,
@@ -194,22 +194,6 @@ def _start_prometheus(stack: ProdLocal, logs: Path, scrape_interval: str | None)
     wait_http(f"{url}/-/ready", 60, proc, logs / "prometheus.log")
 
 
-def _deploy_flows(env: Mapping[str, str], pool: str) -> None:
-    """deploy/prefect/deploy.sh: the work pool and every deployment of prefect.yaml."""
-    prefect = str(VENV_BIN / "prefect")
-    run_env = {**os.environ, **env}
-    inspect = subprocess.run([prefect, "work-pool", "inspect", pool], env=run_env, capture_output=True, check=False)
-    if inspect.returncode:
-        subprocess.run(
-            [prefect, "work-pool", "create", pool, "--type", "process"], env=run_env, check=True, capture_output=True
-        )
-    out = subprocess.run(
-        [prefect, "--no-prompt", "deploy", "--all"], env=run_env, cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"prefect deploy failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-
-
 def _config(extra: str | None) -> str:
     """compose's MLOPS_CONFIG, with a dataset's overlay (MLOPS_CONFIG of the caller) before production.yaml."""
     files = (extra or "configs/settings.yaml").split(",")
@@ -288,7 +272,7 @@ def up(
         pool_name = "local"
         if deploy_flows:
             say("registering the work pool and the deployments (deploy/prefect/deploy.sh) ...")
-            _deploy_flows(flow_env, pool_name)
+            register_deployments(flow_env, pool_name, ROOT)
         worker = start_worker(flow_env["PREFECT_API_URL"], home, pool_name, logs / "worker.log", ROOT, env=flow_env)
         stack.components["worker"] = Component(worker.pid, "", str(logs / "worker.log"))
         _save(stack)
