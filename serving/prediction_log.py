@@ -22,11 +22,11 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pa_csv
+import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from core.contract import DatasetContract, label_text
@@ -34,6 +34,9 @@ from core.databases import engine_for
 from core.predictions import DEFAULT_ROLE, FEEDBACK, PREDICTIONS, TRAILING_DEFAULTS, LogSchema, ensure_tables
 from core.servers import process_alive
 from serving import metrics
+
+if TYPE_CHECKING:
+    from adbc_driver_manager.dbapi import Connection as AdbcConnection
 
 log = logging.getLogger(__name__)
 # The longest a request waits for the writer to catch up (then it goes on; the backlog is still bounded by
@@ -60,8 +63,9 @@ class PredictionLog:
     """Batched, non-blocking writer of predictions and feedback with a spool for store outages.
 
     Handlers hand over whole column blocks (the arrays they predicted from), so a 10,000-row batch
-    costs the response one queue append; the writer thread turns blocks into rows and inserts them
-    with one `executemany` per batch, bypassing the ORM-level per-row processing.
+    costs the response one queue append. On PostgreSQL the writer thread sends the blocks' arrays with
+    binary COPY (:meth:`_copy_rows`); elsewhere it turns them into rows and inserts them with one
+    `executemany` per batch, bypassing the ORM-level per-row processing.
     """
 
     def __init__(
@@ -84,8 +88,10 @@ class PredictionLog:
         self.retry_s = retry_s
         self._engine = engine_for(url)
         self._sqlite = self._engine.dialect.name == "sqlite"
-        # PostgreSQL through psycopg 3: COPY, a few times the rows a second of a batched INSERT.
+        # PostgreSQL: binary COPY through the ADBC driver, a few times the rows a second of a batched INSERT.
         self._copy = self._engine.dialect.name == "postgresql" and self._engine.dialect.driver == "psycopg"
+        self._adbc: AdbcConnection | None = None  # the writer thread's own connection for COPY
+        self._adbc_schema: pa.Schema | None = None  # the log's columns as that connection reads them
         self._metadata = sa.MetaData()
         self.schema = LogSchema(contract)
         self.predictions, self.feedback = self.schema.tables(self._metadata)
@@ -93,7 +99,7 @@ class PredictionLog:
         # Where each SQL column's values sit in a block: blocks use the contract's column names.
         self._keys = [self.schema.block_key(c) for c in self._columns]
         self._insert_sql = self._build_insert_sql()
-        self._copy_sql = self._build_copy_sql()
+        self._stage_sql = self._build_stage_sql()
         self._queue: deque[tuple[str, Any]] = deque()
         self._backlog = 0  # rows queued, not yet written or spooled
         self._backlog_lock = threading.Lock()
@@ -119,22 +125,19 @@ class PredictionLog:
             sql += " ON CONFLICT (request_id, role) DO NOTHING"
         return sql
 
-    def _build_copy_sql(self) -> tuple[str, str, str, str]:
-        """(COPY into the log; create the staging table, COPY into it, move its rows into the log skipping
-        known request ids).
+    def _build_stage_sql(self) -> tuple[str, str]:
+        """(Create the staging table; move its rows into the log, skipping known request ids).
 
         COPY cannot skip a row that is already there. New rows are copied straight into the log; when a
         request id is already there (a replayed spool, a client reusing an id), the batch is copied into
-        a temporary table of the transaction (emptied at commit) and moved with one
+        a temporary table of the connection (emptied at commit) and moved with one
         INSERT ... SELECT ... ON CONFLICT DO NOTHING, inside PostgreSQL.
         """
         quote = self._engine.dialect.identifier_preparer.quote
         columns = ", ".join(quote(c) for c in self._columns)
-        stage = quote(f"{PREDICTIONS}_copy_stage")
+        stage = quote(_STAGE)
         return (
-            f"COPY {quote(PREDICTIONS)} ({columns}) FROM STDIN WITH (FORMAT csv)",
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {quote(PREDICTIONS)}) ON COMMIT DELETE ROWS",
-            f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv)",
             f"INSERT INTO {quote(PREDICTIONS)} ({columns}) SELECT {columns} FROM {stage} "
             "ON CONFLICT (request_id, role) DO NOTHING",
         )
@@ -260,6 +263,7 @@ class PredictionLog:
                 self._written(taken)
             metrics.LOG_SPOOL_BYTES.set(self.spool_bytes())
             if stopping:
+                self._close_adbc()
                 return
 
     def _take(self, max_rows: int) -> tuple[list[Row], int]:
@@ -303,8 +307,9 @@ class PredictionLog:
                 self._reject([(PREDICTIONS, _jsonable_block(item[0]))], exc)
         return out
 
-    def _block_csv(self, block: Block, n: int) -> bytes:
-        """One block as COPY's CSV, column by column (numpy and Arrow arrays as they are, no row built)."""
+    def _block_arrays(self, block: Block, n: int) -> list[pa.Array]:
+        """One block as Arrow arrays in the log's column order (numpy and Arrow arrays as they are, no row
+        built)."""
         probs, classes = block.get("probabilities"), block.get("classes")
         arrays = []
         for key in self._keys:
@@ -316,7 +321,7 @@ class PredictionLog:
             elif key == "prediction" and self.schema.label_is_text:
                 value = [self.schema.label_value(v) for v in self._values(value, n)]
             arrays.append(_arrow_column(value, n))
-        return _write_csv(arrays)
+        return arrays
 
     def _rows(self, block: Block, n: int) -> list[tuple[Any, ...]]:
         probs, classes = block.get("probabilities"), block.get("classes")
@@ -362,7 +367,22 @@ class PredictionLog:
             return v.item()
         return v
 
+    def _parts(self, batch: list[Row]) -> list[list[Row]]:
+        """The batch as the store transactions that write it: on the COPY path predictions go through the
+        ADBC connection and feedback through SQLAlchemy's, two transactions, so each part is written,
+        spooled or refused on its own (predictions committed are never sent to the rejected file because
+        the feedback beside them was refused)."""
+        if not self._copy:
+            return [batch]
+        predictions = [r for r in batch if r[0] != FEEDBACK]
+        feedback = [r for r in batch if r[0] == FEEDBACK]
+        return [part for part in (predictions, feedback) if part]
+
     def _write_batch(self, batch: list[Row]) -> None:
+        for part in self._parts(batch):
+            self._write_part(part)
+
+    def _write_part(self, batch: list[Row]) -> None:
         if not batch:
             return
         if not self.store_up and time.monotonic() < self._next_retry:
@@ -393,34 +413,86 @@ class PredictionLog:
         # the champion's, answered online.
         width = len(self._columns)
         preds = [r if len(r) == width else (*r, *TRAILING_DEFAULTS[len(r) - width :]) for r in preds]
-        with self._engine.begin() as conn:
-            if (preds or blocks) and self._copy:
-                parts = [self._block_csv(*b) for b in blocks]
-                if preds:  # rows replayed from the spool
-                    parts.append(_csv(preds, len(self._columns)))
-                self._copy_rows(conn, b"".join(parts))
-            elif preds:
-                conn.exec_driver_sql(self._insert_sql, [tuple(r) for r in preds])
-            if fb:
-                conn.execute(self.feedback.insert(), fb)
+        if (preds or blocks) and self._copy:
+            columns = [self._block_arrays(*b) for b in blocks]
+            if preds:  # rows replayed from the spool
+                columns.append([_arrow_column(list(values), len(preds)) for values in zip(*preds, strict=True)])
+            self._copy_rows(columns)
+            preds = []
+        if preds or fb:
+            with self._engine.begin() as conn:
+                if preds:
+                    conn.exec_driver_sql(self._insert_sql, [tuple(r) for r in preds])
+                if fb:
+                    conn.execute(self.feedback.insert(), fb)
 
-    def _copy_rows(self, conn: sa.Connection, payload: bytes) -> None:
-        import psycopg
+    def _copy_rows(self, parts: list[list[pa.Array]]) -> None:
+        """Rows (each part: one array per log column) into the log with binary COPY, in a transaction of
+        their own on the ADBC connection: the Arrow arrays go to PostgreSQL as they are (no value formatted
+        as text here, none parsed there), written in C++ without the GIL.
 
-        direct, create, copy_sql, move = self._copy_sql
-        driver = conn.connection.driver_connection  # psycopg's own connection, in this transaction
-        assert driver is not None
-        with driver.cursor() as cur:
+        A connection that has been used before may have been closed by the server meanwhile (a restart,
+        an idle timeout): one failure there is retried once on a new connection (safe: a batch committed
+        before the failure is skipped by the retry, never duplicated), so a stale connection is not an
+        outage."""
+        import adbc_driver_manager
+
+        fresh = self._adbc is None
+        try:
+            self._ingest(parts)
+        except adbc_driver_manager.OperationalError:
+            if fresh:
+                raise
+            self._ingest(parts)
+
+    def _ingest(self, parts: list[list[pa.Array]]) -> None:
+        import adbc_driver_manager
+
+        conn = self._adbc_connection()
+        try:
+            schema = self._adbc_schema
+            assert schema is not None
+            table = pa.Table.from_batches([pa.record_batch(_cast(arrays, schema), schema=schema) for arrays in parts])
+            create, move = self._stage_sql
+            with conn.cursor() as cur:
+                try:
+                    cur.adbc_ingest(PREDICTIONS, table, mode="append")
+                except adbc_driver_manager.IntegrityError as exc:
+                    if exc.sqlstate != _UNIQUE_VIOLATION:
+                        raise
+                    # Some request ids are already logged: copy beside, keep only the new ones.
+                    conn.rollback()
+                    cur.execute(create)
+                    cur.adbc_ingest(_STAGE, table, mode="append", temporary=True)
+                    cur.execute(move)
+            conn.commit()
+        except Exception:
+            self._close_adbc()  # a new connection for the next batch: this one may be broken or mid-transaction
+            raise
+
+    def _adbc_connection(self) -> AdbcConnection:
+        """The writer's ADBC connection (opened on first use, with the engine's URL and a 3 s connect
+        timeout as engine_for gives psycopg), and the log's columns as it reads them."""
+        if self._adbc is None:
+            import adbc_driver_postgresql.dbapi
+
+            url = self._engine.url.set(drivername="postgresql")
+            if "connect_timeout" not in url.query:
+                url = url.update_query_dict({"connect_timeout": "3"})
+            conn = adbc_driver_postgresql.dbapi.connect(url.render_as_string(hide_password=False))
             try:
-                with driver.transaction(), cur.copy(direct) as copy:  # a savepoint: undone alone
-                    copy.write(payload)
-                return
-            except psycopg.errors.UniqueViolation:
-                pass  # some request ids are already logged: copy beside, keep only the new ones
-            cur.execute(create)
-            with cur.copy(copy_sql) as copy:
-                copy.write(payload)
-            cur.execute(move)
+                self._adbc_schema = _copy_schema(conn.adbc_get_table_schema(PREDICTIONS), self._columns)
+            except Exception:
+                conn.close()
+                raise
+            self._adbc = conn
+        return self._adbc
+
+    def _close_adbc(self) -> None:
+        conn, self._adbc = self._adbc, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a connection the server already closed
+                conn.close()
 
     def _spool(self, batch: list[Row]) -> None:
         with self._spool_lock, self._spool_file.open("a") as fh:
@@ -452,14 +524,15 @@ class PredictionLog:
                     continue
             try:
                 for chunk in _chunks(_read_spool(claimed), self.batch_rows * 20):
-                    try:
-                        self._insert(chunk)
-                    except Exception as exc:
-                        if _store_unavailable(exc):
-                            raise
-                        self._reject(chunk, exc)
-                        continue
-                    metrics.LOG_ROWS.labels(outcome="replayed").inc(len(chunk))
+                    for part in self._parts(chunk):
+                        try:
+                            self._insert(part)
+                        except Exception as exc:
+                            if _store_unavailable(exc):
+                                raise
+                            self._reject(part, exc)
+                            continue
+                        metrics.LOG_ROWS.labels(outcome="replayed").inc(len(part))
             except Exception as exc:
                 self.store_up = False
                 self._next_retry = time.monotonic() + self.retry_s
@@ -484,12 +557,8 @@ class PredictionLog:
 
 
 _BLOCK = "predictions-block"  # a queued block kept as columns (the COPY path)
-
-
-def _csv(rows: list[Any], width: int) -> bytes:
-    """Rows (replayed from the spool) as the CSV COPY reads."""
-    columns = list(zip(*rows, strict=True)) if rows else [()] * width
-    return _write_csv([_arrow_column(list(values), len(rows)) for values in columns])
+_STAGE = f"{PREDICTIONS}_copy_stage"  # the COPY path's temporary table, for batches with known request ids
+_UNIQUE_VIOLATION = "23505"
 
 
 def _arrow_column(value: Any, n: int) -> pa.Array:
@@ -514,13 +583,30 @@ def _arrow_column(value: Any, n: int) -> pa.Array:
     return array
 
 
-def _write_csv(arrays: list[pa.Array]) -> bytes:
-    """Columns as the CSV COPY reads, written by Arrow (no Python per value): every value quoted, so an
-    empty string stays a string and only a missing value (an empty field) is NULL."""
-    table = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
-    sink = pa.BufferOutputStream()
-    pa_csv.write_csv(table, sink, pa_csv.WriteOptions(include_header=False, quoting_style="all_valid"))
-    return sink.getvalue().to_pybytes()
+def _copy_schema(table: pa.Schema, columns: list[str]) -> pa.Schema:
+    """The Arrow types binary COPY must send for the log's `columns`: those the ADBC driver reads the table's
+    columns as (float8 as float64, int4 as int32, varchar as string, timestamptz as UTC timestamps...), the
+    types it writes back as the same PostgreSQL types. Binary COPY does not convert: an int64 sent to an int4
+    column is refused, so every array is cast to these first. A type the driver has no Arrow type for (it
+    reads it as an opaque extension type) cannot be written this way: named here, not sent as bytes."""
+    fields = []
+    for name in columns:
+        field = table.field(name)
+        if isinstance(field.type, pa.BaseExtensionType):
+            raise TypeError(f"the {PREDICTIONS} column {name!r} has a PostgreSQL type binary COPY cannot write")
+        fields.append(pa.field(name, field.type))
+    return pa.schema(fields)
+
+
+def _cast(arrays: list[pa.Array], schema: pa.Schema) -> list[pa.Array]:
+    """`arrays` as the columns' types, checked (a fraction in an integer column fails, as PostgreSQL would
+    refuse it as text); finer timestamps are cut to the microsecond PostgreSQL keeps."""
+    return [
+        array
+        if array.type == field.type
+        else pc.cast(array, options=pc.CastOptions(field.type, allow_time_truncate=True))
+        for array, field in zip(arrays, schema, strict=True)
+    ]
 
 
 def _store_unavailable(exc: Exception) -> bool:
@@ -528,13 +614,14 @@ def _store_unavailable(exc: Exception) -> bool:
     store refuses; only an outage is worth spooling and retrying."""
     if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.DisconnectionError | OSError):
         return True
-    # The COPY path talks to psycopg's own connection, so its errors arrive unwrapped by SQLAlchemy: a
-    # server shut down or a connection lost mid-COPY is an outage too, not rows the store refuses.
+    # The COPY path talks to the ADBC driver's own connection, so its errors arrive unwrapped by SQLAlchemy:
+    # a connection refused or lost mid-COPY, a server shutting down (SQLSTATE classes 08, 57, 53: the driver's
+    # IO status) is an outage too, not rows the store refuses (a unique or data error: IntegrityError, DataError).
     try:
-        import psycopg
+        import adbc_driver_manager
     except ImportError:
         return False
-    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    return isinstance(exc, adbc_driver_manager.OperationalError | adbc_driver_manager.InterfaceError)
 
 
 def _jsonable_block(block: Block) -> dict[str, Any]:

@@ -4,19 +4,21 @@ bounded query that PostgreSQL answers from the timestamp index."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 import sqlalchemy as sa
 
 from core.contract import parse_contract
 from core.predictions import PREDICTIONS, read_predictions
 from core.settings import get_settings
 from serving.prediction_log import PredictionLog
+from tests.serving_support import wait_for
 
 
 def _log(url: str, spool: Path, contract: Any = None) -> PredictionLog:
@@ -257,3 +259,140 @@ def test_workers_creating_the_log_at_the_same_moment_all_succeed(postgres_url: s
         t.join(60)
     assert errors == []
     assert {PREDICTIONS, "feedback"} <= set(sa.inspect(engine_for(postgres_url)).get_table_names())
+
+
+def _awkward_block(contract: Any, ids: list[str], when: datetime) -> dict[str, Any]:
+    """A block of every value a text format could get wrong, for any contract: missing values of every type
+    (NaN, NaT, None), an empty string beside a missing one, quotes, commas and non-ASCII text, booleans,
+    integers into float columns, a request time in another time zone."""
+    n = len(ids)
+    i = np.arange(n)
+    block: dict[str, Any] = {}
+    for column in contract.columns:
+        if column.name == contract.target.name:
+            continue
+        if column.type == "float":
+            block[column.name] = np.where(i % 4 == 0, np.nan, (i - 3) * 1.0000001e-3)
+        elif column.type == "int":
+            block[column.name] = i * 7 - 20
+        elif column.type == "bool":
+            block[column.name] = i % 3 == 0
+        elif column.type == "datetime":
+            stamps = np.datetime64("2026-01-15T13:45:00.123456") + i.astype("timedelta64[s]")
+            block[column.name] = np.where(i % 5 == 0, np.datetime64("NaT"), stamps)
+        else:
+            texts = np.array([None, "", 'a "quoted", comma', "Zürich", "plain"], dtype=object)
+            block[column.name] = texts[i % len(texts)]
+    classes = contract.classes
+    if contract.task == "regression":
+        prediction: Any = np.linspace(-1.5, 1e6, n)
+    else:
+        prediction = np.array([classes[k % len(classes)] for k in range(n)], dtype=object)
+    probs = np.linspace(0, 1, n * max(len(classes), 1)).reshape(n, -1) if classes else None
+    block |= {
+        "request_id": ids,
+        "model_name": contract.name,
+        "model_version": "3",
+        "timestamp": when,
+        "latency_ms": 0.125,
+        "prediction": prediction,
+        "probability": probs[:, -1] if probs is not None and len(classes) == 2 else None,
+        "flags": [None, "", "a,b", 'say "hi"'] * (n // 4) + [None] * (n % 4),
+    }
+    if contract.task == "multiclass":
+        block["probabilities"], block["classes"] = probs, list(classes)
+    return block
+
+
+def _contracts() -> list[Any]:
+    from tests.scoring_support import CONTRACTS
+
+    return [get_settings().contract, *(parse_contract(c) for c in CONTRACTS.values())]
+
+
+@pytest.mark.parametrize("contract", _contracts(), ids=lambda c: f"{c.name}-{c.task}")
+def test_binary_copy_stores_what_the_insert_path_stores(postgres_url: str, tmp_path: Path, contract: Any) -> None:
+    """The COPY path (Arrow arrays sent as PostgreSQL's binary format) and the INSERT path (psycopg binding
+    Python values) store the same values for every contract: text, integer and boolean labels, class
+    probability columns, regression values, missing values of every type, empty strings kept apart from
+    NULL, timestamps with and without a time zone."""
+    when = datetime(2026, 12, 1, 9, 30, 15, 250_000, tzinfo=timezone(timedelta(hours=2)))
+    n = 40
+    for path, copy in (("copy", True), ("insert", False)):
+        plog = PredictionLog(postgres_url, contract, tmp_path / path, batch_rows=50, flush_s=0.05, retry_s=0.1)
+        plog._copy = copy
+        plog.start()
+        try:
+            plog.log_block(_awkward_block(contract, [f"{path}-{i:03d}" for i in range(n)], when), n)
+            assert plog.flush()
+        finally:
+            plog.stop()
+        assert not list((tmp_path / path).glob("*.jsonl"))  # nothing spooled, nothing refused
+    frame = read_predictions(postgres_url).sort_values("request_id")
+    copied, inserted = (
+        frame[frame["request_id"].str.startswith(p)].drop(columns="request_id").reset_index(drop=True)
+        for p in ("copy-", "insert-")
+    )
+    assert len(copied) == len(inserted) == n
+    pd.testing.assert_frame_equal(copied, inserted)
+    assert (_utc(copied["timestamp"]) == when).all()
+    assert copied["flags"].tolist()[:4] == [None, "", "a,b", 'say "hi"']
+
+
+def test_an_outage_in_the_middle_of_a_copy_spools_the_batch_and_replays_it_once(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The writer's connection is cut while its COPY runs (the server terminates it) and the database refuses
+    new connections: the batch goes to the spool, not to the rejected file, and is replayed once the database
+    is back. The replayed batch holds request ids already logged: skipped, never duplicated."""
+    import psycopg
+
+    from tests.postgres import PG_HOST, PG_PORT, PG_USER
+
+    db = postgres_url.rsplit("/", 1)[1]
+
+    def connect(dbname: str) -> psycopg.Connection:
+        return psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=dbname, autocommit=True)
+
+    when = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    spool = tmp_path / "spool"
+    plog = _log(postgres_url, spool)
+    try:
+        plog.log_block(_fraud_block([f"a-{i}" for i in range(100)], when), 100)
+        wait_for(lambda: len(read_predictions(postgres_url)) == 100)  # committed: the writer's connection is open
+        with connect(db) as holder, connect("postgres") as admin:
+            holder.execute("BEGIN")
+            holder.execute(f"LOCK TABLE {PREDICTIONS} IN ACCESS EXCLUSIVE MODE")  # the next COPY waits here
+            again = [f"a-{i}" for i in range(90, 100)] + [f"b-{i}" for i in range(50)]
+            plog.log_block(_fraud_block(again, when), len(again))
+            copying = wait_for(
+                lambda: admin.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = %s AND query LIKE 'COPY%%' "
+                    "AND wait_event_type = 'Lock'",
+                    (db,),
+                ).fetchone()
+            )
+            admin.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS false')
+            admin.execute("SELECT pg_terminate_backend(%s)", (copying[0],))
+            wait_for(lambda: any(p.stat().st_size for p in spool.glob("spool-*.jsonl")))
+            assert not plog.store_up
+            holder.execute("ROLLBACK")
+            admin.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')
+        wait_for(lambda: len(read_predictions(postgres_url)) == 150, timeout=30)
+        assert plog.flush()
+    finally:
+        with connect("postgres") as admin:
+            admin.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')
+        plog.stop()
+    frame = read_predictions(postgres_url).set_index("request_id")
+    assert frame.index.is_unique and len(frame) == 150
+    assert not list(spool.glob("rejected-*.jsonl"))
+    assert not [p for p in spool.glob("*.jsonl") if p.stat().st_size]  # the spool drained
+    # The replayed rows went through the JSON spool: b-k sat where a-(10+k) sat in its block, same values.
+    columns = ["amount", "event_time", "flags", "model_version", "prediction", "latency_ms", "role"]
+    pd.testing.assert_frame_equal(
+        frame.loc[[f"b-{k}" for k in range(50)], columns].reset_index(drop=True),
+        frame.loc[[f"a-{10 + k}" for k in range(50)], columns].reset_index(drop=True),
+    )
+    assert frame.loc["b-2", "flags"] == "" and np.isnan(frame.loc["b-2", "amount"])  # not NULL / NULL
+    assert (_utc(frame["timestamp"]) == when).all()

@@ -255,3 +255,20 @@ def test_an_async_request_waits_for_room_while_the_event_loop_goes_on(
     finally:
         plog.stop()
     assert len(read_predictions(url)) == 200
+
+
+def test_binary_copy_names_a_column_type_it_cannot_write() -> None:
+    """PostgreSQL's binary COPY does not convert: the Arrow types sent must be the columns' own. A column the
+    ADBC driver reads as an opaque type (numeric, say) is named, never sent as bytes it would misread."""
+    import pyarrow as pa
+
+    from serving.prediction_log import _cast, _copy_schema
+
+    opaque = pa.opaque(pa.string(), "numeric", "PostgreSQL")
+    with pytest.raises(TypeError, match="'amount'"):
+        _copy_schema(pa.schema([("request_id", pa.string()), ("amount", opaque)]), ["request_id", "amount"])
+    schema = _copy_schema(pa.schema([("prediction", pa.int32()), ("x", pa.float64())]), ["prediction", "x"])
+    cast = _cast([pa.array([1, 0]), pa.array([1, 0], pa.int8())], schema)  # int64 and booleans as int8
+    assert [a.type for a in cast] == [pa.int32(), pa.float64()]
+    with pytest.raises(pa.ArrowInvalid):  # a fraction in an integer column is refused, not cut
+        _cast([pa.array([1.5]), pa.array([1.0])], schema)
