@@ -52,6 +52,15 @@ def engine_for(url: str, **kwargs: Any) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True, **kwargs)
 
 
+def libpq_url(url: str | sa.URL) -> str:
+    """A PostgreSQL URL as libpq reads it (the ADBC driver's connection string): no SQLAlchemy driver name,
+    and the 3 s connect timeout engine_for gives psycopg unless the URL sets its own."""
+    parsed = sa.make_url(normalise_url(url) if isinstance(url, str) else url).set(drivername="postgresql")
+    if "connect_timeout" not in parsed.query:
+        parsed = parsed.update_query_dict({"connect_timeout": "3"})
+    return parsed.render_as_string(hide_password=False)
+
+
 def safe_url(url: str) -> str:
     """The URL with any password masked, for messages and tags."""
     try:

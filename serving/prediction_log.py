@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from core.contract import DatasetContract, label_text
-from core.databases import engine_for
+from core.databases import engine_for, libpq_url
 from core.predictions import DEFAULT_ROLE, FEEDBACK, PREDICTIONS, TRAILING_DEFAULTS, LogSchema, ensure_tables
 from core.servers import process_alive
 from serving import metrics
@@ -471,15 +471,12 @@ class PredictionLog:
             raise
 
     def _adbc_connection(self) -> AdbcConnection:
-        """The writer's ADBC connection (opened on first use, with the engine's URL and a 3 s connect
-        timeout as engine_for gives psycopg), and the log's columns as it reads them."""
+        """The writer's ADBC connection (opened on first use, to the engine's database), and the log's columns
+        as it reads them."""
         if self._adbc is None:
             import adbc_driver_postgresql.dbapi
 
-            url = self._engine.url.set(drivername="postgresql")
-            if "connect_timeout" not in url.query:
-                url = url.update_query_dict({"connect_timeout": "3"})
-            conn = adbc_driver_postgresql.dbapi.connect(url.render_as_string(hide_password=False))
+            conn = adbc_driver_postgresql.dbapi.connect(libpq_url(self._engine.url))
             try:
                 self._adbc_schema = _copy_schema(conn.adbc_get_table_schema(PREDICTIONS), self._columns)
             except Exception:

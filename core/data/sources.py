@@ -42,7 +42,7 @@ import sqlalchemy as sa
 
 from core.contract import DatasetContract
 from core.data.rules import arrow_from_pandas, timestamps_of, to_timestamps
-from core.databases import engine_for, sqlite_path
+from core.databases import engine_for, libpq_url, sqlite_path
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -301,9 +301,8 @@ class SqlSource:
     def _read_adbc_postgresql(self, sql: str, bounds: dict[str, datetime]) -> Iterator[pa.RecordBatch]:
         import adbc_driver_postgresql.dbapi as adbc_pg
 
-        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         params = [bounds[k] for k in _bound_names(sql)]
-        with adbc_pg.connect(url) as conn, conn.cursor() as cur:
+        with adbc_pg.connect(libpq_url(self.engine.url)) as conn, conn.cursor() as cur:
             cur.execute(_positional(sql, "$"), params or None)
             yield from cur.fetch_record_batch()
 
