@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, create_model
 
 from core.contract import Column, DatasetContract
 from core.data.rules import ColumnRules, parse_timestamp
@@ -120,6 +120,15 @@ class ContractModels:
 def unknown_flag(column: str, value: Any) -> str:
     """How a prediction flags a category the model never saw (single records and batches alike)."""
     return f"{column}: unknown category {value!r}"
+
+
+def one_or_list(model: type[BaseModel]) -> Any:
+    """A request body of one `model` or a non-empty list of them (/predict, /feedback). The union's tags
+    ("record", "records") are the ones error messages leave out of a field's name (serving.errors)."""
+    return Annotated[
+        Annotated[model, Tag("record")] | Annotated[list[model], Field(min_length=1), Tag("records")],  # type: ignore[valid-type]
+        Discriminator(lambda v: "records" if isinstance(v, list) else "record"),
+    ]
 
 
 def build_models(contract: DatasetContract) -> ContractModels:

@@ -7,22 +7,16 @@ review queue's verdicts), and a request per label costs the service an HTTP roun
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
-from pydantic import Discriminator, Field, Tag
 
 from serving.deps import LogDep, PredictKey
 from serving.errors import ERROR_RESPONSES
-from serving.schemas import ContractModels, FeedbackListOut, FeedbackOut
+from serving.schemas import ContractModels, FeedbackListOut, FeedbackOut, one_or_list
 
 
 def feedback_router(models: ContractModels) -> APIRouter:
     """A function of the contract's models: the label's type (its classes, or a number) comes from the contract."""
     router = APIRouter(tags=["feedback"], dependencies=[PredictKey])
-    one: Any = models.feedback
-    body_type: Any = Annotated[
-        # The tags /predict's body uses, which error messages leave out of a field's name (serving.errors).
-        Annotated[one, Tag("record")] | Annotated[Annotated[list[one], Field(min_length=1)], Tag("records")],
-        Discriminator(lambda v: "records" if isinstance(v, list) else "record"),
-    ]
+    body_type: Any = one_or_list(models.feedback)
 
     @router.post(
         "/feedback",

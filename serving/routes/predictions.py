@@ -19,7 +19,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from fastapi import APIRouter, Body, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import Discriminator, Field, Tag
 
 from core.contract import label_text
 from core.inference.predictor import Prediction, columns_from_records
@@ -33,7 +32,7 @@ from serving.errors import ERROR_RESPONSES
 from serving.model_store import LoadedModel
 from serving.prediction_log import PredictionLog
 from serving.rollout import log_result, positive_index
-from serving.schemas import ContractModels, ErrorOut, PredictionOut, PredictOut
+from serving.schemas import ContractModels, ErrorOut, PredictionOut, PredictOut, one_or_list
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +77,7 @@ ExplainK = Annotated[int, Query(ge=0, le=50, description=EXPLAIN_DOC)]
 def predictions_router(models: ContractModels) -> APIRouter:
     """A function of the contract's models: the request body's type is generated from the contract."""
     router = APIRouter(tags=["predictions"], dependencies=[PredictKey])
-    record_type: Any = models.record
-    records_type: Any = Annotated[list[record_type], Field(min_length=1)]
-    body_type: Any = Annotated[
-        Annotated[record_type, Tag("record")] | Annotated[records_type, Tag("records")],
-        Discriminator(lambda v: "records" if isinstance(v, list) else "record"),
-    ]
+    body_type: Any = one_or_list(models.record)
 
     @router.post(
         "/predict", response_model=PredictOut, responses=ERROR_RESPONSES, summary="Predict one record or a list"
