@@ -28,6 +28,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from core import yaml_io
+
 ColumnType = Literal["float", "int", "bool", "category", "string", "datetime"]
 Task = Literal["binary", "multiclass", "regression"]
 TimeFeature = Literal["hour_of_day", "day_of_week", "month"]
@@ -294,7 +296,7 @@ def load_contract(path: str | Path) -> DatasetContract:
     """Read and check a contract; raise ContractError naming each fault."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml_io.safe_load(path.read_text())
     except FileNotFoundError as exc:
         raise ContractError(f"dataset contract not found: {path}") from exc
     except yaml.YAMLError as exc:

@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from core import yaml_io
 from core.contract import ContractError, DatasetContract, load_contract
 from core.modeling.catalogue import CATALOGUE, DEFAULT_METRIC, metric_names
 
@@ -396,7 +397,7 @@ class _YamlFiles(PydanticBaseSettingsSource):
         merged: dict[str, Any] = {}
         for path in self.files:
             try:
-                data = yaml.safe_load(path.read_text()) or {}
+                data = yaml_io.safe_load(path.read_text()) or {}
             except yaml.YAMLError as exc:
                 raise SettingsError(f"settings file {path} is not valid YAML: {exc}") from None
             if not isinstance(data, dict):
@@ -670,7 +671,7 @@ def _origin(loc: tuple[Any, ...]) -> str:
         return f"from {env}"
     for path in reversed(_config_files()):
         try:
-            node: Any = yaml.safe_load(path.read_text()) or {}
+            node: Any = yaml_io.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError):
             continue
         for part in loc:

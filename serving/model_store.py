@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
+from core import yaml_io
 from core.contract import DatasetContract
 from core.inference.predictor import Predictor, predictor_for
 from core.registry.artefact import load_pipeline, sklearn_flavor
@@ -140,7 +140,7 @@ class Registry:
         ]
         mlmodel = self._fetch(uri, "MLmodel")
         (dest / "MLmodel").write_bytes(mlmodel)
-        flavor = sklearn_flavor(yaml.safe_load(mlmodel))
+        flavor = sklearn_flavor(yaml_io.safe_load(mlmodel))
         (dest / flavor["pickled_model"]).write_bytes(self._fetch(uri, flavor["pickled_model"]))
         return dest
 

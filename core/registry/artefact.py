@@ -33,7 +33,7 @@ from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
+from core import yaml_io
 
 if TYPE_CHECKING:
     from core.contract import DatasetContract
@@ -211,7 +211,7 @@ def load_pipeline(model_dir: Path) -> tuple[Any, dict[str, Any]]:
     """
     import skops.io as sio
 
-    mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+    mlmodel = yaml_io.safe_load((model_dir / "MLmodel").read_text())
     flavor = sklearn_flavor(mlmodel)
     trusted = list(flavor.get("skops_trusted_types") or [])
     refused = [t for t in trusted if not str(t).startswith(TRUSTED_TYPE_PREFIXES)]
