@@ -212,11 +212,17 @@ def run_worker(spec: StudySpec, frame: pd.DataFrame, worker: int = 0) -> int:
     )
     if spec.n_trials is not None and len(study.trials) >= spec.n_trials:
         return 0  # joined after the budget was spent: optimize() would still run one more trial
-    callbacks = []
+    callbacks: list[Any] = []
     if spec.n_trials is not None:
         # Counts running trials too, so that parallel workers together stop at the budget.
         callbacks.append(optuna.study.MaxTrialsCallback(spec.n_trials, states=None))
-    before = len(study.trials)
+    ran = 0
+
+    def count(_study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal ran  # trials this worker finished: the study's own count includes the other workers'
+        ran += 1
+
+    callbacks.append(count)
     # One thread per worker: parallelism comes from workers, and OpenMP/BLAS threads competing for
     # the same cores made HistGradientBoosting several times slower on a busy machine.
     with threadpool_limits(limits=spec.threads_per_worker):
@@ -228,7 +234,7 @@ def run_worker(spec: StudySpec, frame: pd.DataFrame, worker: int = 0) -> int:
             catch=(ValueError, ArithmeticError),
             gc_after_trial=False,
         )
-    return len(study.trials) - before
+    return ran
 
 
 @dataclass(frozen=True)

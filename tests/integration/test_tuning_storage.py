@@ -48,3 +48,17 @@ def test_journal_file_storage_is_shared_by_workers(tmp_path: object) -> None:
     _run_two_workers(_spec(f"journal:{path}", "journal-study"))
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
     assert len(optuna.load_study(study_name="journal-study", storage=storage).trials) == 3
+
+
+def test_local_worker_processes_share_the_study_budget(tmp_path: object) -> None:
+    """`tuning.n_workers` local processes (forkserver children where the platform has it) join one study
+    and together stop at its budget."""
+    from pipelines.tune import run_workers, worker_context
+
+    spec = _spec(f"journal:{tmp_path}/study.journal", "local-processes")
+    spec = StudySpec(**{**spec.__dict__, "n_trials": 4})
+    study = create_study(spec)
+    ran = run_workers(spec, _frame(), 2, None)  # type: ignore[arg-type]
+    assert sum(ran) == 4 and len(ran) == 2
+    assert len(study.trials) == 4
+    assert worker_context().get_start_method() == "forkserver"
