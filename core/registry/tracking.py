@@ -97,11 +97,18 @@ def log_run_batch(
     tags: Mapping[str, Any] | None = None,
     step_metrics: Mapping[str, list[float]] | None = None,
     client: MlflowClient | None = None,
+    model_id: str | None = None,
 ) -> None:
-    """Params, metrics (NaN left out) and tags in one request; `step_metrics` become metric histories."""
+    """Params, metrics (NaN left out) and tags in one request; `step_metrics` become metric histories.
+    With `model_id`, `metrics` are also the metrics of that logged model (what the MLflow UI shows on the
+    model's page)."""
     client = client or MlflowClient()
     now = int(time.time() * 1000)
-    ms = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v is not None and math.isfinite(v)]
+    ms = [
+        Metric(k, float(v), now, 0, model_id=model_id)
+        for k, v in (metrics or {}).items()
+        if v is not None and math.isfinite(v)
+    ]
     for key, values in (step_metrics or {}).items():
         ms.extend(Metric(key, float(v), now, i) for i, v in enumerate(values) if math.isfinite(v))
     ps = [Param(k, str(v)[:_MAX_PARAM]) for k, v in (params or {}).items()]
@@ -216,13 +223,7 @@ def log_candidate(
         ) as run,
     ):
         run_id = run.info.run_id
-        log_run_batch(
-            run_id,
-            params=candidate.params,
-            metrics=metrics,
-            tags=tags,
-            step_metrics={f"cv_fold_{k}": v for k, v in candidate.cv.items()},
-        )
+        log_run_batch(run_id, params=candidate.params, tags=tags)
         log_dataset_inputs(data.info, data.location)
         mlflow.log_dict(config_snapshot(settings), "config/settings.json")
         Xt, yt = xy(data["test"], contract)
@@ -246,4 +247,13 @@ def log_candidate(
             )
             mlflow.log_artifacts(tmp, artifact_path="plots")
         model_uri = log_candidate_model(candidate, data, settings)
+        # After the model, linked to it in the same request: logged before it, MLflow's log_model links the
+        # run's metrics itself with one request per metric for their histories (~100 requests a candidate).
+        logged = mlflow.last_logged_model()
+        log_run_batch(
+            run_id,
+            metrics=metrics,
+            step_metrics={f"cv_fold_{k}": v for k, v in candidate.cv.items()},
+            model_id=logged.model_id if logged is not None else None,
+        )
     return LoggedCandidate(candidate, run_id, model_uri)

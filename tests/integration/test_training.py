@@ -67,6 +67,15 @@ def test_train_flow_records_registers_gates_and_is_reproducible(small_data: str,
         assert plots == {
             "confusion_matrix.png", "roc_curve.png", "pr_curve.png", "calibration.png", "permutation_importance.png"
         }  # fmt: skip
+        # Each model logged in the run (the refit too, for the chosen family) carries the run's metrics.
+        logged = mlflow.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{run.info.run_id}'",
+            output_format="list",
+        )
+        assert logged
+        for model in logged:
+            assert {"test_pr_auc", "cv_pr_auc", "threshold"} <= {m.key for m in model.metrics or []}, model.model_id
 
     # The best candidate is registered; the first model beat the trivial baseline and is champion.
     assert first.version == "1" and first.decision is not None
