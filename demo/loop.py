@@ -61,16 +61,17 @@ def wait_flow_run(prefect_api_url: str, flow_run_id: str, timeout_s: float, say:
     """Poll a flow run until it reaches a final state; returns the state type."""
     deadline = time.monotonic() + timeout_s
     last = ""
-    while time.monotonic() < deadline:
-        resp = httpx.get(f"{prefect_api_url}/flow_runs/{flow_run_id}", timeout=10)
-        resp.raise_for_status()
-        state = (resp.json().get("state") or {}).get("type", "")
-        if state != last:
-            say(f"  retraining flow run {flow_run_id[:8]}: {state}")
-            last = state
-        if state in FINAL_STATES:
-            return state
-        time.sleep(1.0)
+    with httpx.Client(timeout=10) as client:  # one client: each new one loads the CA bundle again (~25 ms)
+        while time.monotonic() < deadline:
+            resp = client.get(f"{prefect_api_url}/flow_runs/{flow_run_id}")
+            resp.raise_for_status()
+            state = (resp.json().get("state") or {}).get("type", "")
+            if state != last:
+                say(f"  retraining flow run {flow_run_id[:8]}: {state}")
+                last = state
+            if state in FINAL_STATES:
+                return state
+            time.sleep(1.0)
     raise TimeoutError(f"flow run {flow_run_id} not finished after {timeout_s:.0f}s (last state {last})")
 
 
