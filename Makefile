@@ -2,6 +2,9 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Evidently and MLflow report usage to their vendors unless told not to.
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
 # Prefect's profile and its temporary server's database stay inside the project's state directory.
 export PREFECT_HOME ?= $(CURDIR)/.state/prefect-home
 $(shell mkdir -p $(PREFECT_HOME))

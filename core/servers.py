@@ -128,11 +128,17 @@ def _group_running(pgid: int) -> bool:
     return False
 
 
+# Every server and flow run this project starts has usage reporting off, unless the user's environment says
+# otherwise: Evidently's UI and MLflow send usage events to their vendors' endpoints by default (seen here:
+# `evidently ui` posting each project listing), as Prefect would without PREFECT_SERVER_ANALYTICS_ENABLED.
+NO_USAGE_REPORTING = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
 def spawn(
     name: str, cmd: Sequence[str], log: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, **(env or {})}
+    full_env = {**NO_USAGE_REPORTING, **os.environ, **(env or {})}
     with log.open("ab") as fh:
         return subprocess.Popen(
             list(cmd), stdout=fh, stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True

@@ -28,11 +28,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from core.servers import NO_USAGE_REPORTING
 from core.settings import PROJECT_ROOT, Settings, SettingsError, get_settings
 
 # Prefect reads its settings at import: set them before any flow module is imported. Offline, its
 # telemetry only logs errors.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.update({k: v for k, v in NO_USAGE_REPORTING.items() if k not in os.environ})
 # Without PREFECT_API_URL a flow run starts a temporary Prefect server; on a busy machine it can take
 # longer than Prefect's default 20 s to come up (seen on a 2-core machine under load).
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

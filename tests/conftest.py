@@ -27,9 +27,11 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from core.servers import Server, free_port, stop_in_phases
+from core.servers import NO_USAGE_REPORTING, Server, free_port, stop_in_phases
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+for _key, _value in NO_USAGE_REPORTING.items():  # Evidently's and MLflow's usage reporting (core.servers)
+    os.environ.setdefault(_key, _value)
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 # Each xdist worker gets its share of the cores for OpenMP and BLAS threads (scikit-learn's gradient

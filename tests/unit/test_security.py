@@ -57,6 +57,33 @@ def test_mlflow_and_prefect_servers_bind_loopback(monkeypatch: pytest.MonkeyPatc
         assert cmd[cmd.index("--host") + 1] == "127.0.0.1", cmd
 
 
+def test_servers_and_deployments_switch_vendor_usage_reporting_off(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Evidently's UI and MLflow send usage events to their vendors unless DO_NOT_TRACK /
+    MLFLOW_DISABLE_TELEMETRY say not to: every process core.servers starts has them, a user's own value wins,
+    and the Makefile, compose and Kubernetes environments set them as they set Prefect's analytics off."""
+    from core.servers import NO_USAGE_REPORTING, spawn
+
+    for key in NO_USAGE_REPORTING:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "false")  # the user's choice
+    out = tmp_path / "env.log"
+    spawn("env", ["env"], out).wait(timeout=30)
+    env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+    assert env["DO_NOT_TRACK"] == "true" and env["MLFLOW_DISABLE_TELEMETRY"] == "false"
+
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+    configmap = yaml.safe_load((PROJECT_ROOT / "deploy" / "k8s" / "base" / "configmap.yaml").read_text())
+    app_env = next(
+        s["environment"] for s in compose["services"].values() if "MLOPS_PROJECT_ROOT" in s.get("environment", {})
+    )
+    for key, value in NO_USAGE_REPORTING.items():
+        assert f"export {key} := {value}" in makefile, key
+        assert app_env[key] == value and configmap["data"][key] == value, key
+
+
 # ---- the admin key --------------------------------------------------------------------------------
 def _routes(routes: list[Any]) -> list[Any]:
     """Flattened: FastAPI 0.150 keeps included routers as one entry holding the original router."""
