@@ -156,9 +156,16 @@ def test_dataset_runs_the_loop_with_configs_only(ds: MatrixDataset, tmp_path: Pa
             labels = frame.loc[rows.index, ds.target].tolist()
             served = client.post("/predict", json=_records(rows))
             assert served.status_code == 200, served.text
-            for pred, label in zip(served.json()["predictions"], labels, strict=True):
-                sent = client.post("/feedback", json={"request_id": pred["request_id"], "label": _plain(label)})
-                assert sent.status_code == 202, sent.text
+            predictions = served.json()["predictions"]
+            assert len(predictions) == len(labels)
+            # The labels in one list, as a review queue's verdicts arrive; the first also alone.
+            items = [
+                {"request_id": p["request_id"], "label": _plain(y)} for p, y in zip(predictions, labels, strict=True)
+            ]
+            sent = client.post("/feedback", json=items[0])
+            assert sent.status_code == 202, sent.text
+            sent = client.post("/feedback", json=items[1:])
+            assert sent.status_code == 202 and sent.json() == {"accepted": len(items) - 1}, sent.text
             client.app.state.prediction_log.flush()
 
         record = monitor(trigger=False)
