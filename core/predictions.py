@@ -267,9 +267,11 @@ def read_predictions(
     *,
     newest: bool = False,
     roles: tuple[str, ...] | None = SERVED_ROLES,
+    until: datetime | None = None,
 ) -> pd.DataFrame:
-    """Logged predictions, oldest first; `since` filters on the prediction timestamp (UTC). By default the
-    rows clients were answered with (champion and canary); ``roles=None`` adds the shadow rows.
+    """Logged predictions, oldest first; `since` filters on the prediction timestamp (UTC), `until` too
+    (inclusive both). By default the rows clients were answered with (champion and canary); ``roles=None``
+    adds the shadow rows.
 
     `limit` keeps the oldest rows, or with `newest=True` the newest ones (still returned oldest first):
     the database does the cut, so a monitoring window never reads the whole log.
@@ -283,11 +285,38 @@ def read_predictions(
         query = query.order_by(table.c.timestamp.desc() if newest else table.c.timestamp)
         if since is not None:
             query = query.where(table.c.timestamp >= since)
+        if until is not None:
+            query = query.where(table.c.timestamp <= until)
         if limit is not None:
             query = query.limit(limit)
         with engine.connect() as conn:
             frame = _with_source(pd.read_sql(query, conn))
         return frame.iloc[::-1].reset_index(drop=True) if newest else frame
+    finally:
+        engine.dispose()
+
+
+def read_prediction_times(
+    url: str,
+    since: datetime | None = None,
+    limit: int | None = None,
+    *,
+    roles: tuple[str, ...] | None = SERVED_ROLES,
+) -> list[datetime]:
+    """The timestamps of the rows ``read_predictions(url, since, limit, newest=True, roles=roles)`` returns,
+    oldest first, and nothing else: a window's bounds, to read it in slices."""
+    engine = engine_for(url)
+    try:
+        if not sa.inspect(engine).has_table(PREDICTIONS):
+            return []
+        table = sa.Table(PREDICTIONS, sa.MetaData(), autoload_with=engine)
+        query = _only(table, sa.select(table.c.timestamp), roles).order_by(table.c.timestamp.desc())
+        if since is not None:
+            query = query.where(table.c.timestamp >= since)
+        if limit is not None:
+            query = query.limit(limit)
+        with engine.connect() as conn:
+            return [row[0] for row in conn.execute(query)][::-1]
     finally:
         engine.dispose()
 

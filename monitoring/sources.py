@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.contract import DatasetContract
 from core.predictions import LogSchema
 from core.settings import Settings
 from monitoring.drift import LABEL_COLUMN
@@ -53,13 +54,19 @@ def read_window(
         feedback = read_feedback(settings.prediction_log_url, since=None if first is None else first.to_pydatetime())
     except Exception as exc:  # a database error of any driver: report it as one clear failure
         raise SourceError(f"could not read the prediction log at {settings.prediction_log_url}: {exc}") from exc
+    return _served_rows(window, feedback, settings.contract)
+
+
+def _served_rows(window: pd.DataFrame, feedback: pd.DataFrame, contract: DatasetContract) -> pd.DataFrame:
+    """Logged rows as monitoring reads them: the inputs under the contract's names, the model's output,
+    and ``label``, the latest feedback label of each request_id (NaN where none has arrived)."""
     if window.empty:
         return window
     labels = None
     if not feedback.empty:
         # read_feedback orders by received_at: the last label per request wins.
         labels = feedback.drop_duplicates("request_id", keep="last").set_index("request_id")["label"]
-    schema = LogSchema(settings.contract)
+    schema = LogSchema(contract)
     # The inputs under the contract's names, then the model's output and the label (settings refuse an
     # input column named like one of these).
     out = schema.inputs(window).copy()
@@ -71,6 +78,61 @@ def read_window(
             out[column] = window[column]
     out[LABEL_COLUMN] = window["request_id"].map(labels) if labels is not None else np.nan
     return out
+
+
+@dataclass(frozen=True)
+class LogSlice:
+    """One partition of a window: the logged rows with ``first <= timestamp <= last``, as `read_window`
+    returns them. Called where it runs (a Dask worker reads the log itself), so the log's URL must be
+    reachable from there."""
+
+    url: str
+    contract: DatasetContract
+    first: datetime
+    last: datetime
+    rows: int  # as counted when the window was cut
+
+    def __call__(self) -> pd.DataFrame:
+        from core.predictions import read_feedback, read_predictions
+
+        window = read_predictions(self.url, since=self.first, until=self.last)
+        # Labels arrive after their prediction: those received since the slice's first row are all it needs.
+        return _served_rows(window, read_feedback(self.url, since=self.first), self.contract)
+
+
+def window_slices(
+    settings: Settings,
+    *,
+    window_rows: int | None,
+    window_hours: float | None,
+    rows_per_slice: int,
+    now: datetime | None = None,
+) -> list[LogSlice]:
+    """The window `read_window` reads, cut into slices of about ``rows_per_slice`` rows by timestamp, for
+    a reader that never holds the whole window. Only the window's timestamps are read here.
+
+    A cut never falls between rows of the same timestamp, so no row is in two slices; a slice holds every
+    row of its timestamps, which can add rows to the oldest slice when several rows share the window's
+    oldest timestamp and `window_rows` cut between them.
+    """
+    from core.predictions import read_prediction_times
+
+    since = None if window_hours is None else (now or datetime.now(UTC)) - timedelta(hours=window_hours)
+    try:
+        times = read_prediction_times(settings.prediction_log_url, since=since, limit=window_rows)
+    except Exception as exc:  # a database error of any driver: report it as one clear failure
+        raise SourceError(f"could not read the prediction log at {settings.prediction_log_url}: {exc}") from exc
+    slices: list[LogSlice] = []
+    start = 0
+    while start < len(times):
+        end = min(start + rows_per_slice, len(times))
+        while end < len(times) and times[end] == times[end - 1]:
+            end += 1
+        slices.append(
+            LogSlice(settings.prediction_log_url, settings.contract, times[start], times[end - 1], end - start)
+        )
+        start = end
+    return slices
 
 
 # ---- the reference -----------------------------------------------------------------------------------
