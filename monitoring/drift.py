@@ -30,6 +30,7 @@ pay that (serving/ruff.toml bans it there).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -152,7 +153,8 @@ def data_definition(contract: DatasetContract, frame_columns: list[str] | None =
 
 def drift_frame(frame: pd.DataFrame, contract: DatasetContract) -> pd.DataFrame:
     """The contract's feature columns with their declared dtypes, plus any prediction columns."""
-    out = to_model_input(frame, contract)[contract.feature_columns]
+    # A shallow copy: columns are added below, never written through to the caller's frame (nor warned about).
+    out = to_model_input(frame, contract)[contract.feature_columns].copy(deep=False)
     for col in PREDICTION_COLUMNS:
         if col in frame:
             out[col] = frame[col]
@@ -217,9 +219,7 @@ def performance(window: pd.DataFrame, contract: DatasetContract) -> Performance 
     columns for multiclass); metrics that read labels use the labels the service answered with (its
     threshold, not a new one). Binary also reports precision and recall of the positive class.
     """
-    if LABEL_COLUMN not in window or "prediction" not in window:
-        return None
-    rows = window[window[LABEL_COLUMN].notna() & window["prediction"].notna()]
+    rows = rows_with_labels(window)
     if rows.empty:
         return None
     task = contract.task
@@ -260,9 +260,7 @@ def run_performance_report(window: pd.DataFrame, contract: DatasetContract) -> S
     from evidently import Regression as RegressionTask
     from evidently.presets import ClassificationPreset, RegressionPreset
 
-    if LABEL_COLUMN not in window or "prediction" not in window:
-        return None
-    rows = window[window[LABEL_COLUMN].notna() & window["prediction"].notna()]
+    rows = rows_with_labels(window)
     if rows.empty:
         return None
     frame = pd.DataFrame(index=rows.index)
@@ -299,13 +297,20 @@ def run_performance_report(window: pd.DataFrame, contract: DatasetContract) -> S
 
 # ---- the drift report ------------------------------------------------------------------------------------
 def run_drift_report(
-    reference: pd.DataFrame, current: pd.DataFrame, definition: DataDefinition, *, drift_share: float = 0.5
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    definition: DataDefinition,
+    *,
+    drift_share: float = 0.5,
+    methods: dict[str, str] | None = None,
 ) -> Snapshot:
-    """``Report([DataDriftPreset()])`` with per-column tests, so each column's verdict can be read back."""
+    """``Report([DataDriftPreset()])`` with per-column tests, so each column's verdict can be read back.
+    ``methods``: a registered stat test per column, instead of the one Evidently picks."""
     from evidently import Dataset, Report  # slow import, see the module docstring
     from evidently.presets import DataDriftPreset
 
-    report = Report([DataDriftPreset(drift_share=drift_share)], include_tests=True)
+    preset = DataDriftPreset(drift_share=drift_share, per_column_method=dict(methods) if methods else None)
+    report = Report([preset], include_tests=True)
     return report.run(
         current_data=Dataset.from_pandas(current, data_definition=definition),
         reference_data=Dataset.from_pandas(reference, data_definition=definition),
@@ -376,29 +381,90 @@ def compute_drift(
         raise
     except Exception as exc:  # Evidently raises many types; the caller needs one clear failure
         raise DriftError(f"the Evidently drift report failed: {type(exc).__name__}: {exc}") from exc
-    perf = performance(window, contract)
+    return drift_result(
+        verdicts,
+        shared,
+        contract,
+        rows=(len(reference), len(window)),
+        sample_rows=(len(ref), len(cur)),
+        drift_share=drift_share,
+        quality=data_quality(window, contract),
+        labelled=window,
+        snapshot=snapshot,
+    )
+
+
+def drift_result(
+    verdicts: dict[str, ColumnDrift],
+    prediction_columns: list[str],
+    contract: DatasetContract,
+    *,
+    rows: tuple[int, int],
+    sample_rows: tuple[int, int],
+    drift_share: float,
+    quality: DataQuality,
+    labelled: pd.DataFrame,
+    snapshot: Snapshot,
+) -> DriftResult:
+    """The result from per-column verdicts, however they were computed (here on samples, or from merged
+    per-partition statistics: monitoring/merged_drift.py): the share of drifted feature columns, the
+    dataset's verdict, and performance on the rows of `labelled` that have a label (any other row is
+    ignored, so the whole window and its labelled rows alone give the same)."""
+    perf = performance(labelled, contract)
     perf_snapshot, notes = None, []
     if perf is not None:
         try:
-            perf_snapshot = run_performance_report(window, contract)
+            perf_snapshot = run_performance_report(labelled, contract)
         except Exception as exc:  # the metrics above stand without Evidently's view of them
             notes.append(f"performance report not built: {type(exc).__name__}: {exc}")
     features = {c: verdicts[c] for c in contract.feature_columns if c in verdicts}
     share = sum(d.drifted for d in features.values()) / len(features) if features else 0.0
     return DriftResult(
-        reference_rows=len(reference),
-        window_rows=len(window),
-        reference_sample_rows=len(ref),
-        window_sample_rows=len(cur),
+        reference_rows=rows[0],
+        window_rows=rows[1],
+        reference_sample_rows=sample_rows[0],
+        window_sample_rows=sample_rows[1],
         drift_share=share,
         dataset_drift=share >= drift_share,
         columns=features,
-        prediction={c: verdicts[c] for c in shared if c in verdicts},
-        quality=data_quality(window, contract),
+        prediction={c: verdicts[c] for c in prediction_columns if c in verdicts},
+        quality=quality,
         performance=perf,
         snapshot=snapshot,
         performance_snapshot=perf_snapshot,
         notes=notes,
+    )
+
+
+def rows_with_labels(window: pd.DataFrame) -> pd.DataFrame:
+    """The rows performance reads: those with a feedback label and a logged prediction."""
+    if LABEL_COLUMN not in window or "prediction" not in window:
+        return window.iloc[:0]
+    return window[window[LABEL_COLUMN].notna() & window["prediction"].notna()]
+
+
+def merge_quality(parts: list[DataQuality]) -> DataQuality:
+    """Data quality of several partitions as one: counts add up; the new categories listed are the first
+    ones in sorted order, as `data_quality` lists them for the whole."""
+
+    def add(key: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for part in parts:
+            for column, n in getattr(part, key).items():
+                out[column] = out.get(column, 0) + n
+        return out
+
+    new: dict[str, set[str]] = {}
+    for part in parts:
+        for column, values in part.new_categories.items():
+            new.setdefault(column, set()).update(values)
+    return DataQuality(
+        rows=sum(p.rows for p in parts),
+        missing=add("missing"),
+        unexpected_missing=add("unexpected_missing"),
+        new_category_rows=add("new_category_rows"),
+        new_categories={c: sorted(v)[:_MAX_LISTED_CATEGORIES] for c, v in new.items()},
+        out_of_range=add("out_of_range"),
     )
 
 
@@ -415,12 +481,18 @@ def metrics_for_logging(result: DriftResult) -> dict[str, float]:
         "prediction_drift": float(result.prediction_drift),
     }
     for name, d in {**result.columns, **result.prediction}.items():
-        out[f"drift_score_{name}"] = d.score
+        out[f"drift_score_{metric_key(name)}"] = d.score
     if result.performance is not None:
         out["labelled_rows"] = float(result.performance.labelled_rows)
         for name, value in result.performance.metrics.items():
             out[f"perf_{name}"] = value
     return out
+
+
+def metric_key(column: str) -> str:
+    """A column's name as an MLflow metric name holds it: characters MLflow refuses (parentheses, €, ...)
+    become ``_``; a name MLflow takes stays as it is."""
+    return re.sub(r"[^\w.\- /]", "_", column)
 
 
 def summary(result: DriftResult) -> dict[str, Any]:

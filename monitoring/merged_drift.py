@@ -30,14 +30,32 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import cache, partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from core.contract import DatasetContract
-from monitoring.drift import ColumnDrift, DriftError, column_mapping, drift_frame
+from monitoring.drift import (
+    PREDICTION_COLUMNS,
+    ColumnDrift,
+    DataQuality,
+    DriftError,
+    DriftResult,
+    column_mapping,
+    column_verdicts,
+    data_definition,
+    data_quality,
+    drift_frame,
+    drift_result,
+    merge_quality,
+    rows_with_labels,
+    run_drift_report,
+    sample_rows,
+)
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -221,7 +239,7 @@ def partial_histograms(
     return partition_histograms(read(), contract, ranges)
 
 
-def _run(client: Client | None, fn: Callable[..., Any], parts: Sequence[Partition], **kwargs: Any) -> list[Any]:
+def _run(client: Client | None, fn: Callable[..., Any], parts: Sequence[Any], **kwargs: Any) -> list[Any]:
     """`fn(part, **kwargs)` for every part, in order: here, or one task per part on the cluster."""
     if client is None:
         return [fn(part, **kwargs) for part in parts]
@@ -282,3 +300,117 @@ def _wasserstein(ref: ColumnStats, bins: tuple[float, float], ref_hist: np.ndarr
     centres = edges[:-1] + np.diff(edges) / 2
     norm = max(float(np.sqrt(ref.m2 / ref.n)), 0.001)
     return float(wasserstein_distance(centres, centres, ref_hist, cur_hist) / norm)
+
+
+# ---- the monitoring flow's drift, from partitions -------------------------------------------------------
+def compute_drift_merged(
+    reference: pd.DataFrame,
+    window: Sequence[Partition],
+    contract: DatasetContract,
+    *,
+    client: Client | None = None,
+    reference_sample_rows: int = 50_000,
+    window_sample_rows: int = 50_000,
+    partition_rows: int = 100_000,
+    drift_share: float = 0.5,
+    seed: int = 42,
+) -> DriftResult:
+    """`compute_drift`'s result, with the window read partition by partition (on the cluster with a
+    `client`) and never held whole here.
+
+    * Verdicts: `merged_drift` over every window row and the seeded reference sample `compute_drift` takes
+      (cut into parts of `partition_rows`). A column it does not test (1,000 reference values or fewer) is
+      judged by Evidently on the samples below, as `compute_drift` judges it.
+    * Data quality: per partition, added up (`merge_quality`); performance: on the labelled rows, which
+      each partition hands back.
+    * The Evidently report (HTML, workspace) is run on the reference sample and a seeded sample of about
+      `window_sample_rows` window rows drawn per partition, for its plots; its drift scores and verdicts are
+      the merged ones (a stat test per column that returns them), so the report, the MLflow metrics and the
+      decision agree.
+    """
+    absent = [c for c in contract.feature_columns if c not in reference]
+    if absent:
+        raise DriftError(f"the reference lacks the contract's feature columns {absent}")
+    ref = sample_rows(reference, reference_sample_rows, seed)
+    ref_parts = [partial(ref.iloc[i : i + partition_rows].copy) for i in range(0, len(ref), partition_rows)]
+    merged = merged_drift(ref_parts, window, contract, client=client)
+    fraction = min(1.0, window_sample_rows / merged.window_rows) if merged.window_rows else 1.0
+    parts = _run(client, window_summary, list(enumerate(window)), contract=contract, fraction=fraction, seed=seed)
+    cur = pd.concat([sample for _, _, sample in parts], ignore_index=True)
+    shared = [c for c in PREDICTION_COLUMNS if c in ref and c in cur]
+    mapping = column_mapping(contract, shared)
+    tested = {c: d for c, d in merged.columns.items() if c in contract.feature_columns or c in shared}
+    ref_frame = drift_frame(ref[[*contract.feature_columns, *shared]], contract)
+    cur_frame = drift_frame(cur[[*contract.feature_columns, *shared]], contract)
+    token = _MERGED.set(tested)
+    try:
+        methods = {c: _stattest_name(d) for c, d in tested.items()}
+        snapshot = run_drift_report(
+            ref_frame, cur_frame, data_definition(contract, shared), drift_share=drift_share, methods=methods
+        )
+        verdicts = {**column_verdicts(snapshot, mapping["numerical"]), **tested}
+    except DriftError:
+        raise
+    except Exception as exc:  # Evidently raises many types; the caller needs one clear failure
+        raise DriftError(f"the Evidently drift report failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        _MERGED.reset(token)
+    labelled = [rows for _, rows, _ in parts if len(rows)]
+    return drift_result(
+        verdicts,
+        shared,
+        contract,
+        rows=(len(reference), merged.window_rows),
+        sample_rows=(len(ref), merged.window_rows),  # the tests read every window row
+        drift_share=drift_share,
+        quality=merge_quality([quality for quality, _, _ in parts]),
+        labelled=pd.concat(labelled) if labelled else cur.iloc[:0],
+        snapshot=snapshot,
+    )
+
+
+def window_summary(
+    item: tuple[int, Partition], contract: DatasetContract, fraction: float, seed: int
+) -> tuple[DataQuality, pd.DataFrame, pd.DataFrame]:
+    """One window partition's data quality, its labelled rows, and a seeded sample of `fraction` of it."""
+    index, read = item
+    frame = read()
+    sample = sample_rows(frame, round(len(frame) * fraction), seed + 1 + index)
+    return data_quality(frame, contract), rows_with_labels(frame), sample
+
+
+# The merged verdicts of the report being run: its stat tests read them (Evidently calls a stat test with the
+# two columns only). A context variable, so that concurrent runs in one process keep theirs apart.
+_MERGED: ContextVar[dict[str, ColumnDrift]] = ContextVar("merged_drift_verdicts")
+
+
+def _merged_verdict(
+    reference: pd.Series, current: pd.Series, feature_type: Any, threshold: float
+) -> tuple[float, bool]:
+    verdict = _MERGED.get()[str(reference.name)]
+    return verdict.score, verdict.drifted
+
+
+@cache
+def _stattests() -> dict[str, str]:
+    """Evidently's test display name -> the name of a stat test that reports the merged verdict under it."""
+    from evidently.legacy.calculations.stattests import jensenshannon_stat_test, wasserstein_stat_test
+    from evidently.legacy.calculations.stattests.registry import StatTest, register_stattest
+    from evidently.legacy.core import ColumnType
+
+    names = {}
+    for test in (wasserstein_stat_test, jensenshannon_stat_test):
+        name = f"merged_{test.name}"
+        merged = StatTest(
+            name=name,
+            display_name=f"{test.display_name}, merged over partitions",
+            allowed_feature_types=[ColumnType.Numerical, ColumnType.Categorical],
+            default_threshold=test.default_threshold,
+        )
+        register_stattest(merged, default_impl=_merged_verdict)
+        names[test.display_name] = name
+    return names
+
+
+def _stattest_name(verdict: ColumnDrift) -> str:
+    return _stattests()[verdict.test]

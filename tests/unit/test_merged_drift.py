@@ -72,3 +72,24 @@ def test_a_partition_without_a_contract_column_is_a_clear_error() -> None:
     window = flats(3_000, 2).drop(columns=["district"])
     with pytest.raises(DriftError, match=r"lacks the contract's feature columns \['district'\]"):
         merged_drift(parts(flats(3_000, 1), 1_500), parts(window, 1_500), CONTRACT)
+
+
+def test_the_flows_result_from_partitions_is_the_local_one() -> None:
+    """compute_drift_merged (the monitor flow's path with dask.address) against compute_drift on the same rows:
+    the same verdicts, data quality, dataset verdict; the report carries the merged scores."""
+    from monitoring.drift import column_verdicts, data_quality, merge_quality
+    from monitoring.merged_drift import compute_drift_merged
+
+    reference, window = flats(6_000, 1), flats(4_000, 2, shift=0.4)
+    window.loc[window.index[::97], "district"] = "harbour"  # a category the contract does not list
+    local = compute_drift(reference, window, CONTRACT, drift_share=0.3)
+    merged = compute_drift_merged(reference, parts(window, 900), CONTRACT, partition_rows=2_500, drift_share=0.3)
+    assert (merged.drift_share, merged.dataset_drift) == (local.drift_share, local.dataset_drift)
+    assert {c: d.drifted for c, d in merged.columns.items()} == {c: d.drifted for c, d in local.columns.items()}
+    assert {c: d.test for c, d in merged.prediction.items()} == {c: d.test for c, d in local.prediction.items()}
+    assert merged.quality == local.quality == merge_quality([data_quality(window, CONTRACT)])
+    assert merged.quality.new_categories == {"district": ["harbour"]}
+    reported = column_verdicts(merged.snapshot, ["floor area m²", "rooms", "year built", "prediction"])
+    assert {c: (d.score, d.drifted) for c, d in reported.items()} == {
+        c: (d.score, d.drifted) for c, d in {**merged.columns, **merged.prediction}.items()
+    }
