@@ -215,8 +215,9 @@ class ScoringSettings(Section):
 class DaskSettings(Section):
     """A Dask cluster for the work that runs partition by partition (docs/scaling.md)."""
 
-    # A scheduler address (tcp://host:8786). Set: batch scoring sends one task per raw partition and
-    # tuning runs its trials on the cluster's workers. Unset: everything runs locally.
+    # A scheduler address (tcp://host:8786). Set: batch scoring sends one task per raw partition, tuning
+    # runs its trials on the cluster's workers and the monitor flow's drift statistics are computed per
+    # window slice there (monitoring.partition_rows). Unset: everything runs locally.
     address: str | None = None
 
 
@@ -336,6 +337,9 @@ class MonitoringSettings(Section):
     # tests (normalised Wasserstein, Jensen-Shannon), whose estimates settle at these sizes: docs/monitoring.md.
     reference_sample_rows: int = Field(50_000, gt=1_000)
     window_sample_rows: int = Field(50_000, gt=0)
+    # With dask.address set, drift runs on the cluster from per-partition statistics over every window row
+    # (monitoring/merged_drift.py): the window is read in slices of about this many rows, one task each.
+    partition_rows: int = Field(100_000, gt=0)
     # Retraining policy: weighted share of drifted feature columns (weight 1 unless listed, 0 ignores one).
     drift_share_threshold: float = Field(0.3, gt=0.0, le=1.0)
     column_weights: dict[str, float] = Field(default_factory=dict)

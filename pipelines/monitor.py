@@ -7,6 +7,10 @@ Every run ends in one decision record (``<data_dir>/monitoring/decisions.jsonl``
 ``<experiment>-monitoring``, including runs that could not compare anything: too little data, no
 reference, an unreadable log or a failed report each get a ``status`` and a message, and never trigger.
 
+With ``dask.address`` set, the window is read slice by slice on that cluster's workers and drift comes from
+per-partition statistics merged (``monitoring.merged_drift.compute_drift_merged``); the record, the report and
+the MLflow run have the same shape as locally.
+
 Run once: ``python -m pipelines.monitor [--window-rows N] [--window-hours H] [--no-trigger]``; on the
 schedule in ``monitoring.schedule_cron``: add ``--serve`` (or deploy it with ``prefect.yaml``).
 """
@@ -30,17 +34,20 @@ from core.notify import notify
 from core.settings import Settings, get_settings
 from monitoring import decisions
 from monitoring.drift import DriftError, DriftResult, compute_drift, sample_rows
+from monitoring.merged_drift import compute_drift_merged
 from monitoring.metrics import push_decision
 from monitoring.policy import Decision, Evidence, RetrainPolicy, decide
 from monitoring.reports import add_to_workspace, decision_tags, log_to_mlflow, report_dir, save_report
 from monitoring.sources import (
     Champion,
+    LogSlice,
     ReferenceMissingError,
     SourceError,
     load_champion,
     load_reference,
     read_window,
     reference_predictions,
+    window_slices,
 )
 from pipelines import events
 
@@ -85,13 +92,23 @@ def run_monitoring(
         "triggered": False,
     }
 
+    # With a Dask cluster the window is never read whole here: its slices are read where they are summarised.
+    window: pd.DataFrame | list[LogSlice]
+    base["drift_executor"] = f"dask {settings.dask.address}" if settings.dask.address else "local"
     try:
-        window = read_window(settings, window_rows=window_rows, window_hours=window_hours, now=now)
+        if settings.dask.address:
+            window = window_slices(
+                settings, window_rows=window_rows, window_hours=window_hours, rows_per_slice=cfg.partition_rows, now=now
+            )
+            served = sum(part.rows for part in window)
+        else:
+            window = read_window(settings, window_rows=window_rows, window_hours=window_hours, now=now)
+            served = len(window)
     except SourceError as exc:
         return _finish(settings, "log_unreadable", base, message=str(exc))
-    base["window_rows"] = len(window)
-    if len(window) < policy.min_window_rows:
-        message = f"too little data: {len(window)} window rows < min_window_rows {policy.min_window_rows}"
+    base["window_rows"] = served
+    if served < policy.min_window_rows:
+        message = f"too little data: {served} window rows < min_window_rows {policy.min_window_rows}"
         return _finish(settings, "too_little_data", base, message=message)
 
     try:
@@ -113,15 +130,18 @@ def run_monitoring(
         base["champion_version"] = champion.version
 
     try:
-        result = compute_drift(
-            reference,
-            window,
-            settings.contract,
-            reference_sample_rows=cfg.reference_sample_rows,
-            window_sample_rows=cfg.window_sample_rows,
-            drift_share=cfg.drift_share_threshold,
-            seed=settings.seed,
-        )
+        if isinstance(window, list):
+            result = _drift_on_dask(settings, reference, window)
+        else:
+            result = compute_drift(
+                reference,
+                window,
+                settings.contract,
+                reference_sample_rows=cfg.reference_sample_rows,
+                window_sample_rows=cfg.window_sample_rows,
+                drift_share=cfg.drift_share_threshold,
+                seed=settings.seed,
+            )
     except DriftError as exc:
         return _finish(settings, "report_failed", base, message=str(exc), notes=notes)
 
@@ -137,7 +157,7 @@ def run_monitoring(
         notes.append(f"evidently workspace not updated: {exc}")
 
     evidence = Evidence(
-        window_rows=len(window),
+        window_rows=served,
         column_drift={c: d.drifted for c, d in result.columns.items()},
         prediction_drift=result.prediction_drift,
         labelled_rows=result.performance.labelled_rows if result.performance else 0,
@@ -166,6 +186,30 @@ def run_monitoring(
             settings,
         )
     return _finish(settings, "ok", base, result=result, html=html, notes=notes)
+
+
+def _drift_on_dask(settings: Settings, reference: pd.DataFrame, window: list[LogSlice]) -> DriftResult:
+    """The drift result from per-partition statistics, one task per window slice on the cluster at
+    `dask.address` (monitoring/merged_drift.py); the workers read the prediction log themselves."""
+    from distributed import Client
+
+    cfg = settings.monitoring
+    try:
+        client = Client(settings.dask.address, timeout=30)
+    except Exception as exc:  # OSError, TimeoutError: nothing was computed
+        raise DriftError(f"cannot reach the Dask scheduler at dask.address={settings.dask.address}: {exc}") from exc
+    with client:
+        return compute_drift_merged(
+            reference,
+            window,
+            settings.contract,
+            client=client,
+            reference_sample_rows=cfg.reference_sample_rows,
+            window_sample_rows=cfg.window_sample_rows,
+            partition_rows=cfg.partition_rows,
+            drift_share=cfg.drift_share_threshold,
+            seed=settings.seed,
+        )
 
 
 def _champion(settings: Settings) -> tuple[Champion | None, list[str]]:
