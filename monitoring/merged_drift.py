@@ -65,6 +65,7 @@ HISTOGRAM_BINS = 1000  # evidently.legacy.spark.calculations.stattests.wasserste
 MIN_ROWS = 1000  # Evidently uses these distances only above this many reference rows
 
 Partition = Callable[[], pd.DataFrame]  # reads one partition's rows (on whichever process runs it)
+WindowExtra = Callable[[pd.DataFrame, int, int], Any]  # (a window partition's rows, its index, window rows)
 
 
 @dataclass
@@ -162,6 +163,7 @@ class MergedDrift:
     window_rows: int
     partitions: tuple[int, int]  # (reference, window)
     skipped: dict[str, str]  # column -> why it was not tested here
+    extras: list[Any] = field(default_factory=list)  # window_extra's result per window partition, in order
 
 
 def merged_drift(
@@ -170,12 +172,14 @@ def merged_drift(
     contract: DatasetContract,
     *,
     client: Client | None = None,
+    window_extra: WindowExtra | None = None,
 ) -> MergedDrift:
     """Drift of `window` against `reference`, each a list of partition readers, over every row.
 
     With a Dask `client`, each partition is read and summarised by a task on the cluster (two passes);
     without, one after the other here. Both give the same verdicts: the summaries are merged here, in
-    partition order.
+    partition order. `window_extra(frame, index, window_rows)` runs in the second pass on each window
+    partition, where it is read (so without another read); its results are the result's `extras`.
     """
     if not reference or not window:
         raise DriftError("merged drift needs at least one reference and one window partition")
@@ -196,8 +200,9 @@ def merged_drift(
     # bin centres sit at other offsets from the values, which reads as a distance where there is none
     # (Evidently's Spark engine does that; on integer counts it added ~0.005 of spurious distance).
     ranges = {c: (min(ref[c].lo, cur[c].lo), max(ref[c].hi, cur[c].hi)) for c in wasserstein}
-    ref_hist = _histograms(client, reference, contract, ranges)
-    cur_hist = _histograms(client, window, contract, ranges)
+    ref_hist, _ = _histograms(client, reference, contract, ranges)
+    rows = (sum(n for n, _ in ref_parts), sum(n for n, _ in cur_parts))
+    cur_hist, extras = _histograms(client, window, contract, ranges, extra=window_extra, rows=rows[1])
     from evidently.legacy.calculations.stattests import jensenshannon_stat_test, wasserstein_stat_test
 
     columns: dict[str, ColumnDrift] = {}
@@ -219,8 +224,7 @@ def merged_drift(
             score=score,
             drifted=score >= threshold,
         )
-    rows = (sum(n for n, _ in ref_parts), sum(n for n, _ in cur_parts))
-    return MergedDrift(columns, rows[0], rows[1], (len(reference), len(window)), skipped)
+    return MergedDrift(columns, rows[0], rows[1], (len(reference), len(window)), skipped, extras)
 
 
 # ---- the passes, here or on the cluster ----------------------------------------------------------------
@@ -234,9 +238,16 @@ def partial_stats(read: Partition, contract: DatasetContract) -> tuple[int, Stat
 
 
 def partial_histograms(
-    read: Partition, contract: DatasetContract, ranges: Mapping[str, tuple[float, float]]
-) -> dict[str, np.ndarray]:
-    return partition_histograms(read(), contract, ranges)
+    item: tuple[int, Partition],
+    contract: DatasetContract,
+    ranges: Mapping[str, tuple[float, float]],
+    extra: WindowExtra | None = None,
+    rows: int = 0,
+) -> tuple[dict[str, np.ndarray], Any]:
+    """(histograms, `extra(frame, index, rows)` or None) of one partition, read where this runs."""
+    index, read = item
+    frame = read()
+    return partition_histograms(frame, contract, ranges), None if extra is None else extra(frame, index, rows)
 
 
 def _run(client: Client | None, fn: Callable[..., Any], parts: Sequence[Any], **kwargs: Any) -> list[Any]:
@@ -253,14 +264,24 @@ def _histograms(
     parts: Sequence[Partition],
     contract: DatasetContract,
     ranges: dict[str, tuple[float, float]],
-) -> dict[str, np.ndarray]:
-    if not ranges:
-        return {}
+    *,
+    extra: WindowExtra | None = None,
+    rows: int = 0,
+) -> tuple[dict[str, np.ndarray], list[Any]]:
+    """The histograms over `ranges` summed over `parts`, and `extra`'s result per part (a pass that has
+    neither to compute reads nothing)."""
+    if not ranges and extra is None:
+        return {}, []
     total = {name: np.zeros(HISTOGRAM_BINS, dtype=np.int64) for name in ranges}
-    for hist in _run(client, partial_histograms, parts, contract=contract, ranges=ranges):
+    extras = []
+    found = _run(
+        client, partial_histograms, list(enumerate(parts)), contract=contract, ranges=ranges, extra=extra, rows=rows
+    )
+    for hist, result in found:
         for name, counts in hist.items():
             total[name] += counts
-    return total
+        extras.append(result)
+    return total, extras
 
 
 # ---- the tests --------------------------------------------------------------------------------------------
@@ -333,9 +354,9 @@ def compute_drift_merged(
         raise DriftError(f"the reference lacks the contract's feature columns {absent}")
     ref = sample_rows(reference, reference_sample_rows, seed)
     ref_parts = [partial(ref.iloc[i : i + partition_rows].copy) for i in range(0, len(ref), partition_rows)]
-    merged = merged_drift(ref_parts, window, contract, client=client)
-    fraction = min(1.0, window_sample_rows / merged.window_rows) if merged.window_rows else 1.0
-    parts = _run(client, window_summary, list(enumerate(window)), contract=contract, fraction=fraction, seed=seed)
+    summary = partial(window_summary, contract=contract, sample_size=window_sample_rows, seed=seed)
+    merged = merged_drift(ref_parts, window, contract, client=client, window_extra=summary)
+    parts: list[tuple[DataQuality, pd.DataFrame, pd.DataFrame]] = merged.extras
     cur = pd.concat([sample for _, _, sample in parts], ignore_index=True)
     shared = [c for c in PREDICTION_COLUMNS if c in ref and c in cur]
     mapping = column_mapping(contract, shared)
@@ -370,11 +391,11 @@ def compute_drift_merged(
 
 
 def window_summary(
-    item: tuple[int, Partition], contract: DatasetContract, fraction: float, seed: int
+    frame: pd.DataFrame, index: int, window_rows: int, *, contract: DatasetContract, sample_size: int, seed: int
 ) -> tuple[DataQuality, pd.DataFrame, pd.DataFrame]:
-    """One window partition's data quality, its labelled rows, and a seeded sample of `fraction` of it."""
-    index, read = item
-    frame = read()
+    """One window partition's data quality, its labelled rows, and a seeded sample of its share of
+    `sample_size` (its rows over the window's)."""
+    fraction = min(1.0, sample_size / window_rows) if window_rows else 1.0
     sample = sample_rows(frame, round(len(frame) * fraction), seed + 1 + index)
     return data_quality(frame, contract), rows_with_labels(frame), sample
 
