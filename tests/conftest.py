@@ -110,6 +110,17 @@ def mlflow_server() -> str:
     return _shared_server(f"mlflow-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}", start)
 
 
+@pytest.fixture(scope="session")
+def dask_cluster() -> Iterator[str]:
+    """A real Dask cluster for this test process: ``distributed.LocalCluster`` with 2 worker processes of one
+    thread each; its scheduler's address. One per process, shared by its Dask tests as one long-lived cluster
+    serves a deployment's flows (each start costs two interpreters importing the scientific stack)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        yield str(cluster.scheduler_address)
+
+
 @pytest.fixture
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point every default location at a fresh state directory for one test."""

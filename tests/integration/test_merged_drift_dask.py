@@ -16,13 +16,10 @@ from tests.drift_support import CONTRACT, flats
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[object]:
-    from distributed import Client, LocalCluster
+def client(dask_cluster: str) -> Iterator[object]:
+    from distributed import Client
 
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
-        Client(cluster) as client,
-    ):
+    with Client(dask_cluster) as client:
         yield client
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,14 +29,6 @@ from tests import generated
 from tests.integration.test_monitor_flow import write_log, write_reference
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-@pytest.fixture(scope="module")
-def scheduler() -> Iterator[str]:
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        yield cluster.scheduler_address
 
 
 def _fraud(settings: Settings) -> None:
@@ -114,7 +106,7 @@ def _values(snapshot_id: str, settings: Settings) -> dict[str, float]:
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_cluster_gives_the_local_verdicts_record_and_logs(
     case: str,
-    scheduler: str,
+    dask_cluster: str,
     mlflow_env: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -140,7 +132,7 @@ def test_the_cluster_gives_the_local_verdicts_record_and_logs(
     register_example_model(get_settings().contract, name, n_rows=1_000, experiment_name=name)
 
     local = run_monitoring(trigger=False, settings=get_settings())
-    monkeypatch.setenv("MLOPS_DASK__ADDRESS", scheduler)
+    monkeypatch.setenv("MLOPS_DASK__ADDRESS", dask_cluster)
     settings = get_settings()
     started = time.perf_counter()
     remote = run_monitoring(trigger=False, settings=settings)
@@ -148,7 +140,7 @@ def test_the_cluster_gives_the_local_verdicts_record_and_logs(
 
     assert local.status == remote.status == "ok", (local.record, remote.record)
     assert local.result is not None and remote.result is not None
-    assert (local.record["drift_executor"], remote.record["drift_executor"]) == ("local", f"dask {scheduler}")
+    assert (local.record["drift_executor"], remote.record["drift_executor"]) == ("local", f"dask {dask_cluster}")
     # The record: same keys, same decision.
     assert set(local.record) == set(remote.record)
     for key in ("drift_share", "drifted_columns", "retrain", "fired", "reasons", "weighted_drift_share"):

@@ -5,7 +5,6 @@ same accounting, the same warehouse and prediction-log rows."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,6 @@ from core.settings import DaskSettings, Settings, load_settings
 from tests.scoring_support import add_bad_partition, collect, fit, write_dataset
 
 VOLATILE = {"scored_at", "seconds", "scoring_run"}  # when and how fast, never what
-
-
-@pytest.fixture(scope="module")
-def dask_cluster() -> Iterator[str]:
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        yield str(cluster.scheduler_address)
 
 
 def _variant(settings: Settings, root: Path, address: str | None) -> Settings:

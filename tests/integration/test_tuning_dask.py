@@ -7,7 +7,6 @@ that each trial is a nested MLflow run under the study's parent run, and that th
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -15,14 +14,6 @@ from mlflow.tracking import MlflowClient
 from tests.training_support import SMALL_DATA_ENV, build_processed_data
 
 N_TRIALS = 6
-
-
-@pytest.fixture
-def dask_cluster() -> Iterator[str]:
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        yield str(cluster.scheduler_address)
 
 
 def test_study_runs_on_two_dask_workers_with_nested_runs(
