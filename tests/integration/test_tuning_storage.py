@@ -50,15 +50,25 @@ def test_journal_file_storage_is_shared_by_workers(tmp_path: object) -> None:
     assert len(optuna.load_study(study_name="journal-study", storage=storage).trials) == 3
 
 
-def test_local_worker_processes_share_the_study_budget(tmp_path: object) -> None:
+@pytest.mark.parametrize("dataset", ["fraud", "generated-multiclass"])
+def test_local_worker_processes_share_the_study_budget(tmp_path: object, dataset: str) -> None:
     """`tuning.n_workers` local processes (forkserver children where the platform has it) join one study
-    and together stop at its budget."""
-    from pipelines.tune import run_workers, worker_context
+    and together stop at its budget: on the fraud contract and on a generated multiclass one (text labels,
+    column names with spaces and symbols)."""
+    from dataclasses import replace
 
-    spec = _spec(f"journal:{tmp_path}/study.journal", "local-processes")
-    spec = StudySpec(**{**spec.__dict__, "n_trials": 4})
+    from pipelines.tune import run_workers, worker_context
+    from tests import generated
+
+    spec = replace(_spec(f"journal:{tmp_path}/study.journal", "local-processes"), n_trials=4)
+    frame: object = _frame()
+    if dataset != "fraud":
+        contract = generated.contract_for("multiclass")
+        rows, labels = generated.frame_for(contract, 3_000, seed=4)
+        frame = rows.assign(**{generated.TARGET: labels})
+        spec = replace(spec, contract=contract, primary_metric="f1_macro")
     study = create_study(spec)
-    ran = run_workers(spec, _frame(), 2, None)  # type: ignore[arg-type]
+    ran = run_workers(spec, frame, 2, None)  # type: ignore[arg-type]
     assert sum(ran) == 4 and len(ran) == 2
-    assert len(study.trials) == 4
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
     assert worker_context().get_start_method() == "forkserver"
