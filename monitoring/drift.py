@@ -368,19 +368,12 @@ def compute_drift(
         if absent:
             raise DriftError(f"the {role} lacks the contract's feature columns {absent}")
     shared = [c for c in PREDICTION_COLUMNS if c in reference and c in window]
-    mapping = column_mapping(contract, shared)
     # Sample first, then coerce types: a million-row reference is never copied whole.
     ref = drift_frame(
         sample_rows(reference, reference_sample_rows, seed)[[*contract.feature_columns, *shared]], contract
     )
     cur = drift_frame(sample_rows(window, window_sample_rows, seed + 1)[[*contract.feature_columns, *shared]], contract)
-    try:
-        snapshot = run_drift_report(ref, cur, data_definition(contract, shared), drift_share=drift_share)
-        verdicts = column_verdicts(snapshot, mapping["numerical"])
-    except DriftError:
-        raise
-    except Exception as exc:  # Evidently raises many types; the caller needs one clear failure
-        raise DriftError(f"the Evidently drift report failed: {type(exc).__name__}: {exc}") from exc
+    snapshot, verdicts = report_verdicts(ref, cur, contract, shared, drift_share=drift_share)
     return drift_result(
         verdicts,
         shared,
@@ -392,6 +385,28 @@ def compute_drift(
         labelled=window,
         snapshot=snapshot,
     )
+
+
+def report_verdicts(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    contract: DatasetContract,
+    prediction_columns: list[str],
+    *,
+    drift_share: float,
+    methods: dict[str, str] | None = None,
+) -> tuple[Snapshot, dict[str, ColumnDrift]]:
+    """Evidently's drift report on two frames in `drift_frame`'s form, and each column's verdict read back
+    from it; whatever Evidently raises becomes one DriftError."""
+    numerical = column_mapping(contract, prediction_columns)["numerical"]
+    try:
+        definition = data_definition(contract, prediction_columns)
+        snapshot = run_drift_report(reference, current, definition, drift_share=drift_share, methods=methods)
+        return snapshot, column_verdicts(snapshot, numerical)
+    except DriftError:
+        raise
+    except Exception as exc:  # Evidently raises many types; the caller needs one clear failure
+        raise DriftError(f"the Evidently drift report failed: {type(exc).__name__}: {exc}") from exc
 
 
 def drift_result(

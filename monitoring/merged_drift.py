@@ -46,14 +46,12 @@ from monitoring.drift import (
     DriftError,
     DriftResult,
     column_mapping,
-    column_verdicts,
-    data_definition,
     data_quality,
     drift_frame,
     drift_result,
     merge_quality,
+    report_verdicts,
     rows_with_labels,
-    run_drift_report,
     sample_rows,
 )
 
@@ -359,23 +357,18 @@ def compute_drift_merged(
     parts: list[tuple[DataQuality, pd.DataFrame, pd.DataFrame]] = merged.extras
     cur = pd.concat([sample for _, _, sample in parts], ignore_index=True)
     shared = [c for c in PREDICTION_COLUMNS if c in ref and c in cur]
-    mapping = column_mapping(contract, shared)
     tested = {c: d for c, d in merged.columns.items() if c in contract.feature_columns or c in shared}
     ref_frame = drift_frame(ref[[*contract.feature_columns, *shared]], contract)
     cur_frame = drift_frame(cur[[*contract.feature_columns, *shared]], contract)
+    methods = {c: _stattest_name(d) for c, d in tested.items()}
     token = _MERGED.set(tested)
     try:
-        methods = {c: _stattest_name(d) for c, d in tested.items()}
-        snapshot = run_drift_report(
-            ref_frame, cur_frame, data_definition(contract, shared), drift_share=drift_share, methods=methods
+        snapshot, reported = report_verdicts(
+            ref_frame, cur_frame, contract, shared, drift_share=drift_share, methods=methods
         )
-        verdicts = {**column_verdicts(snapshot, mapping["numerical"]), **tested}
-    except DriftError:
-        raise
-    except Exception as exc:  # Evidently raises many types; the caller needs one clear failure
-        raise DriftError(f"the Evidently drift report failed: {type(exc).__name__}: {exc}") from exc
     finally:
         _MERGED.reset(token)
+    verdicts = {**reported, **tested}
     labelled = [rows for _, rows, _ in parts if len(rows)]
     return drift_result(
         verdicts,
