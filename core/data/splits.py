@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.contract import DatasetContract
-from core.data.rules import arrow_schema
+from core.data.rules import arrow_schema, distinct_count
 from core.data.snapshots import (
     PARQUET_OPTIONS,
     StreamingFingerprint,
@@ -156,7 +156,7 @@ def _read_table(files: list[Path], contract: DatasetContract, schema: pa.Schema)
     unless a key repeats (then the pandas path decides which copy stays, as it always has)."""
     table = pa.concat_tables([pq.read_table(f, schema=schema) for f in files]).combine_chunks()
     key = contract.key_column
-    if pc.count_distinct(table.column(key), mode="all").as_py() != table.num_rows:
+    if distinct_count(table.column(key), count_null=True) != table.num_rows:
         return to_arrow(_read_rows(files, contract), schema)
     if _in_order(table, contract):  # the usual case: collection wrote the day in (time, key) order
         return table

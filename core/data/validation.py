@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from core.contract import DatasetContract
-from core.data.rules import ContractChecker, Fault, arrow_schema, to_timestamps, typed_frame
+from core.data.rules import ContractChecker, Fault, arrow_schema, distinct_count, to_timestamps, typed_frame
 
 __all__ = [
     "REASON",
@@ -181,7 +180,7 @@ def _check(
 def _duplicates(ids: pa.Array) -> np.ndarray | None:
     """Rows whose id a later row repeats (None when every id is distinct, the usual case: one Arrow kernel)."""
     present = len(ids) - ids.null_count
-    if pc.count_distinct(ids, mode="only_valid").as_py() == present:
+    if distinct_count(ids, count_null=False) == present:
         return None
     series = ids.to_pandas()
     dupes = (series.duplicated(keep="last") & series.notna()).to_numpy()

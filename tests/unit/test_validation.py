@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from core.contract import load_contract
-from core.data.rules import arrow_schema
+from core.data.rules import arrow_schema, distinct_count
 from core.data.validation import REASON, SchemaMismatchError, validate_batch
 from core.settings import PROJECT_ROOT
 from demo.simulator import simulate
@@ -127,3 +129,21 @@ def test_a_whole_data_quality_batch_accounts_for_every_row() -> None:
     }
     assert sum(result.column_counts.values()) >= len(result.quarantined)
     assert not np.isin(result.valid["transaction_id"], result.quarantined["transaction_id"]).any()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pa.array(["a", "b", "c"]),
+        pa.array(["a", None, "a", None, "b"]),
+        pa.array([None, None], type=pa.string()),
+        pa.array([3, 1, 3, None]),
+        pa.chunked_array([pa.array(["x", None]), pa.array(["x", "y"])]),
+        pa.array([], type=pa.string()),
+    ],
+)
+def test_distinct_count_is_arrows_count_distinct(values: pa.Array | pa.ChunkedArray) -> None:
+    """The key checks count distinct keys with Arrow's `unique` kernel: the same counts as its
+    `count_distinct` aggregate, NULL counted as one value or not at all."""
+    assert distinct_count(values, count_null=True) == pc.count_distinct(values, mode="all").as_py()
+    assert distinct_count(values, count_null=False) == pc.count_distinct(values, mode="only_valid").as_py()
