@@ -336,16 +336,29 @@ def read_prediction(url: str, request_id: str) -> pd.DataFrame:
         engine.dispose()
 
 
-def read_feedback(url: str, since: datetime | None = None) -> pd.DataFrame:
-    """Every label received (since `since`, on the time it was received), the latest per request id last."""
+def read_feedback(
+    url: str, since: datetime | None = None, *, of_predictions: tuple[datetime, datetime] | None = None
+) -> pd.DataFrame:
+    """Every label received (since `since`, on the time it was received), the latest per request id last.
+
+    `of_predictions` (first, last): only the labels of requests predicted between those times (inclusive),
+    so that a slice of a window reads its own labels, not every label received since it began."""
     engine = engine_for(url)
     try:
-        if not sa.inspect(engine).has_table(FEEDBACK):
+        inspector = sa.inspect(engine)
+        if not inspector.has_table(FEEDBACK):
             return pd.DataFrame(columns=["request_id", "label", "received_at"])
         table = sa.Table(FEEDBACK, sa.MetaData(), autoload_with=engine)
         query = sa.select(table.c.request_id, table.c.label, table.c.received_at).order_by(table.c.received_at)
         if since is not None:
             query = query.where(table.c.received_at >= since)
+        if of_predictions is not None and inspector.has_table(PREDICTIONS):
+            predictions = sa.Table(PREDICTIONS, sa.MetaData(), autoload_with=engine)
+            first, last = of_predictions
+            predicted = sa.select(predictions.c.request_id).where(
+                predictions.c.timestamp >= first, predictions.c.timestamp <= last
+            )
+            query = query.where(table.c.request_id.in_(predicted))
         with engine.connect() as conn:
             return pd.read_sql(query, conn)
     finally:

@@ -96,8 +96,9 @@ class LogSlice:
         from core.predictions import read_feedback, read_predictions
 
         window = read_predictions(self.url, since=self.first, until=self.last)
-        # Labels arrive after their prediction: those received since the slice's first row are all it needs.
-        return _served_rows(window, read_feedback(self.url, since=self.first), self.contract)
+        # Labels arrive after their prediction: those of the slice's own requests, received since its first row.
+        labels = read_feedback(self.url, since=self.first, of_predictions=(self.first, self.last))
+        return _served_rows(window, labels, self.contract)
 
 
 def window_slices(

@@ -362,7 +362,10 @@ class PredictionLog:
         if isinstance(v, datetime) and self._sqlite:
             if v.tzinfo is not None:
                 v = v.astimezone(UTC).replace(tzinfo=None)
-            return v.isoformat()
+            # SQLite keeps times as text and compares them as text: the form SQLAlchemy's DateTime writes and
+            # binds ("2026-01-15 09:00:00.000000"), or a reader's `timestamp <= until` and ORDER BY go wrong
+            # (isoformat's "T" sorts after the space of every bound and of batch scoring's rows).
+            return v.isoformat(sep=" ", timespec="microseconds")
         if isinstance(v, np.generic):
             return v.item()
         return v

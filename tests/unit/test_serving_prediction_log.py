@@ -272,3 +272,25 @@ def test_binary_copy_names_a_column_type_it_cannot_write() -> None:
     assert [a.type for a in cast] == [pa.int32(), pa.float64()]
     with pytest.raises(pa.ArrowInvalid):  # a fraction in an integer column is refused, not cut
         _cast([pa.array([1.5]), pa.array([1.0])], schema)
+
+
+def test_a_span_of_the_log_reads_its_rows_and_only_their_labels(tmp_path: Path) -> None:
+    """A window's slice (monitoring.sources.LogSlice) reads the rows predicted in its span and the labels of
+    those requests only: a label that arrived after the slice began, for a request predicted after it ended,
+    is not read."""
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    times = [datetime(2026, 1, 15, h, tzinfo=UTC) for h in (8, 9, 10, 11)]
+    plog = make_log(url, tmp_path / "spool")
+    try:
+        plog.log_predictions(row(i, timestamp=t) for i, t in enumerate(times))
+        for i in range(4):
+            plog.log_feedback(f"r-{i}", i % 2)
+        assert plog.flush()
+        wait_for(lambda: len(read_feedback(url)) == 4)
+    finally:
+        plog.stop()
+    # The API's rows compare with bound times as SQLAlchemy's own would (SQLite compares the text).
+    assert list(read_predictions(url, since=times[1], until=times[2])["request_id"]) == ["r-1", "r-2"]
+    slice_labels = read_feedback(url, since=times[1], of_predictions=(times[1], times[2]))
+    assert sorted(slice_labels["request_id"]) == ["r-1", "r-2"]
+    assert len(read_feedback(url, since=times[1])) == 4  # every label received since then: all four
