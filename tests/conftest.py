@@ -84,8 +84,49 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         EventsWorker.drain_all(timeout=3)
     if not _STARTS_THE_RUN:
         return
+    _write_measured_durations(session)
     stop_in_phases([{r.stem: int(json.loads(r.read_text())["pid"]) for r in RUN_DIR.glob("*.json")}])
     shutil.rmtree(RUN_DIR, ignore_errors=True)
+
+
+DURATIONS = Path(__file__).with_name("durations.json")  # seconds per test file, from a `make test` run
+MEASURED_DURATIONS = Path(__file__).resolve().parents[1] / ".state" / "test-durations.json"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, the longest test files first (tests/durations.json), each file's tests in their order.
+
+    `make test` hands whole files to three workers in collection order (`--no-loadscope-reorder`; xdist's own
+    order, most tests first, left the one-test files of 30-90 s to the end, one worker finishing alone). A
+    file the list does not know yet counts as long: it starts early rather than last."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not DURATIONS.exists():
+        return
+    seconds: dict[str, float] = json.loads(DURATIONS.read_text())
+    unknown = max(seconds.values(), default=0.0)
+    index = {item: i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (-seconds.get(item.nodeid.split("::")[0], unknown), index[item]))
+
+
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """The run's seconds per test file (setup, call and teardown), added up where the reports arrive."""
+    path = report.nodeid.split("::")[0]
+    _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+def _write_measured_durations(session: pytest.Session) -> None:
+    """After an xdist run, tests/durations.json updated with this run's seconds, in .state/ (`make
+    test-durations` copies it over): files the run did not collect keep their entry while they exist."""
+    if not session.config.pluginmanager.has_plugin("dsession") or not _FILE_SECONDS:
+        return
+    root = DURATIONS.parents[1]
+    known: dict[str, float] = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    merged = {k: v for k, v in known.items() if (root / k).exists()}
+    merged.update({k: round(v, 1) for k, v in _FILE_SECONDS.items()})
+    MEASURED_DURATIONS.parent.mkdir(parents=True, exist_ok=True)
+    MEASURED_DURATIONS.write_text(json.dumps(dict(sorted(merged.items(), key=lambda kv: -kv[1])), indent=1) + "\n")
 
 
 @pytest.fixture(scope="session")
