@@ -217,8 +217,11 @@ class DaskSettings(Section):
 
     # A scheduler address (tcp://host:8786). Set: batch scoring sends one task per raw partition, tuning
     # runs its trials on the cluster's workers and the monitor flow's drift statistics are computed per
-    # window slice there (monitoring.partition_rows). Unset: everything runs locally.
+    # window slice there (monitoring.partition_rows); collection reads, checks and stages one chunk of the
+    # source per task and preprocessing counts each date's keys there. Unset: everything runs locally.
     address: str | None = None
+    # How long collection and preprocessing wait for the scheduler before failing the run, naming the address.
+    connect_timeout_s: float = Field(30.0, gt=0)
 
 
 class TrainingSettings(Section):

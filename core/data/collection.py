@@ -17,6 +17,11 @@ snapshot); part files are named by their content, so rows already collected writ
 preprocessing drops the copies by key. A contract without an id gets a row key derived from each row's
 content (core.data.rules.row_keys).
 
+With ``dask.address`` set, the read, check and staging run on the cluster, one task per chunk of the read
+(:func:`_pull_on_dask`): the same chunks as the local read, so the same part files, quarantine, counts and
+watermark. A contract without an id, or a CSV source, is collected in this process (the manifest's
+``executor`` says why).
+
 Always checked: loaded + quarantined == pulled.
 """
 
@@ -24,7 +29,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import time
 import uuid
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from core.contract import ROW_KEY
 from core.data.rules import row_keys, timestamps_of
@@ -46,10 +54,11 @@ from core.data.snapshots import (
     read_watermark,
     utc_now,
     write_json_atomic,
+    write_parquet_atomic,
     write_partitions,
     write_watermark,
 )
-from core.data.sources import Watermark, Window, open_source
+from core.data.sources import SourceError, SourcePart, Watermark, Window, open_source
 from core.data.validation import SchemaMismatchError, check_columns, validate_table
 from core.prefetch import prefetch
 from core.settings import Settings
@@ -87,6 +96,7 @@ class PullResult:
     newest: Watermark = field(default_factory=Watermark)
     # Rows outside every window (no usable timestamp), quarantined once each; not part of `pulled`.
     unplaceable_ids: list[str] = field(default_factory=list)
+    executor: str = "local"  # "dask <address>", or "local" with why not when dask.address is set
 
     @property
     def bad_share(self) -> float:
@@ -166,6 +176,23 @@ def plan_window(settings: Settings, as_of: str | None = None, run_id: str | None
 
 
 def pull_and_stage(settings: Settings, plan: CollectionPlan) -> PullResult:
+    """Read the window, check it, stage the valid rows and quarantine the rest: on the Dask cluster at
+    ``dask.address`` when it is set and the source can be split (:func:`_pull_on_dask`), else here."""
+    address = settings.dask.address
+    if not address:
+        return _pull_here(settings, plan)
+    parts, why_not = _plan_parts(settings, plan)
+    if parts is not None:
+        result, why_not = _pull_on_dask(settings, plan, parts, address)
+        if result is not None:
+            return result
+    log.warning("collection runs in this process, not on the Dask cluster at %s: %s", address, why_not)
+    result = _pull_here(settings, plan)
+    result.executor = f"local: {why_not}"
+    return result
+
+
+def _pull_here(settings: Settings, plan: CollectionPlan) -> PullResult:
     """Read the window chunk by chunk, validate each chunk, stage valid rows and quarantine the rest.
 
     Three stages overlap, each in its own thread, joined by bounded queues (a few chunks in memory at
@@ -215,6 +242,160 @@ def pull_and_stage(settings: Settings, plan: CollectionPlan) -> PullResult:
             f"accounting broke: {result.loaded} loaded + {result.quarantined} quarantined != {result.pulled} pulled"
         )
     return result
+
+
+def _plan_parts(settings: Settings, plan: CollectionPlan) -> tuple[list[SourcePart] | None, str]:
+    """The chunks of the window's read as parts a worker reads on its own, or None and why not."""
+    if settings.contract.id_column is None:
+        return None, (
+            "the contract has no id_column: a row's key is derived from its content and numbered among identical "
+            "rows across the whole read, which one part alone cannot know"
+        )
+    source = open_source(settings)
+    try:
+        return source.parts(plan.window, settings.collection.chunk_rows), ""
+    except SourceError as exc:
+        return None, str(exc)
+    finally:
+        source.close()
+
+
+@dataclass
+class _PartOutcome:
+    """What one part's task did: its counts, part files, newest (timestamp, id) and quarantine piece."""
+
+    index: int
+    read: int
+    pulled: int = 0
+    loaded: int = 0
+    quarantined: int = 0
+    fault_counts: Counter[str] = field(default_factory=Counter)
+    column_counts: Counter[str] = field(default_factory=Counter)
+    unknown_categories: dict[str, Counter[str]] = field(default_factory=dict)
+    parts: list[PartFile] = field(default_factory=list)
+    newest: Watermark = field(default_factory=Watermark)
+    quarantine_piece: str | None = None
+
+
+def _quarantine_piece(staging: Path, index: int) -> Path:
+    return staging / ".quarantine" / f"{index:08d}.parquet"
+
+
+def _collect_part(settings: Settings, plan: CollectionPlan, part: SourcePart) -> _PartOutcome:
+    """One Dask task: read one part of the window from the source, check it, write its part files into the
+    run's staging and its quarantined rows (with reasons) beside them; return the counts."""
+    contract = settings.contract
+    staging = _paths(settings, plan.run_id)["staging"]
+    source = open_source(settings)
+    try:
+        read = source.read_part(plan.window, part)
+    finally:
+        source.close()
+    outcome = _PartOutcome(index=part.index, read=read.read)
+    bad: list[pd.DataFrame] = []
+    for chunk in read.tables:
+        checked = validate_table(chunk, contract)
+        if checked.rows != chunk.num_rows:
+            raise RuntimeError(f"accounting broke: {chunk.num_rows} rows pulled, {checked.rows} validated")
+        outcome.pulled += chunk.num_rows
+        outcome.loaded += checked.valid.num_rows
+        outcome.quarantined += len(checked.quarantined)
+        outcome.fault_counts.update(checked.fault_counts)
+        outcome.column_counts.update(checked.column_counts)
+        for col, counts in checked.unknown_categories.items():
+            outcome.unknown_categories.setdefault(col, Counter()).update(counts)
+        outcome.parts.extend(write_partitions(checked.valid, staging, contract))
+        if len(checked.quarantined):
+            bad.append(checked.quarantined)
+        if contract.timestamp_column is not None:
+            outcome.newest = _newest(outcome.newest, chunk, checked.timestamps, contract)
+    if bad:
+        piece = _quarantine_piece(staging, part.index)
+        columns = [*contract.column_names, "_reason"]
+        schema = pa.schema([(c, pa.string()) for c in columns])
+        rows = pa.concat_tables(pa.Table.from_pandas(b[columns], schema=schema, preserve_index=False) for b in bad)
+        write_parquet_atomic(rows, piece)
+        outcome.quarantine_piece = str(piece)
+    return outcome
+
+
+def _pull_on_dask(
+    settings: Settings, plan: CollectionPlan, parts: list[SourcePart], address: str
+) -> tuple[PullResult | None, str]:
+    """One task per part on the cluster; this process adds up the counts, the fault counts and the newest
+    (timestamp, id) in the read's order, and writes the quarantine file from the parts' pieces in that order.
+
+    Workers read the source and write at this process's paths: on several machines, data_dir must be one
+    shared filesystem and the source reachable from every worker (docs/scaling.md). A part that read other
+    rows than planned (the source changed, or rows share one (timestamp, id) across a part's edge) makes the
+    result (None, why): the caller collects in this process instead.
+    """
+    from core.cluster import connect
+
+    contract = settings.contract
+    paths = _paths(settings, plan.run_id)
+    shutil.rmtree(paths["staging"], ignore_errors=True)
+    outcomes: list[_PartOutcome] = []
+    if parts:
+        tag = uuid.uuid4().hex[:6]
+        with connect(address, settings.dask.connect_timeout_s) as client:
+            futures = [
+                client.submit(_collect_part, settings, plan, p, key=f"collect-{plan.run_id}-{p.index}-{tag}")
+                for p in parts
+            ]
+            try:
+                outcomes = client.gather(futures)
+            finally:
+                client.cancel(futures)
+    moved = [(p.index, p.rows, o.read) for p, o in zip(parts, outcomes, strict=True) if o.read != p.rows]
+    if moved:
+        shutil.rmtree(paths["staging"], ignore_errors=True)
+        index, planned, read = moved[0]
+        return None, (
+            f"{len(moved)} part(s) of the read held other rows than planned (part {index}: {read} rows, planned "
+            f"{planned}): the source changed while it was read, or rows share one ({contract.timestamp_column}, "
+            f"{contract.id_column})"
+        )
+    result = PullResult(executor=f"dask {address}")
+    quarantine = QuarantineWriter(paths["quarantine"], contract.column_names, plan.run_id, plan.started_at)
+    try:
+        for outcome in sorted(outcomes, key=lambda o: o.index):
+            result.pulled += outcome.pulled
+            result.loaded += outcome.loaded
+            result.quarantined += outcome.quarantined
+            result.fault_counts.update(outcome.fault_counts)
+            result.column_counts.update(outcome.column_counts)
+            for col, counts in outcome.unknown_categories.items():
+                result.unknown_categories.setdefault(col, Counter()).update(counts)
+            result.parts.extend(outcome.parts)
+            result.newest = _later(result.newest, outcome.newest)
+            if outcome.quarantine_piece is not None:
+                quarantine.write(pq.read_table(outcome.quarantine_piece).to_pandas())
+        source = open_source(settings)
+        try:
+            result.unplaceable_ids = _quarantine_unplaceable(settings, source, quarantine, plan.unusable_timestamps)
+        finally:
+            source.close()
+    finally:
+        quarantine.close()
+    shutil.rmtree(paths["staging"] / ".quarantine", ignore_errors=True)
+    _stamp_in_read_order(paths["staging"], result.parts)
+    if quarantine.rows:
+        result.quarantine_file = str(paths["quarantine"].relative_to(settings.data_dir))
+    if result.loaded + result.quarantined != result.pulled:
+        raise RuntimeError(
+            f"accounting broke: {result.loaded} loaded + {result.quarantined} quarantined != {result.pulled} pulled"
+        )
+    return result, ""
+
+
+def _stamp_in_read_order(staging: Path, parts: list[PartFile]) -> None:
+    """Modification times in the read's order, as one process writing the parts one after another leaves them:
+    the order of a date's files (core.data.snapshots.raw_part_files) that preprocessing reads them in."""
+    now = time.time_ns()
+    for i, path in enumerate(dict.fromkeys(p.path for p in parts)):
+        stamp = now + i * 1_000  # a microsecond apart: distinct on every filesystem that keeps them
+        os.utime(staging / path, ns=(stamp, stamp))
 
 
 class _StagingWriter:
@@ -306,7 +487,13 @@ def _newest(current: Watermark, chunk: pa.Table, stamps: np.ndarray | None, cont
     if contract.id_column is not None:
         tied = chunk.column(contract.id_column).take(pa.array(np.flatnonzero(ts == top)))
         newest_id = str(tied.to_pandas().astype(str).max())
-    candidate = Watermark(timestamp=pd.Timestamp(top).to_pydatetime(), id=newest_id)
+    return _later(current, Watermark(timestamp=pd.Timestamp(top).to_pydatetime(), id=newest_id))
+
+
+def _later(current: Watermark, candidate: Watermark) -> Watermark:
+    """The newer of two (timestamp, id) marks (ids in Python's string order); ``current`` on a tie."""
+    if candidate.timestamp is None:
+        return current
     if current.timestamp is None or (candidate.timestamp, candidate.id or "") > (current.timestamp, current.id or ""):
         return candidate
     return current
@@ -399,6 +586,7 @@ def _write_manifest(
         "unplaceable_quarantined": len(result.unplaceable_ids),
         "files": files or [],
         "quarantine_file": result.quarantine_file,
+        "executor": result.executor,
         "watermark_before": since.to_dict(),
         "watermark_after": result.newest.to_dict() if status == "succeeded" else since.to_dict(),
     }

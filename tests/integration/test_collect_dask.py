@@ -1,0 +1,231 @@
+"""Collection and preprocessing with `dask.address` set, on a real Dask cluster (distributed.LocalCluster, 2
+worker processes), against the same runs without it, over the same source: the fraud contract from a SQLite
+warehouse (with the simulator's faulty rows: nulls, out-of-range values and text in a number column), and
+generated non-fraud contracts from Parquet files (a multiclass contract with text labels and an id; one without a
+timestamp; one without an id, which collects in the flow's process and says why).
+
+Each case runs two collections (the second one incremental, past the first one's watermark) and preprocessing,
+in a local data directory and a Dask one, and compares: the part files (paths, rows, fingerprints), the
+quarantined rows and their reasons, the counts and fault counts, the watermark, and the splits' manifest
+(rows, fingerprints, classes) and files. `collection.chunk_rows` is small so each run has several parts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from core.data.collection import run_collection
+from core.data.splits import build_splits
+from core.settings import Settings, get_settings
+from tests import generated
+
+pytestmark = pytest.mark.slow
+
+AS_OF = "2026-12-31"  # after every simulated label has matured
+CHUNK_ROWS = 700
+
+
+def _fraud_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """A SQLite warehouse; each call adds days, the second with the simulator's data-quality faults."""
+    from demo.simulator import write_warehouse
+
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    monkeypatch.setenv("MLOPS_WAREHOUSE_URL", url)
+    contract = get_settings().contract
+
+    def grow(step: int) -> None:
+        scenario = "none" if step == 0 else "data_quality"
+        write_warehouse(url, days=6 + 3 * step, rows_per_day=900, scenario=scenario, contract=contract)
+
+    return grow
+
+
+def _generated_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, timestamp: bool, id_column: bool) -> None:
+    raw = generated.contract_dict("multiclass")
+    raw["name"] = "generated-orders"
+    if id_column:
+        raw["id_column"] = "Order #"
+        raw["columns"].insert(0, {"name": "Order #", "type": "string"})
+    if not timestamp:
+        raw["timestamp_column"] = None
+        raw["derived_time_features"] = []
+        raw["columns"] = [c for c in raw["columns"] if c["name"] != "Seen at"]
+    path = tmp_path / "dataset.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    monkeypatch.setenv("MLOPS_CONFIG", "configs/settings.yaml")
+    monkeypatch.setenv("MLOPS_CONTRACT_PATH", str(path))
+    monkeypatch.setenv("MLOPS_SOURCE__KIND", "parquet")
+    monkeypatch.setenv("MLOPS_SOURCE__PATH", str(tmp_path / "lake"))
+
+
+def _generated_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, timestamp: bool = True, id_column: bool = True
+) -> Callable[[int], None]:
+    """Parquet files of a generated multiclass table (text labels) with bad rows; each call adds files
+    of newer rows (Parquet files of several row groups, so parts start inside a row group)."""
+    _generated_contract(tmp_path, monkeypatch, timestamp=timestamp, id_column=id_column)
+    contract = get_settings().contract
+    lake = tmp_path / "lake"
+    lake.mkdir()
+
+    def grow(step: int) -> None:
+        frame, labels = generated.frame_for(contract, 2_500, seed=10 + step)
+        frame = frame.assign(**{generated.TARGET: labels}).astype({"spend/€": object, "2nd plan": object})
+        frame["Seen at"] = frame["Seen at"] + pd.Timedelta(days=70 * step)
+        rng = np.random.default_rng(step)
+        frame.loc[rng.choice(len(frame), 20, replace=False), "spend/€"] = "n/a"  # a wrong type
+        frame.loc[rng.choice(len(frame), 15, replace=False), "2nd plan"] = "platinum"  # not a category
+        frame.loc[rng.choice(len(frame), 10, replace=False), generated.TARGET] = None  # no label
+        frame["spend/€"] = frame["spend/€"].astype(str)
+        if id_column:
+            frame.insert(0, "Order #", [f"o-{step}-{i:05d}" for i in range(len(frame))])
+            frame.loc[[7, 8], "Order #"] = "o-dup"  # a duplicate id, in one part
+        if not timestamp:
+            frame = frame.drop(columns=["Seen at"])
+        half = len(frame) // 2
+        for k, rows in enumerate((frame.iloc[:half], frame.iloc[half:])):
+            rows.to_parquet(lake / f"batch-{step}-{k}.parquet", index=False, row_group_size=600)
+
+    return grow
+
+
+# Each case: its source, and the collection's as_of (None: the source's clock; the warehouse's newest labels
+# are still unknown, so the window ends label_delay_days before its newest row).
+CASES: dict[str, tuple[Callable[[Path, pytest.MonkeyPatch], Callable[[int], None]], str | None]] = {
+    "fraud-sqlite": (_fraud_source, None),
+    "multiclass-parquet": (_generated_source, AS_OF),
+    "no-timestamp-parquet": (lambda t, m: _generated_source(t, m, timestamp=False), AS_OF),
+    "no-id-parquet": (lambda t, m: _generated_source(t, m, id_column=False), AS_OF),
+}
+
+
+def _outcome(settings: Settings, manifests: list[dict[str, Any]], processed: dict[str, Any]) -> dict[str, Any]:
+    """Everything both ways must agree on, with run ids and times left out."""
+    data = settings.data_dir
+    quarantine = [
+        pd.read_parquet(data / m["quarantine_file"]).drop(columns=["_run_id", "_collected_at"])
+        for m in manifests
+        if m["quarantine_file"]
+    ]
+    mark_path = data / "state" / "watermark.json"
+    mark = json.loads(mark_path.read_text()) if mark_path.exists() else None
+    splits_dir = data / "processed" / processed["version"]
+    return {
+        "files": [m["files"] for m in manifests],
+        "rows": [m["rows"] for m in manifests],
+        "faults": [(m["fault_counts"], m["column_counts"], m["unknown_categories"]) for m in manifests],
+        "watermarks": [(m["watermark_before"], m["watermark_after"]) for m in manifests],
+        "quarantine": [q.to_dict("records") for q in quarantine],
+        "watermark": None if mark is None else {k: mark[k] for k in ("timestamp", "id", "window_end")},
+        "raw": sorted(str(p.relative_to(data / "raw")) for p in (data / "raw").rglob("*.parquet")),
+        "splits": {k: processed[k] for k in ("version", "rows", "strategy", "splits", "inputs", "warnings")},
+        "split_files": {p.name: pd.read_parquet(p) for p in sorted(splits_dir.glob("*.parquet"))},
+    }
+
+
+def _run(settings: Settings, grow: Callable[[int], None], as_of: str | None) -> dict[str, Any]:
+    manifests = []
+    for step in range(2):
+        grow(step)
+        manifests.append(run_collection(settings, as_of=as_of, max_bad_share=0.5))
+    return _outcome(settings, manifests, build_splits(settings)) | {"executors": [m["executor"] for m in manifests]}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_collect_and_preprocess_on_the_cluster_match_the_local_run(
+    case: str, dask_cluster: str, state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLOPS_COLLECTION__CHUNK_ROWS", str(CHUNK_ROWS))
+    monkeypatch.setenv("MLOPS_SPLITS__REFERENCE_ROWS", "300")
+    outcomes = {}
+    for where, address in (("local", None), ("dask", dask_cluster)):
+        folder = tmp_path / where
+        folder.mkdir()
+        monkeypatch.setenv("MLOPS_DATA_DIR", str(folder / "data"))
+        if address:
+            monkeypatch.setenv("MLOPS_DASK__ADDRESS", address)
+        source, as_of = CASES[case]
+        grow = source(folder, monkeypatch)
+        outcomes[where] = _run(get_settings(), grow, as_of)
+    local, remote = outcomes["local"], outcomes["dask"]
+
+    assert local["executors"] == ["local", "local"]
+    if case == "no-id-parquet":
+        assert all(e.startswith("local: the contract has no id_column") for e in remote["executors"]), remote
+    else:
+        assert remote["executors"] == [f"dask {dask_cluster}"] * 2
+    # Several parts a run, bad rows quarantined, and rows in the second run.
+    assert len(local["files"][0]) > 3 and len(local["files"][1]) > 3
+    assert all(r["quarantined"] > 0 for r in local["rows"][1:]) and local["rows"][1]["loaded"] > 0
+    for rows in local["rows"] + remote["rows"]:
+        assert rows["loaded"] + rows["quarantined"] == rows["pulled"], rows
+
+    for key in ("files", "rows", "faults", "watermarks", "quarantine", "watermark", "raw", "splits"):
+        assert remote[key] == local[key], key
+    assert local["quarantine"] and all(r["_reason"] for q in local["quarantine"] for r in q)
+    assert (
+        set(remote["split_files"])
+        == set(local["split_files"])
+        == {f"{n}.parquet" for n in ("train", "validation", "test", "holdout", "reference")}
+    )
+    for name, frame in local["split_files"].items():
+        pd.testing.assert_frame_equal(remote["split_files"][name], frame, obj=name)
+
+
+def test_a_part_that_reads_other_rows_than_planned_collects_again_in_this_process(
+    dask_cluster: str, state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two rows sharing one (timestamp, id) across a part's edge (a query source repeating the last row of part
+    0): the parts read other rows than planned, so the run collects in the flow's process (the same part files
+    as a local run) and the manifest says why."""
+    monkeypatch.setenv("MLOPS_COLLECTION__CHUNK_ROWS", str(CHUNK_ROWS))
+    _fraud_source(tmp_path, monkeypatch)(0)
+    url = get_settings().warehouse_url
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        ordered = conn.execute(sa.text("SELECT transaction_id FROM transactions ORDER BY event_time, transaction_id"))
+        edge = [row[0] for row in ordered][CHUNK_ROWS - 1]
+    engine.dispose()
+    monkeypatch.setenv("MLOPS_SOURCE__KIND", "sql")
+    monkeypatch.setenv("MLOPS_SOURCE__URL", url)
+    monkeypatch.setenv(
+        "MLOPS_SOURCE__QUERY",
+        f"SELECT * FROM transactions UNION ALL SELECT * FROM transactions WHERE transaction_id = '{edge}'",
+    )
+    monkeypatch.setenv("MLOPS_DATA_DIR", str(tmp_path / "local"))
+    local = run_collection(get_settings(), max_bad_share=0.5)
+    monkeypatch.setenv("MLOPS_DATA_DIR", str(tmp_path / "dask"))
+    monkeypatch.setenv("MLOPS_DASK__ADDRESS", dask_cluster)
+    remote = run_collection(get_settings(), max_bad_share=0.5)
+    assert remote["executor"].startswith("local: 2 part(s) of the read held other rows than planned"), remote
+    assert remote["files"] == local["files"] and remote["rows"] == local["rows"]
+    assert len(local["files"]) > 3
+
+
+def test_an_unreachable_scheduler_fails_the_run_naming_the_address(
+    state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from core.cluster import ClusterUnreachableError
+    from core.servers import free_port
+
+    _fraud_source(tmp_path, monkeypatch)(0)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLOPS_DASK__ADDRESS", address)
+    monkeypatch.setenv("MLOPS_DASK__CONNECT_TIMEOUT_S", "3")
+    settings = get_settings()
+    started = time.monotonic()
+    with pytest.raises(ClusterUnreachableError, match=f"dask.address={address} within 3 s"):
+        run_collection(settings)
+    assert time.monotonic() - started < 30
+    assert not (settings.data_dir / "raw").exists() and not (settings.data_dir / "state" / "watermark.json").exists()
