@@ -355,10 +355,14 @@ def _time_splits(
 ) -> _Splits:
     contract = settings.contract
     by_date = [(day, list(group)) for day, group in groupby(files, key=lambda p: p.parent.name)]
-    # Pass 1: unique keys per date (key column only), to place every row in time order; two dates at a
-    # time (Parquet reads and Arrow's hashing run outside the GIL).
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess-keys") as pool:
-        counts = list(pool.map(lambda day: _unique_keys(day[1], contract.key_column), by_date))
+    # Pass 1: unique keys per date (key column only), to place every row in time order: one Dask task per
+    # date with dask.address set, else two dates at a time here (Parquet reads and Arrow's hashing run
+    # outside the GIL).
+    if settings.dask.address:
+        counts = _unique_keys_on_dask(settings, [group for _, group in by_date])
+    else:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess-keys") as pool:
+            counts = list(pool.map(lambda day: _unique_keys(day[1], contract.key_column), by_date))
     total = sum(counts)
     bounds = _bounds(total, settings)
     train_rows = bounds["train"][1]
@@ -400,6 +404,23 @@ def _time_splits(
         while written:
             written.popleft().result()
     return total, stats, pa.concat_tables(reference_parts).combine_chunks()
+
+
+def _unique_keys_on_dask(settings: Settings, dates: list[list[Path]]) -> list[int]:
+    """Each date's unique keys counted by a task on the cluster at dask.address, which reads the date's files
+    (data_dir shared with the workers, as for collection); the counts in the dates' order."""
+    from core.cluster import connect
+
+    address = settings.dask.address
+    assert address is not None
+    with connect(address, settings.dask.connect_timeout_s) as client:
+        futures = client.map(_unique_keys, dates, key_column=settings.contract.key_column, pure=False)
+        try:
+            counts: list[int] = client.gather(futures)
+        finally:
+            client.cancel(futures)
+    log.info("preprocess: unique keys of %d date(s) counted on the Dask cluster at %s", len(dates), address)
+    return counts
 
 
 def _unordered_splits(

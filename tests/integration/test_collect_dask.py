@@ -13,6 +13,7 @@ quarantined rows and their reasons, the counts and fault counts, the watermark, 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -140,13 +141,18 @@ def _run(settings: Settings, grow: Callable[[int], None], as_of: str | None) -> 
     return _outcome(settings, manifests, build_splits(settings)) | {"executors": [m["executor"] for m in manifests]}
 
 
+@pytest.mark.usefixtures("state_dir")
 @pytest.mark.parametrize("case", list(CASES))
 def test_collect_and_preprocess_on_the_cluster_match_the_local_run(
-    case: str, dask_cluster: str, state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    case: str,
+    dask_cluster: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv("MLOPS_COLLECTION__CHUNK_ROWS", str(CHUNK_ROWS))
     monkeypatch.setenv("MLOPS_SPLITS__REFERENCE_ROWS", "300")
-    outcomes = {}
+    outcomes, on_cluster = {}, {}
     for where, address in (("local", None), ("dask", dask_cluster)):
         folder = tmp_path / where
         folder.mkdir()
@@ -155,8 +161,14 @@ def test_collect_and_preprocess_on_the_cluster_match_the_local_run(
             monkeypatch.setenv("MLOPS_DASK__ADDRESS", address)
         source, as_of = CASES[case]
         grow = source(folder, monkeypatch)
-        outcomes[where] = _run(get_settings(), grow, as_of)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="core.data.splits"):
+            outcomes[where] = _run(get_settings(), grow, as_of)
+        on_cluster[where] = "counted on the Dask cluster" in caplog.text
     local, remote = outcomes["local"], outcomes["dask"]
+    # Time splits count each date's keys on the cluster; stratified ones (no timestamp) read every row here.
+    assert on_cluster == {"local": False, "dask": local["splits"]["strategy"] == "time"}
+    assert local["splits"]["strategy"] == ("stratified" if case == "no-timestamp-parquet" else "time")
 
     assert local["executors"] == ["local", "local"]
     if case == "no-id-parquet":
