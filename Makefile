@@ -107,7 +107,7 @@ bench-serving: $(STAMP) ## this API vs `mlflow models serve`, same model and loa
 bench-score: $(STAMP) ## batch scoring of 10M rows (read, predict, write) vs in-process predict -> benchmarks/results/score.json
 	$(PY) -m benchmarks.bench_score $(BENCH_ARGS)
 
-bench-dask: $(STAMP) ## batch scoring of 20M rows on a Dask LocalCluster of 1 and 2 workers -> benchmarks/results/dask.json
+bench-dask: $(STAMP) ## collect + preprocess + score 20M rows on a Dask LocalCluster of 1 and 2 workers -> benchmarks/results/dask.json
 	$(PY) -m benchmarks.bench_dask $(BENCH_ARGS)
 
 bench-report: $(STAMP) ## docs/benchmarks.md from benchmarks/results/*.json

@@ -303,19 +303,16 @@ class SqlSource:
         if window is None or self._ts is None or self._key is None:
             raise SourceError("a sql source is split into parts by (timestamp, id): the contract needs both")
         sql, bounds = self._window_sql(window, select=f"{self._ts} AS k_ts, {self._key} AS k_id")
-        numbered = (
-            f"SELECT k_ts, k_id, ROW_NUMBER() OVER (ORDER BY k_ts, k_id) AS k_row, COUNT(*) OVER () AS k_rows "
-            f"FROM ({sql}) AS w"
-        )
-        query = f"SELECT k_ts, k_id, k_row, k_rows FROM ({numbered}) AS n WHERE (k_row - 1) % {int(chunk_rows)} = 0"
+        numbered = f"SELECT k_ts, k_id, ROW_NUMBER() OVER (ORDER BY k_ts, k_id) AS k_row FROM ({sql}) AS w"
+        query = f"SELECT k_ts, k_id, k_row FROM ({numbered}) AS n WHERE (k_row - 1) % {int(chunk_rows)} = 0"
         with self.engine.connect() as conn:
-            no_id = conn.execute(_bound(f"SELECT COUNT(*) FROM ({sql}) AS w WHERE k_id IS NULL", bounds)).scalar()
-            if no_id:
-                raise SourceError(f"{no_id} rows of the window have no {self.contract.id_column}")
-            starts = conn.execute(_bound(query + " ORDER BY k_row", bounds)).all()
+            counts = conn.execute(_bound(f"SELECT COUNT(*), COUNT(k_id) FROM ({sql}) AS w", bounds)).one()
+            total, with_id = int(counts[0]), int(counts[1])
+            if with_id != total:
+                raise SourceError(f"{total - with_id} rows of the window have no {self.contract.id_column}")
+            starts = conn.execute(_bound(query + " ORDER BY k_row", bounds)).all() if total else []
         if not starts:
             return []
-        total = int(starts[0][3])
         keys = [(r[0], r[1]) for r in starts]
         firsts = [int(r[2]) - 1 for r in starts]
         return [
