@@ -82,16 +82,17 @@ class SourcePart:
 
     ``index`` is the chunk's place in the read; a SQL source names it by the (timestamp, id) keys of its
     first row and of the next chunk's first row (``lower`` inclusive, ``upper`` exclusive, None: open), a
-    Parquet source by its row positions across the files (``start`` inclusive, ``stop`` exclusive).
-    ``rows`` is how many rows the ordered read holds there (before the window's fine filter).
+    Parquet source by row ranges of the files as they were listed when planned (``files``: (path, start,
+    stop) each, read under the schema of ``schema_file``, the first file). ``rows`` is how many rows the
+    ordered read holds there (before the window's fine filter).
     """
 
     index: int
     rows: int
     lower: tuple[Any, Any] | None = None
     upper: tuple[Any, Any] | None = None
-    start: int = 0
-    stop: int = 0
+    files: tuple[tuple[str, int, int], ...] = ()
+    schema_file: str = ""
 
 
 @dataclass
@@ -568,36 +569,32 @@ class FileSource:
                 yield rows
 
     def parts(self, window: Window | None, chunk_rows: int) -> list[SourcePart]:
-        """The chunks :meth:`read_arrow` would read, by row position across the files (from the files'
+        """The chunks :meth:`read_arrow` would read, as row ranges of the files listed now (from the files'
         footers, no rows read). CSV files cannot be split without reading them: SourceError."""
         if self.kind != "parquet":
             raise SourceError(f"a {self.kind} source is not split into parts: its row positions are unknown unread")
-        total = sum(self._file_rows)
-        return [
-            SourcePart(
-                index=i, rows=min(start + chunk_rows, total) - start, start=start, stop=min(start + chunk_rows, total)
-            )
-            for i, start in enumerate(range(0, total, chunk_rows))
-        ]
-
-    @functools.cached_property
-    def _file_rows(self) -> list[int]:
-        rows = []
+        sizes = []
         for path in self.files:
             with pq.ParquetFile(path, filesystem=self.fs) as pf:
-                rows.append(pf.metadata.num_rows)
-        return rows
+                sizes.append(pf.metadata.num_rows)
+        total = sum(sizes)
+        parts = []
+        for index, start in enumerate(range(0, total, chunk_rows)):
+            stop, offset, files = min(start + chunk_rows, total), 0, []
+            for path, rows in zip(self.files, sizes, strict=True):
+                lo, hi = max(start, offset), min(stop, offset + rows)
+                if lo < hi:
+                    files.append((path, lo - offset, hi - offset))
+                offset += rows
+            parts.append(SourcePart(index=index, rows=stop - start, files=tuple(files), schema_file=self.files[0]))
+        return parts
 
     def read_part(self, window: Window | None, part: SourcePart) -> PartRead:
         """One part of :meth:`parts`, read on its own: the row groups holding its rows, sliced."""
-        schema = pq.read_schema(self.files[0], filesystem=self.fs)
-        pieces: list[pa.Table] = []
-        offset = 0
-        for path, rows in zip(self.files, self._file_rows, strict=True):
-            lo, hi = max(part.start, offset), min(part.stop, offset + rows)
-            if lo < hi:
-                pieces.append(self._file_rows_slice(path, schema, lo - offset, hi - offset))
-            offset += rows
+        schema = pq.read_schema(part.schema_file, filesystem=self.fs)
+        pieces = [
+            self._file_rows_slice(path, part.schema_file, schema, start, stop) for path, start, stop in part.files
+        ]
         read = sum(t.num_rows for t in pieces)
         if not pieces:
             return PartRead(0, [])
@@ -605,26 +602,28 @@ class FileSource:
         rows = _select_window_arrow(chunk, window, self.contract)
         return PartRead(read, [rows] if rows.num_rows else [])
 
-    def _file_rows_slice(self, path: str, schema: pa.Schema, start: int, stop: int) -> pa.Table:
+    def _file_rows_slice(self, path: str, first: str, schema: pa.Schema, start: int, stop: int) -> pa.Table:
         """Rows [start, stop) of one file, read as :meth:`_parquet_batches` reads it."""
         with pq.ParquetFile(path, filesystem=self.fs) as pf:
             if pf.schema_arrow.equals(schema):
-                groups, first, at = [], None, 0
+                groups: list[int] = []
+                group_start: int | None = None
+                at = 0
                 for g in range(pf.metadata.num_row_groups):
                     n = pf.metadata.row_group(g).num_rows
                     if at < stop and at + n > start:
                         groups.append(g)
-                        first = at if first is None else first
+                        group_start = at if group_start is None else group_start
                     at += n
                 table = pf.read_row_groups(groups)
-                return table.slice(start - (first or 0), stop - start)
+                return table.slice(start - (group_start or 0), stop - start)
         one = pads.dataset(path, schema=schema, format="parquet", filesystem=self.fs)
         try:
             return one.to_table().slice(start, stop - start)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             columns = ", ".join(f"{f.name} {f.type}" for f in schema)
             raise SourceError(
-                f"{path}: its columns do not read as the first file's ({self.files[0]}: {columns}): {exc}"
+                f"{path}: its columns do not read as the first file's ({first}: {columns}): {exc}"
             ) from exc
 
     def _parquet_batches(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:

@@ -1,4 +1,4 @@
-"""File sources: text encodings; Parquet files read one at a time under one schema."""
+"""File sources: text encodings; Parquet files read one at a time under one schema; parts of a read (Dask)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.data.sources import FileSource, SourceError, Watermark, Window
+from core.data.sources import FileSource, SourceError, SqlSource, Watermark, Window
 from core.inference.sample import synthetic_frame
 from core.settings import get_settings
 
@@ -73,3 +73,63 @@ def test_a_parquet_file_whose_column_does_not_read_as_the_first_files_names_the_
         list(FileSource(str(tmp_path), "parquet", contract).read_arrow(None, chunk_rows=100))
     message = str(raised.value)
     assert "b.parquet" in message and "a.parquet" in message and "n/a" in message
+
+
+# ---- parts: the chunks of the read, each read on its own (collection on Dask) ------------------------------
+def _same_chunks(source: FileSource | SqlSource, window: Window | None, chunk_rows: int) -> int:
+    """Each part read on its own gives the read's chunk at its place; the number of parts."""
+    chunks = list(source.read_arrow(window, chunk_rows))
+    parts = source.parts(window, chunk_rows)
+    read = [source.read_part(window, part) for part in parts]
+    assert [r.read for r in read] == [p.rows for p in parts]
+    tables = [t for r in read for t in r.tables]
+    assert len(tables) == len(chunks)
+    for got, expected in zip(tables, chunks, strict=True):
+        assert got.equals(expected)
+    return len(parts)
+
+
+def test_parquet_parts_are_the_reads_chunks_across_files_and_row_groups(tmp_path: Path) -> None:
+    contract = get_settings().contract
+    frame = synthetic_frame(contract, 300, seed=7)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    frame.iloc[:130].to_parquet(folder / "part-0.parquet", index=False, row_group_size=40)
+    frame.iloc[130:200][list(reversed(frame.columns))].to_parquet(folder / "part-1.parquet", index=False)
+    frame.iloc[200:].drop(columns=[contract.numeric_features[0]]).to_parquet(
+        folder / "part-2.parquet", index=False, row_group_size=33
+    )
+    source = FileSource(str(folder), "parquet", contract)
+    assert _same_chunks(source, None, 70) == 5
+    ts = contract.timestamp_column
+    assert ts is not None
+    since = Watermark(timestamp=frame[ts].sort_values().iloc[50].to_pydatetime())
+    assert _same_chunks(source, Window(since=since, until=frame[ts].max().to_pydatetime()), 45) == 7
+    (csv := tmp_path / "rows.csv").write_text(frame.to_csv(index=False))
+    with pytest.raises(SourceError, match="csv source is not split"):
+        FileSource(str(csv), "csv", contract).parts(None, 70)
+
+
+def test_sql_parts_are_the_reads_chunks_with_tied_times_and_a_watermark(tmp_path: Path) -> None:
+    """Many rows share a time (the parts' edges fall inside ties, ordered by id); the window starts at a
+    watermark with an id, so the first chunks lose rows to the fine filter."""
+    import sqlalchemy as sa
+
+    contract = get_settings().contract
+    ts, key = contract.timestamp_column, contract.id_column
+    assert ts is not None and key is not None
+    frame = synthetic_frame(contract, 500, seed=11)
+    frame[ts] = frame[ts].dt.floor("6h")
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    engine = sa.create_engine(url)
+    frame.to_sql("rows", engine, index=False)
+    engine.dispose()
+    source = SqlSource(url, contract, table="rows")
+    ordered = frame.sort_values([ts, key])
+    until = ordered[ts].iloc[-40].to_pydatetime()
+    assert _same_chunks(source, Window(since=Watermark(), until=until), 64) > 5
+    mark = ordered.iloc[100]
+    window = Window(since=Watermark(timestamp=mark[ts].to_pydatetime(), id=str(mark[key])), until=until)
+    assert _same_chunks(source, window, 37) > 5
+    with pytest.raises(SourceError, match="needs both"):
+        source.parts(None, 64)
