@@ -58,7 +58,16 @@ from core.data.snapshots import (
     write_partitions,
     write_watermark,
 )
-from core.data.sources import SourceError, SourcePart, Watermark, Window, open_source
+from core.data.sources import (
+    SourceError,
+    SourcePart,
+    SqlSource,
+    TimeRange,
+    Watermark,
+    Window,
+    open_source,
+    plan_parts,
+)
 from core.data.validation import SchemaMismatchError, check_columns, validate_table
 from core.prefetch import prefetch
 from core.settings import Settings
@@ -181,9 +190,9 @@ def pull_and_stage(settings: Settings, plan: CollectionPlan) -> PullResult:
     address = settings.dask.address
     if not address:
         return _pull_here(settings, plan)
-    parts, why_not = _plan_parts(settings, plan)
-    if parts is not None:
-        result, why_not = _pull_on_dask(settings, plan, parts, address)
+    layout, why_not = _plan_parts(settings, plan)
+    if layout is not None:
+        result, why_not = _pull_on_dask(settings, plan, layout, address)
         if result is not None:
             return result
     log.warning("collection runs in this process, not on the Dask cluster at %s: %s", address, why_not)
@@ -244,8 +253,9 @@ def _pull_here(settings: Settings, plan: CollectionPlan) -> PullResult:
     return result
 
 
-def _plan_parts(settings: Settings, plan: CollectionPlan) -> tuple[list[SourcePart] | None, str]:
-    """The chunks of the window's read as parts a worker reads on its own, or None and why not."""
+def _plan_parts(settings: Settings, plan: CollectionPlan) -> tuple[list[SourcePart] | list[TimeRange] | None, str]:
+    """How the window's read splits into parts a worker reads on its own: the parts (Parquet files, from their
+    footers) or the time ranges whose row counts place them (a SQL source); or None and why not."""
     if settings.contract.id_column is None:
         return None, (
             "the contract has no id_column: a row's key is derived from its content and numbered among identical "
@@ -253,9 +263,21 @@ def _plan_parts(settings: Settings, plan: CollectionPlan) -> tuple[list[SourcePa
         )
     source = open_source(settings)
     try:
+        if isinstance(source, SqlSource):
+            return source.time_ranges(plan.window), ""
         return source.parts(plan.window, settings.collection.chunk_rows), ""
     except SourceError as exc:
         return None, str(exc)
+    finally:
+        source.close()
+
+
+def _count_range(time_range: TimeRange, settings: Settings, window: Window | None) -> int:
+    """One Dask task: the rows of a SQL source's window read in one time range."""
+    source = open_source(settings)
+    try:
+        assert isinstance(source, SqlSource)
+        return source.count(window, time_range)
     finally:
         source.close()
 
@@ -320,15 +342,16 @@ def _collect_part(settings: Settings, plan: CollectionPlan, part: SourcePart) ->
 
 
 def _pull_on_dask(
-    settings: Settings, plan: CollectionPlan, parts: list[SourcePart], address: str
+    settings: Settings, plan: CollectionPlan, layout: list[SourcePart] | list[TimeRange], address: str
 ) -> tuple[PullResult | None, str]:
     """One task per part on the cluster; this process adds up the counts, the fault counts and the newest
     (timestamp, id) in the read's order, and writes the quarantine file from the parts' pieces in that order.
+    A SQL source's time ranges are counted first, one task a range, and the parts placed by the counts.
 
     Workers read the source and write at this process's paths: on several machines, data_dir must be one
     shared filesystem and the source reachable from every worker (docs/scaling.md). A part that read other
-    rows than planned (the source changed, or rows share one (timestamp, id) across a part's edge) makes the
-    result (None, why): the caller collects in this process instead.
+    rows than planned (the source changed between planning and reading) makes the result (None, why): the
+    caller collects in this process instead.
     """
     from core.cluster import connect
 
@@ -336,9 +359,18 @@ def _pull_on_dask(
     paths = _paths(settings, plan.run_id)
     shutil.rmtree(paths["staging"], ignore_errors=True)
     outcomes: list[_PartOutcome] = []
-    if parts:
+    parts: list[SourcePart] = [p for p in layout if isinstance(p, SourcePart)]
+    if layout:
         tag = uuid.uuid4().hex[:6]
         with connect(address, settings.dask.connect_timeout_s) as client:
+            ranges = [r for r in layout if isinstance(r, TimeRange)]
+            if ranges:
+                counting = client.map(_count_range, ranges, settings=settings, window=plan.window, pure=False)
+                try:
+                    range_rows: list[int] = client.gather(counting)
+                finally:
+                    client.cancel(counting)
+                parts = plan_parts(ranges, range_rows, settings.collection.chunk_rows)
             futures = [
                 client.submit(_collect_part, settings, plan, p, key=f"collect-{plan.run_id}-{p.index}-{tag}")
                 for p in parts
@@ -353,8 +385,7 @@ def _pull_on_dask(
         index, planned, read = moved[0]
         return None, (
             f"{len(moved)} part(s) of the read held other rows than planned (part {index}: {read} rows, planned "
-            f"{planned}): the source changed while it was read, or rows share one ({contract.timestamp_column}, "
-            f"{contract.id_column})"
+            f"{planned}): the source changed while it was read"
         )
     result = PullResult(executor=f"dask {address}")
     quarantine = QuarantineWriter(paths["quarantine"], contract.column_names, plan.run_id, plan.started_at)

@@ -193,12 +193,11 @@ def test_collect_and_preprocess_on_the_cluster_match_the_local_run(
         pd.testing.assert_frame_equal(remote["split_files"][name], frame, obj=name)
 
 
-def test_a_part_that_reads_other_rows_than_planned_collects_again_in_this_process(
+def test_rows_sharing_one_time_and_id_across_a_parts_edge_are_collected_as_locally(
     dask_cluster: str, state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two rows sharing one (timestamp, id) across a part's edge (a query source repeating the last row of part
-    0): the parts read other rows than planned, so the run collects in the flow's process (the same part files
-    as a local run) and the manifest says why."""
+    """A query source repeating the last row of the first chunk: the copy is the first row of the next chunk,
+    with the same (timestamp, id). Parts are placed by position, so they are the local read's chunks."""
     monkeypatch.setenv("MLOPS_COLLECTION__CHUNK_ROWS", str(CHUNK_ROWS))
     _fraud_source(tmp_path, monkeypatch)(0)
     url = get_settings().warehouse_url
@@ -218,9 +217,33 @@ def test_a_part_that_reads_other_rows_than_planned_collects_again_in_this_proces
     monkeypatch.setenv("MLOPS_DATA_DIR", str(tmp_path / "dask"))
     monkeypatch.setenv("MLOPS_DASK__ADDRESS", dask_cluster)
     remote = run_collection(get_settings(), max_bad_share=0.5)
-    assert remote["executor"].startswith("local: 2 part(s) of the read held other rows than planned"), remote
-    assert remote["files"] == local["files"] and remote["rows"] == local["rows"]
-    assert len(local["files"]) > 3
+    assert remote["executor"] == f"dask {dask_cluster}"
+    assert remote["files"] == local["files"] and remote["rows"] == local["rows"] and len(local["files"]) > 3
+
+
+def test_a_part_that_reads_other_rows_than_planned_is_refused_before_anything_is_published(
+    dask_cluster: str, state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source changed between planning and reading (a part planned one row longer than it reads): the
+    Dask pull gives up with why and leaves no staged file; pull_and_stage then collects in this process."""
+    from dataclasses import replace
+
+    from core.data.collection import _plan_parts, _pull_on_dask, plan_window
+    from core.data.sources import SourcePart
+
+    monkeypatch.setenv("MLOPS_COLLECTION__CHUNK_ROWS", str(CHUNK_ROWS))
+    _generated_source(tmp_path, monkeypatch)(0)
+    monkeypatch.setenv("MLOPS_DASK__ADDRESS", dask_cluster)
+    settings = get_settings()
+    plan = plan_window(settings, as_of=AS_OF)
+    layout, _ = _plan_parts(settings, plan)
+    parts = [p for p in layout or [] if isinstance(p, SourcePart)]
+    assert len(parts) > 2
+    shifted = [replace(p, rows=p.rows + 1) if p.index == 1 else p for p in parts]
+    result, why = _pull_on_dask(settings, plan, shifted, dask_cluster)
+    assert result is None
+    assert why.startswith("1 part(s) of the read held other rows than planned (part 1: 700 rows, planned 701)")
+    assert not (settings.data_dir / "staging" / plan.run_id).exists()
 
 
 def test_an_unreachable_scheduler_fails_the_run_naming_the_address(

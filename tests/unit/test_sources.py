@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.data.sources import FileSource, SourceError, SqlSource, Watermark, Window
+from core.data.sources import FileSource, SourceError, SqlSource, Watermark, Window, plan_parts
 from core.inference.sample import synthetic_frame
 from core.settings import get_settings
 
@@ -79,7 +79,11 @@ def test_a_parquet_file_whose_column_does_not_read_as_the_first_files_names_the_
 def _same_chunks(source: FileSource | SqlSource, window: Window | None, chunk_rows: int) -> int:
     """Each part read on its own gives the read's chunk at its place; the number of parts."""
     chunks = list(source.read_arrow(window, chunk_rows))
-    parts = source.parts(window, chunk_rows)
+    if isinstance(source, SqlSource):
+        ranges = source.time_ranges(window)
+        parts = plan_parts(ranges, [source.count(window, r) for r in ranges], chunk_rows)
+    else:
+        parts = source.parts(window, chunk_rows)
     read = [source.read_part(window, part) for part in parts]
     assert [r.read for r in read] == [p.rows for p in parts]
     tables = [t for r in read for t in r.tables]
@@ -111,8 +115,9 @@ def test_parquet_parts_are_the_reads_chunks_across_files_and_row_groups(tmp_path
 
 
 def test_sql_parts_are_the_reads_chunks_with_tied_times_and_a_watermark(tmp_path: Path) -> None:
-    """Many rows share a time (the parts' edges fall inside ties, ordered by id); the window starts at a
-    watermark with an id, so the first chunks lose rows to the fine filter."""
+    """Parts placed by each day's row count: many rows share a time (the parts' edges fall inside ties,
+    ordered by id) and parts span days; the window starts at a watermark with an id, so the first chunks lose
+    rows to the fine filter."""
     import sqlalchemy as sa
 
     contract = get_settings().contract
@@ -131,5 +136,6 @@ def test_sql_parts_are_the_reads_chunks_with_tied_times_and_a_watermark(tmp_path
     mark = ordered.iloc[100]
     window = Window(since=Watermark(timestamp=mark[ts].to_pydatetime(), id=str(mark[key])), until=until)
     assert _same_chunks(source, window, 37) > 5
-    with pytest.raises(SourceError, match="needs both"):
-        source.parts(None, 64)
+    assert len(source.time_ranges(window)) > 3
+    with pytest.raises(SourceError, match="no timestamp_column"):
+        source.time_ranges(None)
