@@ -19,8 +19,8 @@ content (core.data.rules.row_keys).
 
 With ``dask.address`` set, the read, check and staging run on the cluster, one task per chunk of the read
 (:func:`_pull_on_dask`): the same chunks as the local read, so the same part files, quarantine, counts and
-watermark. A contract without an id, or a CSV source, is collected in this process (the manifest's
-``executor`` says why).
+watermark. A contract without an id, a CSV source, and a SQL source without a timestamp or in another
+database than SQLite and PostgreSQL are collected in this process (the manifest's ``executor`` says why).
 
 Always checked: loaded + quarantined == pulled.
 """
