@@ -1,6 +1,7 @@
 """Collection and preprocessing with `dask.address` set, on a real Dask cluster (distributed.LocalCluster, 2
 worker processes), against the same runs without it, over the same source: the fraud contract from a SQLite
-warehouse (with the simulator's faulty rows: nulls, out-of-range values and text in a number column), and
+warehouse and from a PostgreSQL one (with the simulator's faulty rows: nulls, out-of-range values and text in a
+number column), and
 generated non-fraud contracts from Parquet files (a multiclass contract with text labels and an id; one without a
 timestamp; one without an id, which collects in the flow's process and says why).
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from core.data.collection import run_collection
 from core.data.splits import build_splits
 from core.settings import Settings, get_settings
 from tests import generated
+from tests.postgres import fresh_database, sqlalchemy_url
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +38,12 @@ AS_OF = "2026-12-31"  # after every simulated label has matured
 CHUNK_ROWS = 700
 
 
-def _fraud_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
-    """A SQLite warehouse; each call adds days, the second with the simulator's data-quality faults."""
+def _fraud_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str | None = None) -> Callable[[int], None]:
+    """A SQLite warehouse (or the database at `url`); each call adds days, the second with the simulator's
+    data-quality faults."""
     from demo.simulator import write_warehouse
 
-    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    url = url or f"sqlite:///{tmp_path / 'warehouse.db'}"
     monkeypatch.setenv("MLOPS_WAREHOUSE_URL", url)
     contract = get_settings().contract
 
@@ -99,13 +103,19 @@ def _generated_source(
     return grow
 
 
+def _fraud_postgresql(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stack: ExitStack) -> Callable[[int], None]:
+    """The fraud warehouse in a throwaway database of the PostgreSQL at 127.0.0.1:5432 (dropped afterwards)."""
+    return _fraud_source(tmp_path, monkeypatch, sqlalchemy_url(stack.enter_context(fresh_database("collect"))))
+
+
 # Each case: its source, and the collection's as_of (None: the source's clock; the warehouse's newest labels
 # are still unknown, so the window ends label_delay_days before its newest row).
-CASES: dict[str, tuple[Callable[[Path, pytest.MonkeyPatch], Callable[[int], None]], str | None]] = {
-    "fraud-sqlite": (_fraud_source, None),
-    "multiclass-parquet": (_generated_source, AS_OF),
-    "no-timestamp-parquet": (lambda t, m: _generated_source(t, m, timestamp=False), AS_OF),
-    "no-id-parquet": (lambda t, m: _generated_source(t, m, id_column=False), AS_OF),
+CASES: dict[str, tuple[Callable[[Path, pytest.MonkeyPatch, ExitStack], Callable[[int], None]], str | None]] = {
+    "fraud-sqlite": (lambda t, m, _: _fraud_source(t, m), None),
+    "fraud-postgresql": (_fraud_postgresql, None),
+    "multiclass-parquet": (lambda t, m, _: _generated_source(t, m), AS_OF),
+    "no-timestamp-parquet": (lambda t, m, _: _generated_source(t, m, timestamp=False), AS_OF),
+    "no-id-parquet": (lambda t, m, _: _generated_source(t, m, id_column=False), AS_OF),
 }
 
 
@@ -142,7 +152,9 @@ def _run(settings: Settings, grow: Callable[[int], None], as_of: str | None) -> 
 
 
 @pytest.mark.usefixtures("state_dir")
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=[pytest.mark.postgres] if "postgresql" in c else []) for c in CASES]
+)
 def test_collect_and_preprocess_on_the_cluster_match_the_local_run(
     case: str,
     dask_cluster: str,
@@ -153,18 +165,19 @@ def test_collect_and_preprocess_on_the_cluster_match_the_local_run(
     monkeypatch.setenv("MLOPS_COLLECTION__CHUNK_ROWS", str(CHUNK_ROWS))
     monkeypatch.setenv("MLOPS_SPLITS__REFERENCE_ROWS", "300")
     outcomes, on_cluster = {}, {}
-    for where, address in (("local", None), ("dask", dask_cluster)):
-        folder = tmp_path / where
-        folder.mkdir()
-        monkeypatch.setenv("MLOPS_DATA_DIR", str(folder / "data"))
-        if address:
-            monkeypatch.setenv("MLOPS_DASK__ADDRESS", address)
-        source, as_of = CASES[case]
-        grow = source(folder, monkeypatch)
-        caplog.clear()
-        with caplog.at_level(logging.INFO, logger="core.data.splits"):
-            outcomes[where] = _run(get_settings(), grow, as_of)
-        on_cluster[where] = "counted on the Dask cluster" in caplog.text
+    with ExitStack() as stack:  # a PostgreSQL case's databases, dropped once both runs are read
+        for where, address in (("local", None), ("dask", dask_cluster)):
+            folder = tmp_path / where
+            folder.mkdir()
+            monkeypatch.setenv("MLOPS_DATA_DIR", str(folder / "data"))
+            if address:
+                monkeypatch.setenv("MLOPS_DASK__ADDRESS", address)
+            source, as_of = CASES[case]
+            grow = source(folder, monkeypatch, stack)
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="core.data.splits"):
+                outcomes[where] = _run(get_settings(), grow, as_of)
+            on_cluster[where] = "counted on the Dask cluster" in caplog.text
     local, remote = outcomes["local"], outcomes["dask"]
     # Time splits count each date's keys on the cluster; stratified ones (no timestamp) read every row here.
     assert on_cluster == {"local": False, "dask": local["splits"]["strategy"] == "time"}
