@@ -277,3 +277,24 @@ def test_an_unreachable_scheduler_fails_the_run_naming_the_address(
         run_collection(settings)
     assert time.monotonic() - started < 30
     assert not (settings.data_dir / "raw").exists() and not (settings.data_dir / "state" / "watermark.json").exists()
+
+
+@pytest.mark.usefixtures("state_dir")
+def test_the_collect_and_preprocess_flows_run_their_work_on_the_cluster(
+    dask_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Prefect flows a deployment runs, with dask.address set: collect's tasks send the parts to the
+    cluster (its manifest says so), and preprocess builds the splits of every row it loaded."""
+    from pipelines.collect import collect
+    from pipelines.preprocess import preprocess
+
+    monkeypatch.setenv("MLOPS_COLLECTION__CHUNK_ROWS", str(CHUNK_ROWS))
+    monkeypatch.setenv("MLOPS_SPLITS__REFERENCE_ROWS", "300")
+    _fraud_source(tmp_path, monkeypatch)(0)
+    monkeypatch.setenv("MLOPS_DASK__ADDRESS", dask_cluster)
+    manifest = collect(seed_if_empty=False)
+    assert manifest["status"] == "succeeded" and manifest["executor"] == f"dask {dask_cluster}", manifest
+    rows = manifest["rows"]
+    assert rows["pulled"] > 3 * CHUNK_ROWS and rows["loaded"] + rows["quarantined"] == rows["pulled"], rows
+    splits = preprocess()["splits"]
+    assert sum(splits[name]["rows"] for name in ("train", "validation", "test", "holdout")) == rows["loaded"]
