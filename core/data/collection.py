@@ -68,7 +68,7 @@ from core.data.sources import (
     open_source,
     plan_parts,
 )
-from core.data.validation import SchemaMismatchError, check_columns, validate_table
+from core.data.validation import SchemaMismatchError, TableValidation, check_columns, validate_table
 from core.prefetch import prefetch
 from core.settings import Settings
 
@@ -91,8 +91,8 @@ class CollectionPlan:
 
 
 @dataclass
-class PullResult:
-    """Counts of one run's pull; the staged files wait in ``staging`` until publish."""
+class PullCounts:
+    """Rows pulled, loaded and quarantined, and what the checker found in them: of a part or of a run."""
 
     pulled: int = 0
     loaded: int = 0
@@ -100,6 +100,36 @@ class PullResult:
     fault_counts: Counter[str] = field(default_factory=Counter)
     column_counts: Counter[str] = field(default_factory=Counter)
     unknown_categories: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def add_checked(self, pulled: int, checked: TableValidation) -> None:
+        """One checked chunk of `pulled` rows; every row must be either valid or quarantined."""
+        if checked.rows != pulled:
+            raise RuntimeError(f"accounting broke: {pulled} rows pulled, {checked.rows} validated")
+        self.add(
+            PullCounts(
+                pulled,
+                checked.valid.num_rows,
+                len(checked.quarantined),
+                checked.fault_counts,
+                checked.column_counts,
+                checked.unknown_categories,
+            )
+        )
+
+    def add(self, other: PullCounts) -> None:
+        self.pulled += other.pulled
+        self.loaded += other.loaded
+        self.quarantined += other.quarantined
+        self.fault_counts.update(other.fault_counts)
+        self.column_counts.update(other.column_counts)
+        for col, counts in other.unknown_categories.items():
+            self.unknown_categories.setdefault(col, Counter()).update(counts)
+
+
+@dataclass
+class PullResult(PullCounts):
+    """Counts of one run's pull; the staged files wait in ``staging`` until publish."""
+
     parts: list[PartFile] = field(default_factory=list)
     quarantine_file: str | None = None
     newest: Watermark = field(default_factory=Watermark)
@@ -225,15 +255,7 @@ def _pull_here(settings: Settings, plan: CollectionPlan) -> PullResult:
             valid = checked.valid
             if contract.id_column is None and valid.num_rows:
                 valid = valid.append_column(ROW_KEY, row_keys(valid, contract.column_names, seen_keys))
-            if checked.rows != chunk.num_rows:
-                raise RuntimeError(f"accounting broke: {chunk.num_rows} rows pulled, {checked.rows} validated")
-            result.pulled += chunk.num_rows
-            result.loaded += valid.num_rows
-            result.quarantined += len(checked.quarantined)
-            result.fault_counts.update(checked.fault_counts)
-            result.column_counts.update(checked.column_counts)
-            for col, counts in checked.unknown_categories.items():
-                result.unknown_categories.setdefault(col, Counter()).update(counts)
+            result.add_checked(chunk.num_rows, checked)
             writer.submit(valid, checked.quarantined)
             if contract.timestamp_column is not None:
                 result.newest = _newest(result.newest, chunk, checked.timestamps, contract)
@@ -283,17 +305,11 @@ def _count_range(time_range: TimeRange, settings: Settings, window: Window | Non
 
 
 @dataclass
-class _PartOutcome:
+class _PartOutcome(PullCounts):
     """What one part's task did: its counts, part files, newest (timestamp, id) and quarantine piece."""
 
-    index: int
-    read: int
-    pulled: int = 0
-    loaded: int = 0
-    quarantined: int = 0
-    fault_counts: Counter[str] = field(default_factory=Counter)
-    column_counts: Counter[str] = field(default_factory=Counter)
-    unknown_categories: dict[str, Counter[str]] = field(default_factory=dict)
+    index: int = 0
+    read: int = 0
     parts: list[PartFile] = field(default_factory=list)
     newest: Watermark = field(default_factory=Watermark)
     quarantine_piece: str | None = None
@@ -317,15 +333,7 @@ def _collect_part(settings: Settings, plan: CollectionPlan, part: SourcePart) ->
     bad: list[pd.DataFrame] = []
     for chunk in read.tables:
         checked = validate_table(chunk, contract)
-        if checked.rows != chunk.num_rows:
-            raise RuntimeError(f"accounting broke: {chunk.num_rows} rows pulled, {checked.rows} validated")
-        outcome.pulled += chunk.num_rows
-        outcome.loaded += checked.valid.num_rows
-        outcome.quarantined += len(checked.quarantined)
-        outcome.fault_counts.update(checked.fault_counts)
-        outcome.column_counts.update(checked.column_counts)
-        for col, counts in checked.unknown_categories.items():
-            outcome.unknown_categories.setdefault(col, Counter()).update(counts)
+        outcome.add_checked(chunk.num_rows, checked)
         outcome.parts.extend(write_partitions(checked.valid, staging, contract))
         if len(checked.quarantined):
             bad.append(checked.quarantined)
@@ -391,13 +399,7 @@ def _pull_on_dask(
     quarantine = QuarantineWriter(paths["quarantine"], contract.column_names, plan.run_id, plan.started_at)
     try:
         for outcome in sorted(outcomes, key=lambda o: o.index):
-            result.pulled += outcome.pulled
-            result.loaded += outcome.loaded
-            result.quarantined += outcome.quarantined
-            result.fault_counts.update(outcome.fault_counts)
-            result.column_counts.update(outcome.column_counts)
-            for col, counts in outcome.unknown_categories.items():
-                result.unknown_categories.setdefault(col, Counter()).update(counts)
+            result.add(outcome)
             result.parts.extend(outcome.parts)
             result.newest = _later(result.newest, outcome.newest)
             if outcome.quarantine_piece is not None:
