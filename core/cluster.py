@@ -24,6 +24,10 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT_S) -> Client:
 
     try:
         return Client(address, timeout=timeout)
+    except ValueError as exc:  # not an address at all ("missing port number in address ...")
+        raise ClusterUnreachableError(
+            f"dask.address={address!r} is not a Dask scheduler address (tcp://host:port): {exc}"
+        ) from exc
     except OSError as exc:  # distributed raises OSError (TimeoutError among them) for a scheduler it cannot reach
         raise ClusterUnreachableError(
             f"cannot reach the Dask scheduler at dask.address={address} within {timeout:.0f} s: {exc}"
