@@ -191,13 +191,14 @@ def run_monitoring(
 def _drift_on_dask(settings: Settings, reference: pd.DataFrame, window: list[LogSlice]) -> DriftResult:
     """The drift result from per-partition statistics, one task per window slice on the cluster at
     `dask.address` (monitoring/merged_drift.py); the workers read the prediction log themselves."""
-    from distributed import Client
+    from core.cluster import ClusterUnreachableError, connect
 
     cfg = settings.monitoring
+    assert settings.dask.address is not None
     try:
-        client = Client(settings.dask.address, timeout=30)
-    except Exception as exc:  # OSError, TimeoutError: nothing was computed
-        raise DriftError(f"cannot reach the Dask scheduler at dask.address={settings.dask.address}: {exc}") from exc
+        client = connect(settings.dask.address, settings.dask.connect_timeout_s)
+    except ClusterUnreachableError as exc:  # nothing was computed
+        raise DriftError(str(exc)) from exc
     with client:
         return compute_drift_merged(
             reference,

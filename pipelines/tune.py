@@ -74,9 +74,9 @@ def worker_context() -> multiprocessing.context.BaseContext:
 def run_workers(spec: StudySpec, frame: pd.DataFrame, n_workers: int, dask_address: str | None) -> list[int]:
     """Run `n_workers` study workers: in this process, in local processes, or on a Dask cluster."""
     if dask_address:
-        from distributed import Client
+        from core.cluster import connect
 
-        with Client(dask_address) as client:
+        with connect(dask_address) as client:
             workers = list(client.scheduler_info(n_workers=-1)["workers"])
             shared = client.scatter(frame, broadcast=True)
             # One study worker pinned to each Dask worker, so trials really spread over the cluster.

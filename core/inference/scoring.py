@@ -829,7 +829,9 @@ def _score_on_dask(
     The workers read the raw snapshot and write the outputs at the same paths as this process: on more
     than one machine, data_dir and scoring.output_dir must be on a shared filesystem (docs/scaling.md)."""
     import joblib  # scikit-learn's own dependency
-    from distributed import Client, as_completed
+    from distributed import as_completed
+
+    from core.cluster import ClusterUnreachableError, connect
 
     predictor = model.predictor
     spec = _ModelSpec(
@@ -850,12 +852,11 @@ def _score_on_dask(
         else:
             todo.append(partition)
     if todo:
+        assert settings.dask.address is not None  # the caller's condition
         try:
-            client = Client(settings.dask.address, timeout=30)
-        except OSError as exc:
-            raise ScoringError(
-                f"cannot reach the Dask scheduler at dask.address={settings.dask.address}: {exc}"
-            ) from exc
+            client = connect(settings.dask.address, settings.dask.connect_timeout_s)
+        except ClusterUnreachableError as exc:
+            raise ScoringError(str(exc)) from exc
         with client:
             shared = client.scatter(spec, broadcast=True)  # the Pipeline sent once to each worker
             futures = {
