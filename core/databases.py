@@ -9,6 +9,7 @@ lock file installs, not SQLAlchemy's default psycopg2; a ``sqlite:///path`` gets
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,12 @@ def normalise_url(url: str) -> str:
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite:")
+
+
+def sqlite_time(value: datetime) -> str:
+    """A naive UTC time as SQLite holds it: the text SQLAlchemy's DateTime writes and binds
+    ("2026-01-15 09:00:00.000000"). SQLite compares times as text, so every writer and every bound uses it."""
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from core.contract import DatasetContract, label_text
-from core.databases import engine_for, libpq_url
+from core.databases import engine_for, libpq_url, sqlite_time
 from core.predictions import DEFAULT_ROLE, FEEDBACK, PREDICTIONS, TRAILING_DEFAULTS, LogSchema, ensure_tables
 from core.servers import process_alive
 from serving import metrics
@@ -362,10 +362,8 @@ class PredictionLog:
         if isinstance(v, datetime) and self._sqlite:
             if v.tzinfo is not None:
                 v = v.astimezone(UTC).replace(tzinfo=None)
-            # SQLite keeps times as text and compares them as text: the form SQLAlchemy's DateTime writes and
-            # binds ("2026-01-15 09:00:00.000000"), or a reader's `timestamp <= until` and ORDER BY go wrong
-            # (isoformat's "T" sorts after the space of every bound and of batch scoring's rows).
-            return v.isoformat(sep=" ", timespec="microseconds")
+            # isoformat's "T" would sort after every bound and batch scoring's rows (SQLite compares the text).
+            return sqlite_time(v)
         if isinstance(v, np.generic):
             return v.item()
         return v

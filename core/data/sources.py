@@ -44,7 +44,7 @@ import sqlalchemy as sa
 
 from core.contract import DatasetContract
 from core.data.rules import arrow_from_pandas, timestamps_of, to_timestamps
-from core.databases import engine_for, libpq_url, sqlite_path
+from core.databases import engine_for, libpq_url, sqlite_path, sqlite_time
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -405,7 +405,7 @@ class SqlSource:
         import adbc_driver_sqlite.dbapi as adbc_sqlite
 
         path = sqlite_path(str(self.engine.url))
-        params = [_sqlite_value(bounds[k]) for k in _bound_names(sql)]
+        params = [sqlite_time(bounds[k]) for k in _bound_names(sql)]
         with adbc_sqlite.connect(str(path)) as conn, conn.cursor() as cur:
             cur.execute("PRAGMA busy_timeout = 5000")  # wait for a writer's lock, as the engine's connections do
             cur.fetchall()
@@ -435,7 +435,7 @@ class SqlSource:
         raw = self.engine.raw_connection()
         try:
             driver = raw.driver_connection
-            params = {k: _sqlite_value(v) for k, v in bounds.items()}
+            params = {k: sqlite_time(v) for k, v in bounds.items()}
             yield from pd.read_sql(sql, driver, params=params, chunksize=chunk_rows)  # type: ignore[arg-type]
         finally:
             raw.close()
@@ -449,11 +449,6 @@ _BIND = re.compile(r":(since|until|lo_ts|hi_ts)\b")
 def _bound(sql: str, bounds: dict[str, datetime]) -> sa.TextClause:
     """``sql`` with its times bound as DateTime (rendered as the dialect stores them: SQLite's text)."""
     return sa.text(sql).bindparams(*(sa.bindparam(k, v, type_=sa.DateTime()) for k, v in bounds.items()))
-
-
-def _sqlite_value(value: datetime) -> str:
-    """A bound time as SQLite compares it: the DATETIME text the warehouse stores."""
-    return value.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def _bound_names(sql: str) -> list[str]:
