@@ -47,8 +47,8 @@ import pyarrow.parquet as pq
 from core.contract import DatasetContract
 from core.data.rules import arrow_schema, distinct_count
 from core.data.snapshots import (
-    PARQUET_OPTIONS,
     StreamingFingerprint,
+    parquet_options,
     raw_part_files,
     to_arrow,
     utc_now,
@@ -148,15 +148,16 @@ class _SplitStats:
 
 def _unique_keys(files: list[Path], key_column: str) -> int:
     keys = pa.concat_tables([pq.read_table(f, columns=[key_column]) for f in files]).column(0)
-    return len(keys.unique())
+    return distinct_count(keys, count_null=True)
 
 
-def _read_table(files: list[Path], contract: DatasetContract, schema: pa.Schema) -> pa.Table:
+def _read_table(files: list[Path], contract: DatasetContract, schema: pa.Schema, unique_keys: int) -> pa.Table:
     """:func:`_read_rows` in Arrow: a day's rows deduplicated by key and ordered by (time, key), no pandas
-    unless a key repeats (then the pandas path decides which copy stays, as it always has)."""
+    unless a key repeats (then the pandas path decides which copy stays, as it always has). `unique_keys` is
+    the day's count of distinct keys (pass 1's): as many rows as keys, no key repeats."""
     table = pa.concat_tables([pq.read_table(f, schema=schema) for f in files]).combine_chunks()
     key = contract.key_column
-    if distinct_count(table.column(key), count_null=True) != table.num_rows:
+    if table.num_rows != unique_keys:
         return to_arrow(_read_rows(files, contract), schema)
     if _in_order(table, contract):  # the usual case: collection wrote the day in (time, key) order
         return table
@@ -276,8 +277,9 @@ def build_splits(settings: Settings) -> dict[str, Any]:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     schema = arrow_schema(contract)
+    options = parquet_options(contract, schema)
     try:
-        writers = {name: pq.ParquetWriter(tmp / f"{name}.parquet", schema, **PARQUET_OPTIONS) for name in SPLITS}
+        writers = {name: pq.ParquetWriter(tmp / f"{name}.parquet", schema, **options) for name in SPLITS}
         try:
             if strategy == "time":
                 total, stats, reference = _time_splits(files, writers, schema, settings)
@@ -287,7 +289,7 @@ def build_splits(settings: Settings) -> dict[str, Any]:
             for w in writers.values():
                 w.close()
         warnings += check_classes(stats, contract)
-        pq.write_table(reference, tmp / f"{REFERENCE}.parquet", **PARQUET_OPTIONS)
+        pq.write_table(reference, tmp / f"{REFERENCE}.parquet", **options)
         stats[REFERENCE].add(reference, contract)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -379,13 +381,15 @@ def _time_splits(
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess-reader") as pool,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess-writer") as writer,
     ):
-        days = iter(by_date)
-        ahead = pool.submit(_read_table, next(days)[1], contract, schema)
+        days = iter(zip(by_date, counts, strict=True))
+        (_, first), n_first = next(days)
+        ahead = pool.submit(_read_table, first, contract, schema, n_first)
         for (_, group), n in zip(by_date, counts, strict=True):
             table = ahead.result()
             following = next(days, None)
             if following is not None:
-                ahead = pool.submit(_read_table, following[1], contract, schema)
+                (_, files_after), n_after = following
+                ahead = pool.submit(_read_table, files_after, contract, schema, n_after)
             if table.num_rows != n:
                 raise PreprocessError(f"raw partition {group[0].parent} changed while preprocessing")
             for name, (lo, hi) in bounds.items():
