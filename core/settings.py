@@ -82,6 +82,8 @@ class SimulatorSettings(Section):
 class CollectionSettings(Section):
     max_bad_share: float = Field(0.05, ge=0.0, le=1.0)
     chunk_rows: int = Field(250_000, gt=0)
+    # Connections that read a SQL source's chunks at once (SQLite file, PostgreSQL; the contract has a timestamp).
+    readers: int = Field(2, ge=1)
 
 
 class SplitSettings(Section):

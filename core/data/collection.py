@@ -59,6 +59,7 @@ from core.data.snapshots import (
     write_watermark,
 )
 from core.data.sources import (
+    SourceChangedError,
     SourceError,
     SourcePart,
     SqlSource,
@@ -232,10 +233,18 @@ def pull_and_stage(settings: Settings, plan: CollectionPlan) -> PullResult:
 
 
 def _pull_here(settings: Settings, plan: CollectionPlan) -> PullResult:
-    """Read the window chunk by chunk, validate each chunk, stage valid rows and quarantine the rest.
+    """Read the window chunk by chunk, validate each chunk, stage valid rows and quarantine the rest; a SQL
+    source whose rows changed while it was read in parts is read again by one query."""
+    try:
+        return _pull_chunks(settings, plan, settings.collection.readers)
+    except SourceChangedError as exc:
+        log.warning("%s; the window is read again by one query", exc)
+        return _pull_chunks(settings, plan, readers=1)
 
-    Three stages overlap, each in its own thread, joined by bounded queues (a few chunks in memory at
-    any time, whatever the source's size): the source's reader (ADBC / pyarrow, outside the GIL), the
+
+def _pull_chunks(settings: Settings, plan: CollectionPlan, readers: int) -> PullResult:
+    """Three stages overlap, each in its own thread(s), joined by bounded queues (a few chunks in memory at
+    any time, whatever the source's size): the source's reader(s) (ADBC / pyarrow, outside the GIL), the
     checker (this thread), and the writer (fingerprints and Parquet, outside the GIL). The writer takes
     chunks in the order they were read, so the same source gives the same part files in every run.
     """
@@ -245,7 +254,7 @@ def _pull_here(settings: Settings, plan: CollectionPlan) -> PullResult:
     shutil.rmtree(paths["staging"], ignore_errors=True)
     result = PullResult()
     quarantine = QuarantineWriter(paths["quarantine"], contract.column_names, plan.run_id, plan.started_at)
-    source = open_source(settings)
+    source = open_source(settings, readers)
     seen_keys: dict[int, int] = {}  # row-key occurrence counts across this run's chunks
     writer = _StagingWriter(paths["staging"], contract, quarantine)
     try:
@@ -310,6 +319,7 @@ class _PartOutcome(PullCounts):
 
     index: int = 0
     read: int = 0
+    matched: bool = True  # the read held the rows planned (PartRead.matches)
     parts: list[PartFile] = field(default_factory=list)
     newest: Watermark = field(default_factory=Watermark)
     quarantine_piece: str | None = None
@@ -329,7 +339,7 @@ def _collect_part(settings: Settings, plan: CollectionPlan, part: SourcePart) ->
         read = source.read_part(plan.window, part)
     finally:
         source.close()
-    outcome = _PartOutcome(index=part.index, read=read.read)
+    outcome = _PartOutcome(index=part.index, read=read.read, matched=read.matches(part))
     bad: list[pd.DataFrame] = []
     for chunk in read.tables:
         checked = validate_table(chunk, contract)
@@ -387,7 +397,7 @@ def _pull_on_dask(
                 outcomes = client.gather(futures)
             finally:
                 client.cancel(futures)
-    moved = [(p.index, p.rows, o.read) for p, o in zip(parts, outcomes, strict=True) if o.read != p.rows]
+    moved = [(p.index, p.rows, o.read) for p, o in zip(parts, outcomes, strict=True) if not o.matched]
     if moved:
         shutil.rmtree(paths["staging"], ignore_errors=True)
         index, planned, read = moved[0]

@@ -1,9 +1,10 @@
 """Collection and preprocessing with `dask.address` set, on a real Dask cluster (distributed.LocalCluster, 2
 worker processes), against the same runs without it, over the same source: the fraud contract from a SQLite
 warehouse and from a PostgreSQL one (with the simulator's faulty rows: nulls, out-of-range values and text in a
-number column), and
-generated non-fraud contracts from Parquet files (a multiclass contract with text labels and an id; one without a
-timestamp; one without an id, which collects in the flow's process and says why).
+number column), and generated non-fraud contracts from Parquet files (a multiclass contract with text labels and
+an id; one without a timestamp; one without an id, which collects in the flow's process and says why) and from a
+SQLite table (the multiclass one). Without Dask, a SQL source is read both ways: in parts by two connections at
+once (collection.readers, the default) and by one query.
 
 Each case runs two collections (the second one incremental, past the first one's watermark) and preprocessing,
 in a local data directory and a Dask one, and compares: the part files (paths, rows, fingerprints), the
@@ -103,6 +104,26 @@ def _generated_source(
     return grow
 
 
+def _generated_sql_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """The generated multiclass table (an id, text labels, bad rows: text in a number column, which SQLite
+    stores as given) in a table of a SQLite database, as a forker's own warehouse."""
+    grow_files = _generated_source(tmp_path, monkeypatch)
+    url = f"sqlite:///{tmp_path / 'orders.db'}"
+    monkeypatch.setenv("MLOPS_SOURCE__KIND", "sql")
+    monkeypatch.setenv("MLOPS_SOURCE__URL", url)
+    monkeypatch.setenv("MLOPS_SOURCE__TABLE", "orders")
+    lake = tmp_path / "lake"
+
+    def grow(step: int) -> None:
+        grow_files(step)
+        rows = pd.concat([pd.read_parquet(f) for f in sorted(lake.glob(f"batch-{step}-*.parquet"))])
+        engine = sa.create_engine(url)
+        rows.to_sql("orders", engine, index=False, if_exists="append")
+        engine.dispose()
+
+    return grow
+
+
 def _fraud_postgresql(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stack: ExitStack) -> Callable[[int], None]:
     """The fraud warehouse in a throwaway database of the PostgreSQL at 127.0.0.1:5432 (dropped afterwards)."""
     return _fraud_source(tmp_path, monkeypatch, sqlalchemy_url(stack.enter_context(fresh_database("collect"))))
@@ -114,6 +135,7 @@ CASES: dict[str, tuple[Callable[[Path, pytest.MonkeyPatch, ExitStack], Callable[
     "fraud-sqlite": (lambda t, m, _: _fraud_source(t, m), None),
     "fraud-postgresql": (_fraud_postgresql, None),
     "multiclass-parquet": (lambda t, m, _: _generated_source(t, m), AS_OF),
+    "multiclass-sqlite": (lambda t, m, _: _generated_sql_source(t, m), AS_OF),
     "no-timestamp-parquet": (lambda t, m, _: _generated_source(t, m, timestamp=False), AS_OF),
     "no-id-parquet": (lambda t, m, _: _generated_source(t, m, id_column=False), AS_OF),
 }
@@ -165,11 +187,13 @@ def test_collect_and_preprocess_on_the_cluster_match_the_local_run(
     monkeypatch.setenv("MLOPS_COLLECTION__CHUNK_ROWS", str(CHUNK_ROWS))
     monkeypatch.setenv("MLOPS_SPLITS__REFERENCE_ROWS", "300")
     outcomes, on_cluster = {}, {}
-    with ExitStack() as stack:  # a PostgreSQL case's databases, dropped once both runs are read
-        for where, address in (("local", None), ("dask", dask_cluster)):
+    with ExitStack() as stack:  # a PostgreSQL case's databases, dropped once every run is read
+        # A SQL source is read by collection.readers (2) connections in parts locally; "one-query" reads it whole.
+        for where, address in (("one-query", None), ("local", None), ("dask", dask_cluster)):
             folder = tmp_path / where
             folder.mkdir()
             monkeypatch.setenv("MLOPS_DATA_DIR", str(folder / "data"))
+            monkeypatch.setenv("MLOPS_COLLECTION__READERS", "1" if where == "one-query" else "2")
             if address:
                 monkeypatch.setenv("MLOPS_DASK__ADDRESS", address)
             source, as_of = CASES[case]
@@ -178,9 +202,9 @@ def test_collect_and_preprocess_on_the_cluster_match_the_local_run(
             with caplog.at_level(logging.INFO, logger="core.data.splits"):
                 outcomes[where] = _run(get_settings(), grow, as_of)
             on_cluster[where] = "counted on the Dask cluster" in caplog.text
-    local, remote = outcomes["local"], outcomes["dask"]
+    local, remote, one_query = outcomes["local"], outcomes["dask"], outcomes["one-query"]
     # Time splits count each date's keys on the cluster; stratified ones (no timestamp) read every row here.
-    assert on_cluster == {"local": False, "dask": local["splits"]["strategy"] == "time"}
+    assert on_cluster == {"one-query": False, "local": False, "dask": local["splits"]["strategy"] == "time"}
     assert local["splits"]["strategy"] == ("stratified" if case == "no-timestamp-parquet" else "time")
 
     assert local["executors"] == ["local", "local"]
@@ -195,7 +219,7 @@ def test_collect_and_preprocess_on_the_cluster_match_the_local_run(
         assert rows["loaded"] + rows["quarantined"] == rows["pulled"], rows
 
     for key in ("files", "rows", "faults", "watermarks", "quarantine", "watermark", "raw", "splits"):
-        assert remote[key] == local[key], key
+        assert remote[key] == local[key] == one_query[key], key
     assert local["quarantine"] and all(r["_reason"] for q in local["quarantine"] for r in q)
     assert (
         set(remote["split_files"])
@@ -204,6 +228,7 @@ def test_collect_and_preprocess_on_the_cluster_match_the_local_run(
     )
     for name, frame in local["split_files"].items():
         pd.testing.assert_frame_equal(remote["split_files"][name], frame, obj=name)
+        pd.testing.assert_frame_equal(one_query["split_files"][name], frame, obj=name)
 
 
 def test_rows_sharing_one_time_and_id_across_a_parts_edge_are_collected_as_locally(

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -180,3 +181,37 @@ def test_a_table_without_id_or_time_with_mixed_types_is_collected_in_arrow(
     assert sum(f["new"] for f in second["files"]) == 0  # the same rows: the same files, none new
     processed = build_splits(settings)
     assert processed["rows"] == n - 2  # copies of the full snapshot dropped by key
+
+
+def test_a_sql_source_that_changes_while_it_is_read_in_parts_is_read_again_by_one_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two connections read the window in parts placed by each day's row count (collection.readers, 2); a day
+    that holds another number of rows when its part is read (here: one day's count is made one too many, what a
+    row deleted between counting and reading gives) makes the run read the window again by one query: the same
+    snapshot as a run that read it by one query from the start, and a warning that says why."""
+    from core.data.sources import SqlSource
+
+    warehouse = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    contract = Settings(state_dir=tmp_path / "sim").contract
+    write_warehouse(warehouse, n_rows=30_000, days=6, start="2026-01-01", as_of=AS_OF, contract=contract)
+    with monkeypatch.context() as m:
+        m.setenv("MLOPS_COLLECTION__READERS", "1")
+        one_query = _collect_and_split(tmp_path / "one-query", warehouse, monkeypatch)
+
+    counted = SqlSource.count
+    calls = []
+
+    def one_too_many(self: SqlSource, window: Any, time_range: Any) -> int:  # the third day's count
+        calls.append(time_range)
+        return counted(self, window, time_range) + (time_range.start == datetime(2026, 1, 3))
+
+    monkeypatch.setattr(SqlSource, "count", one_too_many)
+    with caplog.at_level(logging.WARNING, logger="core.data.collection"):
+        changed = _collect_and_split(tmp_path / "changed", warehouse, monkeypatch)
+    assert len(calls) >= 6, "the window was not read in parts"
+    assert "the source changed while it was read" in caplog.text and "read again by one query" in caplog.text
+    assert changed["raw"] == one_query["raw"]
+    assert changed["manifest"]["rows"] == one_query["manifest"]["rows"]
+    assert changed["processed"]["version"] == one_query["processed"]["version"]
+    assert changed["processed"]["splits"] == one_query["processed"]["splits"]

@@ -86,6 +86,7 @@ def _same_chunks(source: FileSource | SqlSource, window: Window | None, chunk_ro
         parts = source.parts(window, chunk_rows)
     read = [source.read_part(window, part) for part in parts]
     assert [r.read for r in read] == [p.rows for p in parts]
+    assert all(r.matches(p) for r, p in zip(read, parts, strict=True))
     tables = [t for r in read for t in r.tables]
     assert len(tables) == len(chunks)
     for got, expected in zip(tables, chunks, strict=True):
