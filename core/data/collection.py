@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import time
 import uuid
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -422,7 +420,6 @@ def _pull_on_dask(
     finally:
         quarantine.close()
     shutil.rmtree(paths["staging"] / ".quarantine", ignore_errors=True)
-    _stamp_in_read_order(paths["staging"], result.parts)
     if quarantine.rows:
         result.quarantine_file = str(paths["quarantine"].relative_to(settings.data_dir))
     if result.loaded + result.quarantined != result.pulled:
@@ -430,15 +427,6 @@ def _pull_on_dask(
             f"accounting broke: {result.loaded} loaded + {result.quarantined} quarantined != {result.pulled} pulled"
         )
     return result, ""
-
-
-def _stamp_in_read_order(staging: Path, parts: list[PartFile]) -> None:
-    """Modification times in the read's order, as one process writing the parts one after another leaves them:
-    the order of a date's files (core.data.snapshots.raw_part_files) that preprocessing reads them in."""
-    now = time.time_ns()
-    for i, path in enumerate(dict.fromkeys(p.path for p in parts)):
-        stamp = now + i * 1_000  # a microsecond apart: distinct on every filesystem that keeps them
-        os.utime(staging / path, ns=(stamp, stamp))
 
 
 class _StagingWriter:

@@ -206,13 +206,43 @@ def publish(staging: Path, raw: Path, parts: Iterable[PartFile]) -> list[dict[st
 
 
 def raw_part_files(raw: Path) -> list[Path]:
-    """Every published part file, oldest date first (within a date, and in ``all``: by write time)."""
+    """Every published part file, oldest date first; within a date (and in ``all``) in the order collection
+    published them (:func:`publication_order`), which decides the copy of a repeated key that preprocessing keeps.
+
+    A file no manifest lists comes first among its date's, by modification time: written by a run killed between
+    publishing and writing its manifest (the next run reads the same rows again and lists it), or by a version
+    of this project from before manifests listed files.
+    """
     files = [
         p
         for p in [*raw.glob("date=*/part-*.parquet"), *raw.glob(f"{UNORDERED_PARTITION}/part-*.parquet")]
         if p.is_file()
     ]
-    return sorted(files, key=lambda p: (p.parent.name, p.stat().st_mtime_ns, p.name))
+    order = publication_order(raw.parent / "manifests")
+
+    def place(path: Path) -> tuple[str, int, int, str]:
+        listed = order.get(f"{path.parent.name}/{path.name}")
+        if listed is None:
+            return (path.parent.name, -1, path.stat().st_mtime_ns, path.name)
+        return (path.parent.name, listed, 0, path.name)
+
+    return sorted(files, key=place)
+
+
+def publication_order(manifests: Path) -> dict[str, int]:
+    """Each published part file's place (its path under ``raw``): the succeeded collection runs in the order they
+    finished, each run's files in its read order, a file at its first listing. From the manifests, not the files'
+    modification times, which a copy, a restore or a Dask worker's clock does not keep."""
+    runs = []
+    for path in manifests.glob("collect-*.json"):
+        manifest = json.loads(path.read_text())
+        if manifest.get("status") == "succeeded":
+            runs.append((str(manifest["finished_at"]), [str(f["path"]) for f in manifest.get("files", [])]))
+    order: dict[str, int] = {}
+    for _, paths in sorted(runs):
+        for rel in paths:
+            order.setdefault(rel, len(order))
+    return order
 
 
 # ---- quarantine ---------------------------------------------------------------------------------

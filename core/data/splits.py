@@ -1,6 +1,6 @@
 """Splits of the collected rows: train, validation, test, a frozen holdout, and a reference.
 
-Rows are deduplicated by key (the id, or the row key collection derives; the copy written last wins) and
+Rows are deduplicated by key (the id, or the row key collection derives; the copy published last wins) and
 cut by the shares in ``settings.splits``. The holdout is reserved for promotion decisions; the reference
 dataset for monitoring is a seeded sample of the train split. ``splits.strategy``:
 
@@ -184,7 +184,7 @@ def _in_order(table: pa.Table, contract: DatasetContract) -> bool:
 
 
 def _read_rows(files: list[Path], contract: DatasetContract) -> pd.DataFrame:
-    """Rows of `files`, deduplicated by key (the file written last wins), ordered by (time, key) when the
+    """Rows of `files`, deduplicated by key (the file published last wins), ordered by (time, key) when the
     contract has a timestamp, else by key."""
     key = contract.key_column
     frame = pa.concat_tables([pq.read_table(f) for f in files]).to_pandas()

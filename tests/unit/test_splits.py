@@ -236,3 +236,51 @@ def test_a_window_that_drops_most_rows_warns(settings: Settings, monkeypatch: py
     manifest = build_splits(windowed)
     assert manifest["rows"] == 1_200
     assert any("keeps 1200 of 4000 collected rows" in w for w in manifest["warnings"])
+
+
+def test_the_copy_published_last_wins_whatever_the_files_modification_times(
+    state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CSV source read whole each run (a contract with an id and no timestamp) where one row changes between two
+    collections: preprocessing keeps the second run's copy by the manifests' order, also after a restore that gave
+    the first run's file the newest modification time."""
+    import yaml
+
+    from core.data.collection import run_collection
+    from core.data.snapshots import raw_part_files
+
+    contract = {
+        "name": "toy-orders",
+        "task": "multiclass",
+        "id_column": "order",
+        "target": {"name": "label", "classes": ["a", "b", "c"]},
+        "columns": [
+            {"name": "order", "type": "string"},
+            {"name": "x", "type": "float"},
+            {"name": "label", "type": "string"},
+        ],
+    }
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(contract))
+    source = tmp_path / "orders.csv"
+    monkeypatch.setenv("MLOPS_CONFIG", "configs/settings.yaml")
+    monkeypatch.setenv("MLOPS_CONTRACT_PATH", str(tmp_path / "toy.yaml"))
+    monkeypatch.setenv("MLOPS_SOURCE__KIND", "csv")
+    monkeypatch.setenv("MLOPS_SOURCE__PATH", str(source))
+    settings = load_settings(splits={"reference_rows": 50})
+    frame = _ordered_by_class().drop(columns=["group"]).assign(order=[f"o-{i:03d}" for i in range(300)])
+    frame.to_csv(source, index=False)
+    first = run_collection(settings)
+    frame.loc[7, "label"] = "b"  # the source corrects a label
+    frame.to_csv(source, index=False)
+    second = run_collection(settings)
+    assert {f["path"] for f in second["files"] if f["new"]}, "the change wrote a new part file"
+
+    raw = settings.data_dir / "raw"
+    restored = {f["path"] for f in first["files"]}
+    for i, path in enumerate(raw_part_files(raw)):
+        stamp = 2_000_000_000_000_000_000 + i if path.relative_to(raw).as_posix() in restored else i
+        os.utime(path, ns=(stamp, stamp))  # the first run's files now look the newest
+    build_splits(settings)
+    rows = pd.concat([latest_processed(settings).load(s) for s in SPLITS])
+    assert len(rows) == 300
+    assert rows.loc[rows["order"] == "o-007", "label"].tolist() == ["b"]
