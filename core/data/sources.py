@@ -318,8 +318,12 @@ class SqlSource:
         one and a window that is cut into days (:meth:`time_ranges`), read in parts by that many connections at
         once (:meth:`_read_in_parts`), else by one query."""
         if self.readers > 1 and window is not None and self._splits:
-            yield from self._read_in_parts(window, chunk_rows)
-            return
+            ranges = self.time_ranges(window)
+            why_not = self._sorts_a_part(window, ranges)
+            if why_not is None:
+                yield from self._read_in_parts(window, ranges, chunk_rows)
+                return
+            log.info("%s: read by one query, not in parts: %s", self.description, why_not)
         sql, bounds = self._window_sql(window)
         if window is not None and self._ts is not None:
             sql += f" ORDER BY {self._order}"
@@ -352,7 +356,27 @@ class SqlSource:
         ordered = self._ts is not None and self.contract.id_column is not None
         return ordered and (dialect == "postgresql" or on_file)
 
-    def _read_in_parts(self, window: Window, chunk_rows: int) -> Iterator[pa.Table]:
+    def _sorts_a_part(self, window: Window, ranges: list[TimeRange]) -> str | None:
+        """Why a part's query would be slow, or None: the database must read a day of the window in (timestamp,
+        id) order from an index, so that a part's LIMIT/OFFSET query stops after its rows. Without one, each part
+        would scan and sort the day (and each day's count scan the table); the window is then read by one query.
+        Asked of the database's plan for the middle day's part (EXPLAIN)."""
+        if not ranges:
+            return "the window is empty"
+        sql, bounds = self._range_sql(window, ranges[len(ranges) // 2])
+        sql += f" ORDER BY {self._order} LIMIT 1 OFFSET 0"
+        with self.engine.connect() as conn:
+            if self.engine.dialect.name == "sqlite":
+                plan = [str(row[-1]) for row in conn.execute(_bound(f"EXPLAIN QUERY PLAN {sql}", bounds))]
+                sorting = [step for step in plan if "TEMP B-TREE" in step]
+            else:
+                [tree] = conn.execute(_bound(f"EXPLAIN (FORMAT JSON) {sql}", bounds)).scalar_one()
+                sorting = [n for n in _plan_nodes(tree["Plan"]) if "Sort" in n]
+        if sorting:
+            return f"no index on ({self._order}) serves the read's order (the plan: {', '.join(sorting)})"
+        return None
+
+    def _read_in_parts(self, window: Window, ranges: list[TimeRange], chunk_rows: int) -> Iterator[pa.Table]:
         """The read's chunks, ``readers`` of them read at once, each by its own query and connection, yielded in
         the read's order: the same chunks as one query's (the days' row counts place them, :func:`plan_parts`).
         SQLite and PostgreSQL release the GIL while they read, so two readers read about twice as fast as one.
@@ -360,7 +384,6 @@ class SqlSource:
         One query reads a snapshot; parts are read one after another. A part that held other rows than its day's
         count said raises SourceChangedError (rows arrived or went in the window while it was read).
         """
-        ranges = self.time_ranges(window)
         with ThreadPoolExecutor(max_workers=self.readers, thread_name_prefix="sql-reader") as pool:
             counts = list(pool.map(functools.partial(self.count, window), ranges))
             parts = iter(plan_parts(ranges, counts, chunk_rows))
@@ -525,6 +548,13 @@ class SqlSource:
             yield from pd.read_sql(sql, driver, params=params, chunksize=chunk_rows)  # type: ignore[arg-type]
         finally:
             raw.close()
+
+
+def _plan_nodes(node: dict[str, Any]) -> Iterator[str]:
+    """The node types of a PostgreSQL plan (EXPLAIN's JSON), depth first."""
+    yield str(node.get("Node Type", ""))
+    for child in node.get("Plans", []):
+        yield from _plan_nodes(child)
 
 
 _ADBC_BATCH_ROWS = 65_536

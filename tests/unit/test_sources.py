@@ -140,3 +140,39 @@ def test_sql_parts_are_the_reads_chunks_with_tied_times_and_a_watermark(tmp_path
     assert len(source.time_ranges(window)) > 3
     with pytest.raises(SourceError, match="no timestamp_column"):
         source.time_ranges(None)
+
+
+def test_a_sql_table_without_an_index_on_time_and_id_is_read_by_one_query(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reading in parts pays only when an index gives a day's rows in (timestamp, id) order: without one, each
+    part's query would scan and sort, so the window is read by one query (and says why); with one, in parts. The
+    chunks are the same either way."""
+    import logging
+
+    import sqlalchemy as sa
+
+    contract = get_settings().contract
+    ts, key = contract.timestamp_column, contract.id_column
+    assert ts is not None and key is not None
+    frame = synthetic_frame(contract, 400, seed=5)
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    engine = sa.create_engine(url)
+    frame.to_sql("rows", engine, index=False)
+    window = Window(since=Watermark(), until=frame[ts].max().to_pydatetime())
+    expected = list(SqlSource(url, contract, table="rows").read_arrow(window, 60))
+    assert len(expected) > 3
+
+    def read_in_parts() -> bool:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="core.data.sources"):
+            chunks = list(SqlSource(url, contract, table="rows", readers=2).read_arrow(window, 60))
+        assert len(chunks) == len(expected) and all(a.equals(b) for a, b in zip(chunks, expected, strict=True))
+        return "not in parts" not in caplog.text
+
+    assert not read_in_parts()
+    assert "no index on" in caplog.text and "TEMP B-TREE" in caplog.text
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE INDEX ix_time_id ON rows ("{ts}", "{key}")'))
+    engine.dispose()
+    assert read_in_parts()
