@@ -19,8 +19,9 @@ content (core.data.rules.row_keys).
 
 With ``dask.address`` set, the read, check and staging run on the cluster, one task per chunk of the read
 (:func:`_pull_on_dask`): the same chunks as the local read, so the same part files, quarantine, counts and
-watermark. A contract without an id, a CSV source, and a SQL source without a timestamp or in another
-database than SQLite and PostgreSQL are collected in this process (the manifest's ``executor`` says why).
+watermark. A contract without an id, a CSV source, and a SQL source without a timestamp, in another
+database than SQLite and PostgreSQL or without an index serving the read's order are collected in this process
+(the manifest's ``executor`` says why).
 
 Always checked: loaded + quarantined == pulled.
 """
@@ -293,7 +294,9 @@ def _plan_parts(settings: Settings, plan: CollectionPlan) -> tuple[list[SourcePa
     source = open_source(settings)
     try:
         if isinstance(source, SqlSource):
-            return source.time_ranges(plan.window), ""
+            ranges = source.time_ranges(plan.window)
+            why_not = source.why_not_in_parts(plan.window, ranges) if ranges and plan.window else None
+            return (None, why_not) if why_not else (ranges, "")
         return source.parts(plan.window, settings.collection.chunk_rows), ""
     except SourceError as exc:
         return None, str(exc)

@@ -319,7 +319,7 @@ class SqlSource:
         once (:meth:`_read_in_parts`), else by one query."""
         if self.readers > 1 and window is not None and self._splits:
             ranges = self.time_ranges(window)
-            why_not = self._sorts_a_part(window, ranges)
+            why_not = self.why_not_in_parts(window, ranges)
             if why_not is None:
                 yield from self._read_in_parts(window, ranges, chunk_rows)
                 return
@@ -356,7 +356,7 @@ class SqlSource:
         ordered = self._ts is not None and self.contract.id_column is not None
         return ordered and (dialect == "postgresql" or on_file)
 
-    def _sorts_a_part(self, window: Window, ranges: list[TimeRange]) -> str | None:
+    def why_not_in_parts(self, window: Window, ranges: list[TimeRange]) -> str | None:
         """Why a part's query would be slow, or None: the database must read a day of the window in (timestamp,
         id) order from an index, so that a part's LIMIT/OFFSET query stops after its rows. Without one, each part
         would scan and sort the day (and each day's count scan the table); the window is then read by one query.

@@ -104,9 +104,12 @@ def _generated_source(
     return grow
 
 
-def _generated_sql_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+def _generated_sql_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, index: bool = True
+) -> Callable[[int], None]:
     """The generated multiclass table (an id, text labels, bad rows: text in a number column, which SQLite
-    stores as given) in a table of a SQLite database, as a forker's own warehouse."""
+    stores as given) in a table of a SQLite database, as a forker's own warehouse, with an index on (time, id)
+    unless `index` is False."""
     grow_files = _generated_source(tmp_path, monkeypatch)
     url = f"sqlite:///{tmp_path / 'orders.db'}"
     monkeypatch.setenv("MLOPS_SOURCE__KIND", "sql")
@@ -119,6 +122,9 @@ def _generated_sql_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ca
         rows = pd.concat([pd.read_parquet(f) for f in sorted(lake.glob(f"batch-{step}-*.parquet"))])
         engine = sa.create_engine(url)
         rows.to_sql("orders", engine, index=False, if_exists="append")
+        if index:
+            with engine.begin() as conn:
+                conn.execute(sa.text('CREATE INDEX IF NOT EXISTS ix_orders ON orders ("Seen at", "Order #")'))
         engine.dispose()
 
     return grow
@@ -282,6 +288,19 @@ def test_a_part_that_reads_other_rows_than_planned_is_refused_before_anything_is
     assert result is None
     assert why.startswith("1 part(s) of the read held other rows than planned (part 1: 700 rows, planned 701)")
     assert not (settings.data_dir / "staging" / plan.run_id).exists()
+
+
+def test_a_sql_table_without_an_index_on_time_and_id_is_collected_in_the_flows_process(
+    dask_cluster: str, state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The generated non-fraud table in SQLite with no index: each part's query would scan and sort, so collection
+    runs in this process and the manifest says why."""
+    monkeypatch.setenv("MLOPS_COLLECTION__CHUNK_ROWS", str(CHUNK_ROWS))
+    _generated_sql_source(tmp_path, monkeypatch, index=False)(0)
+    monkeypatch.setenv("MLOPS_DASK__ADDRESS", dask_cluster)
+    manifest = run_collection(get_settings(), as_of=AS_OF, max_bad_share=0.5)
+    assert manifest["executor"].startswith("local: no index on"), manifest["executor"]
+    assert manifest["rows"]["loaded"] + manifest["rows"]["quarantined"] == manifest["rows"]["pulled"] > 0
 
 
 def test_an_unreachable_scheduler_fails_the_run_naming_the_address(
