@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from core.contract import DatasetContract
 from core.settings import Settings
@@ -33,13 +35,23 @@ class ProcessedDatasets:
     contract: DatasetContract
 
     def path(self, split: str) -> Path:
+        """The split's folder of pieces (``<split>/part-*.parquet``), or its one file (``<split>.parquet``, as
+        versions built before splits were written in pieces hold it)."""
         if split not in SPLIT_NAMES:
             raise KeyError(f"unknown split {split!r}; choose one of {list(SPLIT_NAMES)}")
-        return self.dir / f"{split}.parquet"
+        folder = self.dir / split
+        return folder if folder.is_dir() else self.dir / f"{split}.parquet"
 
     def load(self, split: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        """One split with the contract's dtypes (nullable ints as Int64, categories as object strings)."""
-        frame = pd.read_parquet(self.path(split), columns=list(columns) if columns is not None else None)
+        """One split with the contract's dtypes (nullable ints as Int64, categories as object strings); pieces
+        in their order."""
+        path = self.path(split)
+        wanted = list(columns) if columns is not None else None
+        if path.is_dir():
+            pieces = [pq.read_table(f, columns=wanted) for f in sorted(path.glob("part-*.parquet"))]
+            frame = pa.concat_tables(pieces).to_pandas()
+        else:
+            frame = pd.read_parquet(path, columns=wanted)
         for col in self.contract.columns:
             if col.name in frame.columns and col.type == "int":
                 frame[col.name] = frame[col.name].astype("Int64" if col.nullable else "int64")

@@ -26,12 +26,13 @@ window, stays frozen.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
 import shutil
-from collections import Counter, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from itertools import groupby
@@ -47,7 +48,7 @@ import pyarrow.parquet as pq
 from core.contract import DatasetContract
 from core.data.rules import arrow_schema, distinct_count
 from core.data.snapshots import (
-    StreamingFingerprint,
+    fingerprint,
     parquet_options,
     raw_part_files,
     to_arrow,
@@ -112,15 +113,19 @@ def strategy_of(settings: Settings) -> str:
 
 @dataclass
 class _SplitStats:
+    """What the manifest says of a split. Its fingerprint is the sha256 of its pieces' fingerprints in order
+    (a piece: the rows of one date, or the whole split when it is not cut by time), so pieces fingerprinted by
+    different processes give the same fingerprint as one process."""
+
     rows: int = 0
     positives: int = 0
     start: pd.Timestamp | None = None
     end: pd.Timestamp | None = None
-    fingerprint: StreamingFingerprint = field(default_factory=StreamingFingerprint)
-
+    pieces: list[str] = field(default_factory=list)
     classes: Counter[str] = field(default_factory=Counter)
 
     def add(self, table: pa.Table, contract: DatasetContract) -> None:
+        """One piece of the split (its rows in order)."""
         if not table.num_rows:
             return
         self.rows += table.num_rows
@@ -130,15 +135,27 @@ class _SplitStats:
             self.classes.update({str(k): int(v) for k, v in labels.value_counts().items()})
         if contract.timestamp_column is not None:
             bounds = pc.min_max(table.column(contract.timestamp_column))
-            low, high = pd.Timestamp(bounds["min"].value), pd.Timestamp(bounds["max"].value)
-            self.start = low if self.start is None else min(self.start, low)
-            self.end = high if self.end is None else max(self.end, high)
-        self.fingerprint.update(table)
+            self._span(pd.Timestamp(bounds["min"].value), pd.Timestamp(bounds["max"].value))
+        self.pieces.append(fingerprint(table))
+
+    def merge(self, later: _SplitStats) -> None:
+        """The pieces of `later` after this one's."""
+        self.rows += later.rows
+        self.positives += later.positives
+        self.classes.update(later.classes)
+        if later.start is not None and later.end is not None:
+            self._span(later.start, later.end)
+        self.pieces.extend(later.pieces)
+
+    def _span(self, low: pd.Timestamp, high: pd.Timestamp) -> None:
+        self.start = low if self.start is None else min(self.start, low)
+        self.end = high if self.end is None else max(self.end, high)
 
     def to_dict(self, contract: DatasetContract) -> dict[str, Any]:
         return {
             "rows": self.rows,
-            "fingerprint": self.fingerprint.hexdigest(),
+            "fingerprint": hashlib.sha256("".join(self.pieces).encode()).hexdigest(),
+            "pieces": len(self.pieces),
             "time_min": None if self.start is None else self.start.isoformat(),
             "time_max": None if self.end is None else self.end.isoformat(),
             "positive_rate": self.positives / self.rows if self.rows and contract.task == "binary" else None,
@@ -279,17 +296,12 @@ def build_splits(settings: Settings) -> dict[str, Any]:
     schema = arrow_schema(contract)
     options = parquet_options(contract, schema)
     try:
-        writers = {name: pq.ParquetWriter(tmp / f"{name}.parquet", schema, **options) for name in SPLITS}
-        try:
-            if strategy == "time":
-                total, stats, reference = _time_splits(files, writers, schema, settings)
-            else:
-                total, stats, reference = _unordered_splits(files, strategy, writers, schema, settings)
-        finally:
-            for w in writers.values():
-                w.close()
+        if strategy == "time":
+            total, stats, reference = _time_splits(files, tmp, schema, settings)
+        else:
+            total, stats, reference = _unordered_splits(files, strategy, tmp, schema, settings)
         warnings += check_classes(stats, contract)
-        pq.write_table(reference, tmp / f"{REFERENCE}.parquet", **options)
+        _write_piece(reference, tmp, REFERENCE, 0, options)
         stats[REFERENCE].add(reference, contract)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -352,62 +364,111 @@ def _bounds(total: int, settings: Settings) -> dict[str, tuple[int, int]]:
     return bounds
 
 
-def _time_splits(
-    files: list[Path], writers: dict[str, pq.ParquetWriter], schema: pa.Schema, settings: Settings
-) -> _Splits:
+def _write_piece(rows: pa.Table, version_dir: Path, split: str, index: int, options: dict[str, Any]) -> None:
+    """One piece of a split: ``<split>/part-<index>.parquet`` (pieces are read back in their indices' order)."""
+    folder = version_dir / split
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(rows, folder / f"part-{index:05d}.parquet", **options)
+
+
+@dataclass(frozen=True)
+class _DateRoute:
+    """Where one date's rows go: its raw files, its unique keys (pass 1), its first row's place in the time
+    order, and the positions of its rows the reference sample takes."""
+
+    index: int
+    files: list[Path]
+    unique_keys: int
+    offset: int
+    reference_picks: np.ndarray
+
+
+def _route_date(
+    route: _DateRoute, bounds: dict[str, tuple[int, int]], version_dir: Path, contract: DatasetContract
+) -> tuple[dict[str, _SplitStats], pa.Table | None]:
+    """Pass 2 for one date (a Dask task with dask.address set): read it deduplicated and in (time, key) order,
+    write its rows of each split as that split's piece number `route.index`, fingerprint and count them; return
+    the splits' stats of this date and its reference rows."""
+    schema = arrow_schema(contract)
+    options = parquet_options(contract, schema)
+    table = _read_table(route.files, contract, schema, route.unique_keys)
+    n = route.unique_keys
+    if table.num_rows != n:
+        raise PreprocessError(f"raw partition {route.files[0].parent} changed while preprocessing")
+    stats: dict[str, _SplitStats] = {}
+    for name, (lo, hi) in bounds.items():
+        a, b = max(lo, route.offset) - route.offset, min(hi, route.offset + n) - route.offset
+        if a < b:
+            rows = table.slice(a, b - a)
+            _write_piece(rows, version_dir, name, route.index, options)
+            stats[name] = _SplitStats()
+            stats[name].add(rows, contract)
+    picked = table.take(pa.array(route.reference_picks)) if route.reference_picks.size else None
+    return stats, picked
+
+
+def _time_splits(files: list[Path], version_dir: Path, schema: pa.Schema, settings: Settings) -> _Splits:
     contract = settings.contract
-    by_date = [(day, list(group)) for day, group in groupby(files, key=lambda p: p.parent.name)]
-    # Pass 1: unique keys per date (key column only), to place every row in time order: one Dask task per
-    # date with dask.address set, else two dates at a time here (Parquet reads and Arrow's hashing run
-    # outside the GIL).
+    by_date = [list(group) for _, group in groupby(files, key=lambda p: p.parent.name)]
+    # Pass 1: unique keys per date (key column only), to place every row in time order.
+    # Pass 2: each date's rows to the splits they fall in, one piece file per date and split.
+    # Both run one task per date on the Dask cluster at dask.address, else two dates at a time here (Parquet,
+    # Arrow's hashing and sha256 run outside the GIL).
     if settings.dask.address:
-        counts = _unique_keys_on_dask(settings, [group for _, group in by_date])
+        counts = _unique_keys_on_dask(settings, by_date)
     else:
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess-keys") as pool:
-            counts = list(pool.map(lambda day: _unique_keys(day[1], contract.key_column), by_date))
+            counts = list(pool.map(lambda day: _unique_keys(day, contract.key_column), by_date))
     total = sum(counts)
     bounds = _bounds(total, settings)
     train_rows = bounds["train"][1]
     rng = np.random.default_rng(settings.seed)
     reference_pos = np.sort(rng.choice(train_rows, size=min(settings.splits.reference_rows, train_rows), replace=False))
+    offsets = list(itertools.accumulate(counts, initial=0))
+    routes = [
+        _DateRoute(
+            index=i,
+            files=group,
+            unique_keys=n,
+            offset=offset,
+            reference_picks=reference_pos[(reference_pos >= offset) & (reference_pos < offset + n)] - offset,
+        )
+        for i, (group, n, offset) in enumerate(zip(by_date, counts, offsets, strict=False))
+    ]
+    if settings.dask.address:
+        routed = _route_on_dask(settings, routes, bounds, version_dir)
+    else:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess-route") as pool:
+            routed = list(pool.map(lambda r: _route_date(r, bounds, version_dir, contract), routes))
     stats = {name: _SplitStats() for name in (*SPLITS, REFERENCE)}
     reference_parts: list[pa.Table] = []
-    offset = 0
-    # Pass 2: route each date's rows (already in time order) to the splits they fall in. Three threads
-    # overlap: one reads and orders the next day, one writes Parquet (in order, at most a few slices
-    # behind), this one fingerprints and counts (Parquet and sha256 run outside the GIL).
-    written: deque[Future[None]] = deque()
-    with (
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess-reader") as pool,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess-writer") as writer,
-    ):
-        days = iter(zip(by_date, counts, strict=True))
-        (_, first), n_first = next(days)
-        ahead = pool.submit(_read_table, first, contract, schema, n_first)
-        for (_, group), n in zip(by_date, counts, strict=True):
-            table = ahead.result()
-            following = next(days, None)
-            if following is not None:
-                (_, files_after), n_after = following
-                ahead = pool.submit(_read_table, files_after, contract, schema, n_after)
-            if table.num_rows != n:
-                raise PreprocessError(f"raw partition {group[0].parent} changed while preprocessing")
-            for name, (lo, hi) in bounds.items():
-                a, b = max(lo, offset) - offset, min(hi, offset + n) - offset
-                if a < b:
-                    rows = table.slice(a, b - a)
-                    written.append(writer.submit(writers[name].write_table, rows))
-                    stats[name].add(rows, contract)
-            while len(written) > 2:
-                written.popleft().result()
-            picked = reference_pos[(reference_pos >= offset) & (reference_pos < offset + n)] - offset
-            if picked.size:
-                reference_parts.append(table.take(pa.array(picked)))
-            offset += n
-            del table
-        while written:
-            written.popleft().result()
+    for date_stats, picked in routed:  # in date order: the splits' pieces and the reference in time order
+        for name, piece in date_stats.items():
+            stats[name].merge(piece)
+        if picked is not None:
+            reference_parts.append(picked)
     return total, stats, pa.concat_tables(reference_parts).combine_chunks()
+
+
+def _route_on_dask(
+    settings: Settings, routes: list[_DateRoute], bounds: dict[str, tuple[int, int]], version_dir: Path
+) -> list[tuple[dict[str, _SplitStats], pa.Table | None]]:
+    """Pass 2 on the cluster at dask.address: one task per date, which reads the date's raw files and writes its
+    pieces into the version directory (data_dir shared with the workers, as for collection)."""
+    from core.cluster import connect
+
+    address = settings.dask.address
+    assert address is not None
+    with connect(address, settings.dask.connect_timeout_s) as client:
+        futures = client.map(
+            _route_date, routes, bounds=bounds, version_dir=version_dir, contract=settings.contract, pure=False
+        )
+        try:
+            routed: list[tuple[dict[str, _SplitStats], pa.Table | None]] = client.gather(futures)
+        finally:
+            client.cancel(futures)
+    log.info("preprocess: %d date(s) routed to the splits on the Dask cluster at %s", len(routes), address)
+    return routed
 
 
 def _unique_keys_on_dask(settings: Settings, dates: list[list[Path]]) -> list[int]:
@@ -428,10 +489,12 @@ def _unique_keys_on_dask(settings: Settings, dates: list[list[Path]]) -> list[in
 
 
 def _unordered_splits(
-    files: list[Path], strategy: str, writers: dict[str, pq.ParquetWriter], schema: pa.Schema, settings: Settings
+    files: list[Path], strategy: str, version_dir: Path, schema: pa.Schema, settings: Settings
 ) -> _Splits:
-    """Random, stratified or group splits: every row is read (they are cut by a seeded order, not by time)."""
+    """Random, stratified or group splits: every row is read (they are cut by a seeded order, not by time);
+    each split is one piece."""
     contract = settings.contract
+    options = parquet_options(contract, schema)
     frame = _read_rows(files, contract)
     total = len(frame)
     _bounds(total, settings)
@@ -443,7 +506,7 @@ def _unordered_splits(
         if rows.empty:
             raise PreprocessError(f"{total} collected rows left the {name} split empty ({strategy} splits {shares})")
         table = to_arrow(rows, schema)
-        writers[name].write_table(table)
+        _write_piece(table, version_dir, name, 0, options)
         stats[name].add(table, contract)
     train = frame[assigned == 0]
     rng = np.random.default_rng(settings.seed)

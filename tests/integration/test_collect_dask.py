@@ -167,7 +167,9 @@ def _outcome(settings: Settings, manifests: list[dict[str, Any]], processed: dic
         "watermark": None if mark is None else {k: mark[k] for k in ("timestamp", "id", "window_end")},
         "raw": sorted(str(p.relative_to(data / "raw")) for p in (data / "raw").rglob("*.parquet")),
         "splits": {k: processed[k] for k in ("version", "rows", "strategy", "splits", "inputs", "warnings")},
-        "split_files": {p.name: pd.read_parquet(p) for p in sorted(splits_dir.glob("*.parquet"))},
+        "split_files": {
+            p.relative_to(splits_dir).as_posix(): pd.read_parquet(p) for p in sorted(splits_dir.rglob("*.parquet"))
+        },
     }
 
 
@@ -207,9 +209,12 @@ def test_collect_and_preprocess_on_the_cluster_match_the_local_run(
             caplog.clear()
             with caplog.at_level(logging.INFO, logger="core.data.splits"):
                 outcomes[where] = _run(get_settings(), grow, as_of)
-            on_cluster[where] = "counted on the Dask cluster" in caplog.text
+            on_cluster[where] = (
+                "counted on the Dask cluster" in caplog.text and "routed to the splits on the" in caplog.text
+            )
     local, remote, one_query = outcomes["local"], outcomes["dask"], outcomes["one-query"]
-    # Time splits count each date's keys on the cluster; stratified ones (no timestamp) read every row here.
+    # Time splits count each date's keys and route its rows on the cluster; stratified ones (no timestamp) read
+    # every row here.
     assert on_cluster == {"one-query": False, "local": False, "dask": local["splits"]["strategy"] == "time"}
     assert local["splits"]["strategy"] == ("stratified" if case == "no-timestamp-parquet" else "time")
 
@@ -227,11 +232,10 @@ def test_collect_and_preprocess_on_the_cluster_match_the_local_run(
     for key in ("files", "rows", "faults", "watermarks", "quarantine", "watermark", "raw", "splits"):
         assert remote[key] == local[key] == one_query[key], key
     assert local["quarantine"] and all(r["_reason"] for q in local["quarantine"] for r in q)
-    assert (
-        set(remote["split_files"])
-        == set(local["split_files"])
-        == {f"{n}.parquet" for n in ("train", "validation", "test", "holdout", "reference")}
-    )
+    assert set(remote["split_files"]) == set(local["split_files"]) == set(one_query["split_files"])
+    assert {name.split("/")[0] for name in local["split_files"]} == {
+        "train", "validation", "test", "holdout", "reference"
+    }  # fmt: skip
     for name, frame in local["split_files"].items():
         pd.testing.assert_frame_equal(remote["split_files"][name], frame, obj=name)
         pd.testing.assert_frame_equal(one_query["split_files"][name], frame, obj=name)
