@@ -7,7 +7,8 @@
    directory, timed stage by stage:
    - collect: ``run_collection`` (plan in this process; one task per 250,000-row chunk of the read, each
      worker reading its chunk from the warehouse, checking it and staging its part files; publish);
-   - preprocess: ``build_splits`` (time splits; each date's keys counted on the cluster, the rows routed here);
+   - preprocess: ``build_splits`` (time splits; each date's keys counted, then its rows routed and written as the
+     splits' pieces, one task per date on the cluster);
    - score: ``core.inference.scoring.score`` (one task per raw partition: connect, the model sent to and built
      on each worker, read, check, predict, write Parquet, done markers).
    Between collect and score of the 1-worker run (not timed) a model of ``--family`` is fitted on the first

@@ -8,7 +8,8 @@ dataset for monitoring is a seeded sample of the train split. ``splits.strategy`
   first, so the holdout is the newest slice. The work streams one date partition at a time (raw
   snapshots are partitioned by event date, so date order is time order), which keeps memory flat at
   10M rows: pass 1 counts unique keys per date from the key column alone, pass 2 reads each date, sorts
-  it and routes its rows to per-split writers. ``splits.window_days`` keeps only the newest days.
+  it and writes its rows of each split as the split's piece (``<split>/part-<date>.parquet``); both run one
+  task per date on the Dask cluster at ``dask.address``. ``splits.window_days`` keeps only the newest days.
 * ``stratified`` (the default for a classification contract without a timestamp): each class is cut
   by the shares separately, in a seeded random order, so every split has the class balance of the whole.
 * ``random`` (the default for regression without a timestamp): one seeded random order, cut by the shares.
@@ -433,7 +434,7 @@ def _time_splits(files: list[Path], version_dir: Path, schema: pa.Schema, settin
             offset=offset,
             reference_picks=reference_pos[(reference_pos >= offset) & (reference_pos < offset + n)] - offset,
         )
-        for i, (group, n, offset) in enumerate(zip(by_date, counts, offsets, strict=False))
+        for i, (group, n, offset) in enumerate(zip(by_date, counts, offsets[:-1], strict=True))
     ]
     if settings.dask.address:
         routed = _route_on_dask(settings, routes, bounds, version_dir)
