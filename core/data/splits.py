@@ -298,7 +298,7 @@ def build_splits(settings: Settings) -> dict[str, Any]:
     options = parquet_options(contract, schema)
     try:
         if strategy == "time":
-            total, stats, reference = _time_splits(files, tmp, schema, settings)
+            total, stats, reference = _time_splits(files, tmp, settings)
         else:
             total, stats, reference = _unordered_splits(files, strategy, tmp, schema, settings)
         warnings += check_classes(stats, contract)
@@ -408,7 +408,7 @@ def _route_date(
     return stats, picked
 
 
-def _time_splits(files: list[Path], version_dir: Path, schema: pa.Schema, settings: Settings) -> _Splits:
+def _time_splits(files: list[Path], version_dir: Path, settings: Settings) -> _Splits:
     contract = settings.contract
     by_date = [list(group) for _, group in groupby(files, key=lambda p: p.parent.name)]
     # Pass 1: unique keys per date (key column only), to place every row in time order.
