@@ -58,15 +58,14 @@ from core.data.snapshots import (
     write_watermark,
 )
 from core.data.sources import (
+    CannotSplitError,
     SourceChangedError,
-    SourceError,
     SourcePart,
     SqlSource,
     TimeRange,
     Watermark,
     Window,
     open_source,
-    plan_parts,
 )
 from core.data.validation import SchemaMismatchError, TableValidation, check_columns, validate_table
 from core.prefetch import prefetch
@@ -216,29 +215,28 @@ def plan_window(settings: Settings, as_of: str | None = None, run_id: str | None
 
 def pull_and_stage(settings: Settings, plan: CollectionPlan) -> PullResult:
     """Read the window, check it, stage the valid rows and quarantine the rest: on the Dask cluster at
-    ``dask.address`` when it is set and the source can be split (:func:`_pull_on_dask`), else here."""
+    ``dask.address`` when it is set and the read can be cut into parts (:func:`_pull_on_dask`), else here.
+
+    A SQL source read in parts whose rows change while it is read (SourceChangedError) is read again by one
+    query, here."""
     address = settings.dask.address
-    if not address:
-        return _pull_here(settings, plan)
-    layout, why_not = _plan_parts(settings, plan)
-    if layout is not None:
-        result, why_not = _pull_on_dask(settings, plan, layout, address)
-        if result is not None:
-            return result
-    log.warning("collection runs in this process, not on the Dask cluster at %s: %s", address, why_not)
-    result = _pull_here(settings, plan)
-    result.executor = f"local: {why_not}"
+    readers = settings.collection.readers
+    if address:
+        try:
+            return _pull_on_dask(settings, plan, address)
+        except (CannotSplitError, SourceChangedError) as exc:
+            log.warning("collection runs in this process, not on the Dask cluster at %s: %s", address, exc)
+            why, readers = str(exc), 1  # the same question would get the same answer here
+    else:
+        try:
+            return _pull_chunks(settings, plan, readers)
+        except SourceChangedError as exc:
+            log.warning("%s; the window is read again by one query", exc)
+            why, readers = "", 1
+    result = _pull_chunks(settings, plan, readers)
+    if address:
+        result.executor = f"local: {why}"
     return result
-
-
-def _pull_here(settings: Settings, plan: CollectionPlan) -> PullResult:
-    """Read the window chunk by chunk, validate each chunk, stage valid rows and quarantine the rest; a SQL
-    source whose rows changed while it was read in parts is read again by one query."""
-    try:
-        return _pull_chunks(settings, plan, settings.collection.readers)
-    except SourceChangedError as exc:
-        log.warning("%s; the window is read again by one query", exc)
-        return _pull_chunks(settings, plan, readers=1)
 
 
 def _pull_chunks(settings: Settings, plan: CollectionPlan, readers: int) -> PullResult:
@@ -283,23 +281,29 @@ def _pull_chunks(settings: Settings, plan: CollectionPlan, readers: int) -> Pull
     return result
 
 
-def _plan_parts(settings: Settings, plan: CollectionPlan) -> tuple[list[SourcePart] | list[TimeRange] | None, str]:
-    """How the window's read splits into parts a worker reads on its own: the parts (Parquet files, from their
-    footers) or the time ranges whose row counts place them (a SQL source); or None and why not."""
+def _cluster_parts(settings: Settings, plan: CollectionPlan, client: Any) -> list[SourcePart]:
+    """The window's read cut into parts a worker reads on its own: a Parquet source's from its files' footers, a
+    SQL source's placed by its days' row counts (one task a day on the cluster). CannotSplitError says why the
+    read cannot be cut."""
     if settings.contract.id_column is None:
-        return None, (
+        raise CannotSplitError(
             "the contract has no id_column: a row's key is derived from its content and numbered among identical "
             "rows across the whole read, which one part alone cannot know"
         )
+
+    def count_on_cluster(ranges: list[TimeRange]) -> list[int]:
+        counting = client.map(_count_range, ranges, settings=settings, window=plan.window, pure=False)
+        try:
+            counts: list[int] = client.gather(counting)
+        finally:
+            client.cancel(counting)
+        return counts
+
     source = open_source(settings)
     try:
         if isinstance(source, SqlSource):
-            ranges = source.time_ranges(plan.window)
-            why_not = source.why_not_in_parts(plan.window, ranges) if ranges and plan.window else None
-            return (None, why_not) if why_not else (ranges, "")
-        return source.parts(plan.window, settings.collection.chunk_rows), ""
-    except SourceError as exc:
-        return None, str(exc)
+            return source.parts(plan.window, settings.collection.chunk_rows, counter=count_on_cluster)
+        return source.parts(plan.window, settings.collection.chunk_rows)
     finally:
         source.close()
 
@@ -320,7 +324,6 @@ class _PartOutcome(PullCounts):
 
     index: int = 0
     read: int = 0
-    matched: bool = True  # the read held the rows planned (PartRead.matches)
     parts: list[PartFile] = field(default_factory=list)
     newest: Watermark = field(default_factory=Watermark)
     quarantine_piece: str | None = None
@@ -340,7 +343,7 @@ def _collect_part(settings: Settings, plan: CollectionPlan, part: SourcePart) ->
         read = source.read_part(plan.window, part)
     finally:
         source.close()
-    outcome = _PartOutcome(index=part.index, read=read.read, matched=read.matches(part))
+    outcome = _PartOutcome(index=part.index, read=read.read)
     bad: list[pd.DataFrame] = []
     for chunk in read.tables:
         checked = validate_table(chunk, contract)
@@ -360,52 +363,44 @@ def _collect_part(settings: Settings, plan: CollectionPlan, part: SourcePart) ->
     return outcome
 
 
-def _pull_on_dask(
-    settings: Settings, plan: CollectionPlan, layout: list[SourcePart] | list[TimeRange], address: str
-) -> tuple[PullResult | None, str]:
-    """One task per part on the cluster; this process adds up the counts, the fault counts and the newest
-    (timestamp, id) in the read's order, and writes the quarantine file from the parts' pieces in that order.
-    A SQL source's time ranges are counted first, one task a range, and the parts placed by the counts.
+def _pull_on_dask(settings: Settings, plan: CollectionPlan, address: str) -> PullResult:
+    """The window's read cut into parts (:func:`_cluster_parts`), one task a part on the cluster; this process
+    adds up the counts, the fault counts and the newest (timestamp, id) in the read's order, and writes the
+    quarantine file from the parts' pieces in that order.
 
     Workers read the source and write at this process's paths: on several machines, data_dir must be one
-    shared filesystem and the source reachable from every worker (docs/scaling.md). A part that read other
-    rows than planned (the source changed between planning and reading) makes the result (None, why): the
-    caller collects in this process instead.
+    shared filesystem and the source reachable from every worker (docs/scaling.md). CannotSplitError when the
+    read cannot be cut; SourceChangedError when a part read other rows than planned (the source changed between
+    planning and reading), with nothing staged left behind.
     """
     from core.cluster import connect
 
+    with connect(address, settings.dask.connect_timeout_s) as client:
+        parts = _cluster_parts(settings, plan, client)
+        return _collect_parts(settings, plan, parts, client, address)
+
+
+def _collect_parts(
+    settings: Settings, plan: CollectionPlan, parts: list[SourcePart], client: Any, address: str
+) -> PullResult:
+    """:func:`_pull_on_dask` once the parts are planned."""
     contract = settings.contract
     paths = _paths(settings, plan.run_id)
     shutil.rmtree(paths["staging"], ignore_errors=True)
-    outcomes: list[_PartOutcome] = []
-    parts: list[SourcePart] = [p for p in layout if isinstance(p, SourcePart)]
-    if layout:
-        tag = uuid.uuid4().hex[:6]
-        with connect(address, settings.dask.connect_timeout_s) as client:
-            ranges = [r for r in layout if isinstance(r, TimeRange)]
-            if ranges:
-                counting = client.map(_count_range, ranges, settings=settings, window=plan.window, pure=False)
-                try:
-                    range_rows: list[int] = client.gather(counting)
-                finally:
-                    client.cancel(counting)
-                parts = plan_parts(ranges, range_rows, settings.collection.chunk_rows)
-            futures = [
-                client.submit(_collect_part, settings, plan, p, key=f"collect-{plan.run_id}-{p.index}-{tag}")
-                for p in parts
-            ]
-            try:
-                outcomes = client.gather(futures)
-            finally:
-                client.cancel(futures)
-    moved = [(p.index, p.rows, o.read) for p, o in zip(parts, outcomes, strict=True) if not o.matched]
-    if moved:
+    tag = uuid.uuid4().hex[:6]
+    futures = [
+        client.submit(_collect_part, settings, plan, p, key=f"collect-{plan.run_id}-{p.index}-{tag}") for p in parts
+    ]
+    try:
+        outcomes: list[_PartOutcome] = client.gather(futures)
+    except SourceChangedError:
+        from distributed import wait
+
+        wait(futures)  # the other parts' tasks stop writing into staging before it goes
         shutil.rmtree(paths["staging"], ignore_errors=True)
-        index, planned, read = moved[0]
-        return None, (
-            f"{len(moved)} part(s) of the read held other rows than planned (part {index}: {read} rows, planned "
-            f"{planned}): the source changed while it was read"
-        )
+        raise
+    finally:
+        client.cancel(futures)
     result = PullResult(executor=f"dask {address}")
     quarantine = QuarantineWriter(paths["quarantine"], contract.column_names, plan.run_id, plan.started_at)
     try:
@@ -429,7 +424,7 @@ def _pull_on_dask(
         raise RuntimeError(
             f"accounting broke: {result.loaded} loaded + {result.quarantined} quarantined != {result.pulled} pulled"
         )
-    return result, ""
+    return result
 
 
 class _StagingWriter:

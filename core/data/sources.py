@@ -30,7 +30,7 @@ import itertools
 import logging
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -78,6 +78,11 @@ class Window:
 
 class SourceError(RuntimeError):
     """The source cannot be read as configured."""
+
+
+class CannotSplitError(SourceError):
+    """The read cannot be cut into parts that are read on their own (the message says why): it is read by one
+    query or stream."""
 
 
 class SourceChangedError(SourceError):
@@ -133,17 +138,14 @@ def plan_parts(ranges: list[TimeRange], counts: list[int], chunk_rows: int) -> l
 
 @dataclass
 class PartRead:
-    """What a part's read gave: the rows of the ordered read there, and those inside the window; ``placed``:
-    whether its rows fell on each side of the days' ends as planned."""
+    """What a part's read gave: how many rows of the ordered read it held, and those inside the window."""
 
     read: int
     tables: list[pa.Table]
-    placed: bool = True
 
-    def matches(self, part: SourcePart) -> bool:
-        """Whether the read held the rows planned: as many, on the same days (a day's count that changed between
-        planning and reading moves rows across the parts' edges without changing how many each part reads)."""
-        return self.placed and self.read == part.rows
+
+RangeCounter = Callable[[list[TimeRange]], list[int]]
+"""Counts the window's rows in each time range (in this process, or one task a range on a cluster)."""
 
 
 def _select_window_arrow(table: pa.Table, window: Window | None, contract: DatasetContract) -> pa.Table:
@@ -315,15 +317,16 @@ class SqlSource:
 
     def read_arrow(self, window: Window | None, chunk_rows: int) -> Iterator[pa.Table]:
         """The window's rows as Arrow tables of raw values under the contract's names: with ``readers`` above
-        one and a window that is cut into days (:meth:`time_ranges`), read in parts by that many connections at
-        once (:meth:`_read_in_parts`), else by one query."""
-        if self.readers > 1 and window is not None and self._splits:
-            ranges = self.time_ranges(window)
-            why_not = self.why_not_in_parts(window, ranges)
-            if why_not is None:
-                yield from self._read_in_parts(window, ranges, chunk_rows)
+        one, read in parts by that many connections at once where the read can be cut (:meth:`parts`), else by
+        one query."""
+        if self.readers > 1 and window is not None:
+            try:
+                parts = self.parts(window, chunk_rows)
+            except CannotSplitError as exc:
+                log.info("%s: read by one query, not in parts: %s", self.description, exc)
+            else:
+                yield from self._read_in_parts(window, parts)
                 return
-            log.info("%s: read by one query, not in parts: %s", self.description, why_not)
         sql, bounds = self._window_sql(window)
         if window is not None and self._ts is not None:
             sql += f" ORDER BY {self._order}"
@@ -346,23 +349,40 @@ class SqlSource:
             sql += f" WHERE {where}"
         return sql, bounds
 
-    @property
-    def _splits(self) -> bool:
-        """Whether the read can be cut into parts that other connections read: a timestamp and an id order it
-        (rows tied on both would be placed by each query as it likes), and the database has LIMIT and OFFSET and is
-        the same for every connection (not an in-memory SQLite)."""
+    def parts(self, window: Window | None, chunk_rows: int, counter: RangeCounter | None = None) -> list[SourcePart]:
+        """The chunks :meth:`read_arrow` reads, each named so that another connection or process reads it on its
+        own (:meth:`read_part`): the window cut into days (:meth:`time_ranges`), each day's rows counted by
+        ``counter`` (default: this source's ``readers`` connections at once) and the chunks placed by the counts
+        (:func:`plan_parts`).
+
+        CannotSplitError says why the read cannot be cut: no timestamp and id to order it (rows tied on both would be
+        placed by each query as it likes), a database without LIMIT and OFFSET or private to one connection (an
+        in-memory SQLite), or a slow part query (:meth:`why_not_in_parts`).
+        """
         dialect = self.engine.dialect.name
-        on_file = dialect == "sqlite" and sqlite_path(str(self.engine.url)) is not None
-        ordered = self._ts is not None and self.contract.id_column is not None
-        return ordered and (dialect == "postgresql" or on_file)
+        if self.contract.id_column is None:
+            raise CannotSplitError("the contract has no id_column to order the read's rows within a timestamp")
+        if dialect == "sqlite" and sqlite_path(str(self.engine.url)) is None:
+            raise CannotSplitError("an in-memory SQLite database is private to one connection")
+        ranges = self.time_ranges(window)
+        if not ranges:
+            return []
+        assert window is not None  # time_ranges refuses a read without a window
+        why_not = self.why_not_in_parts(window, ranges)
+        if why_not is not None:
+            raise CannotSplitError(why_not)
+        if counter is None:
+            with ThreadPoolExecutor(max_workers=self.readers, thread_name_prefix="sql-counter") as pool:
+                counts = list(pool.map(functools.partial(self.count, window), ranges))
+        else:
+            counts = counter(ranges)
+        return plan_parts(ranges, counts, chunk_rows)
 
     def why_not_in_parts(self, window: Window, ranges: list[TimeRange]) -> str | None:
         """Why a part's query would be slow, or None: the database must read a day of the window in (timestamp,
         id) order from an index, so that a part's LIMIT/OFFSET query stops after its rows. Without one, each part
         would scan and sort the day (and each day's count scan the table); the window is then read by one query.
         Asked of the database's plan for the middle day's part (EXPLAIN)."""
-        if not ranges:
-            return "the window is empty"
         sql, bounds = self._range_sql(window, ranges[len(ranges) // 2])
         sql += f" ORDER BY {self._order} LIMIT 1 OFFSET 0"
         with self.engine.connect() as conn:
@@ -376,49 +396,42 @@ class SqlSource:
             return f"no index on ({self._order}) serves the read's order (the plan: {', '.join(sorting)})"
         return None
 
-    def _read_in_parts(self, window: Window, ranges: list[TimeRange], chunk_rows: int) -> Iterator[pa.Table]:
-        """The read's chunks, ``readers`` of them read at once, each by its own query and connection, yielded in
-        the read's order: the same chunks as one query's (the days' row counts place them, :func:`plan_parts`).
-        SQLite and PostgreSQL release the GIL while they read, so two readers read about twice as fast as one.
+    def _read_in_parts(self, window: Window, parts: list[SourcePart]) -> Iterator[pa.Table]:
+        """The parts' chunks, ``readers`` of them read at once, each by its own query and connection, yielded in
+        the read's order: the same chunks as one query's. SQLite and PostgreSQL release the GIL while they read,
+        so two readers read about twice as fast as one.
 
-        One query reads a snapshot; parts are read one after another. A part that held other rows than its day's
-        count said raises SourceChangedError (rows arrived or went in the window while it was read).
+        One query reads a snapshot; parts are read one after another. A part that held other rows than its days'
+        counts said raises SourceChangedError (rows arrived or went in the window while it was read).
         """
+        pending = iter(parts)
         with ThreadPoolExecutor(max_workers=self.readers, thread_name_prefix="sql-reader") as pool:
-            counts = list(pool.map(functools.partial(self.count, window), ranges))
-            parts = iter(plan_parts(ranges, counts, chunk_rows))
-            ahead = deque((p, pool.submit(self.read_part, window, p)) for p in itertools.islice(parts, self.readers))
+            ahead = deque(pool.submit(self.read_part, window, p) for p in itertools.islice(pending, self.readers))
             try:
                 while ahead:
-                    part, reading = ahead.popleft()
-                    read = reading.result()
-                    following = next(parts, None)
+                    read = ahead.popleft().result()
+                    following = next(pending, None)
                     if following is not None:
-                        ahead.append((following, pool.submit(self.read_part, window, following)))
-                    if not read.matches(part):
-                        raise SourceChangedError(
-                            f"{self.description}: part {part.index} of the read held other rows than its days' "
-                            f"counts placed there ({read.read} rows, planned {part.rows}): the source changed while "
-                            "it was read"
-                        )
+                        ahead.append(pool.submit(self.read_part, window, following))
                     if read.tables:
                         yield _concat(read.tables).combine_chunks()
             finally:
-                for _, reading in ahead:
+                for reading in ahead:
                     reading.cancel()
 
     def time_ranges(self, window: Window | None) -> list[TimeRange]:
         """The window cut into calendar days between its oldest and newest timestamps (one query on the
         timestamp's index), the first and last open, so every row of the window's read is in one range.
 
-        The parts of the read are planned from the ranges' row counts (:meth:`count`, one task a range on a
-        cluster) with :func:`plan_parts`. Needs a timestamp (the read's order) and a database with LIMIT and
-        OFFSET (SQLite, PostgreSQL); otherwise SourceError.
+        The parts of the read are placed by the ranges' row counts (:meth:`parts`). Needs a timestamp (the read's
+        order) and a database with LIMIT and OFFSET (SQLite, PostgreSQL); otherwise CannotSplitError.
         """
         if window is None or self._ts is None:
-            raise SourceError("a sql source is split into parts by time: the contract has no timestamp_column")
+            raise CannotSplitError("a sql source is split into parts by time: the contract has no timestamp_column")
         if self.engine.dialect.name not in ("sqlite", "postgresql"):
-            raise SourceError(f"a {self.engine.dialect.name} source is not split into parts (SQLite, PostgreSQL are)")
+            raise CannotSplitError(
+                f"a {self.engine.dialect.name} source is not split into parts (SQLite, PostgreSQL are)"
+            )
         sql, bounds = self._window_sql(window, select=f"MIN({self._ts}), MAX({self._ts})")
         with self.engine.connect() as conn:
             oldest, newest = conn.execute(_bound(sql, bounds)).one()
@@ -480,7 +493,13 @@ class SqlSource:
                 inside = _select_window_arrow(named, window, self.contract)
                 if inside.num_rows:
                     tables.append(inside)
-        return PartRead(read, tables, placed=before == [planned for _, planned in part.edges])
+        if read != part.rows or before != [planned for _, planned in part.edges]:
+            raise SourceChangedError(
+                f"{self.description}: part {part.index} of the read held other rows than its days' counts placed "
+                f"there ({read} rows, planned {part.rows}; before each day's end {before}, planned "
+                f"{[planned for _, planned in part.edges]}): the source changed while it was read"
+            )
+        return PartRead(read, tables)
 
     def _chunks(self, sql: str, bounds: dict[str, datetime], chunk_rows: int) -> Iterator[pa.Table]:
         dialect = self.engine.dialect.name
@@ -699,9 +718,11 @@ class FileSource:
 
     def parts(self, window: Window | None, chunk_rows: int) -> list[SourcePart]:
         """The chunks :meth:`read_arrow` would read, as row ranges of the files listed now (from the files'
-        footers, no rows read). CSV files cannot be split without reading them: SourceError."""
+        footers, no rows read). CSV files cannot be split without reading them: CannotSplitError."""
         if self.kind != "parquet":
-            raise SourceError(f"a {self.kind} source is not split into parts: its row positions are unknown unread")
+            raise CannotSplitError(
+                f"a {self.kind} source is not split into parts: its row positions are unknown unread"
+            )
         sizes = []
         for path in self.files:
             with pq.ParquetFile(path, filesystem=self.fs) as pf:
@@ -725,6 +746,11 @@ class FileSource:
             self._file_rows_slice(path, part.schema_file, schema, start, stop) for path, start, stop in part.files
         ]
         read = sum(t.num_rows for t in pieces)
+        if read != part.rows:
+            raise SourceChangedError(
+                f"{self.description}: part {part.index} of the read held {read} rows, planned {part.rows}: the "
+                "files changed while they were read"
+            )
         if not pieces:
             return PartRead(0, [])
         chunk = self.rename.table(_concat(pieces).combine_chunks())

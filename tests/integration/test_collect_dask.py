@@ -273,24 +273,25 @@ def test_a_part_that_reads_other_rows_than_planned_is_refused_before_anything_is
     dask_cluster: str, state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The source changed between planning and reading (a part planned one row longer than it reads): the
-    Dask pull gives up with why and leaves no staged file; pull_and_stage then collects in this process."""
+    part's task raises SourceChangedError, the Dask pull leaves no staged file, and pull_and_stage collects in
+    this process instead."""
     from dataclasses import replace
 
-    from core.data.collection import _plan_parts, _pull_on_dask, plan_window
-    from core.data.sources import SourcePart
+    from core.cluster import connect
+    from core.data.collection import _cluster_parts, _collect_parts, plan_window
+    from core.data.sources import SourceChangedError
 
     monkeypatch.setenv("MLOPS_COLLECTION__CHUNK_ROWS", str(CHUNK_ROWS))
     _generated_source(tmp_path, monkeypatch)(0)
     monkeypatch.setenv("MLOPS_DASK__ADDRESS", dask_cluster)
     settings = get_settings()
     plan = plan_window(settings, as_of=AS_OF)
-    layout, _ = _plan_parts(settings, plan)
-    parts = [p for p in layout or [] if isinstance(p, SourcePart)]
-    assert len(parts) > 2
-    shifted = [replace(p, rows=p.rows + 1) if p.index == 1 else p for p in parts]
-    result, why = _pull_on_dask(settings, plan, shifted, dask_cluster)
-    assert result is None
-    assert why.startswith("1 part(s) of the read held other rows than planned (part 1: 700 rows, planned 701)")
+    with connect(dask_cluster) as client:
+        parts = _cluster_parts(settings, plan, client)
+        assert len(parts) > 2
+        shifted = [replace(p, rows=p.rows + 1) if p.index == 1 else p for p in parts]
+        with pytest.raises(SourceChangedError, match=r"part 1 of the read held 700 rows, planned 701"):
+            _collect_parts(settings, plan, shifted, client, dask_cluster)
     assert not (settings.data_dir / "staging" / plan.run_id).exists()
 
 
