@@ -144,20 +144,28 @@ def test_window_days_keeps_the_newest_calendar_days(tmp_path: Path) -> None:
 
 # ---- unordered data: random, stratified and group splits; splits a classifier can be judged on ---------------
 def _unordered_settings(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task: str = "multiclass", **splits: Any
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    task: str = "multiclass",
+    id_column: str | None = None,
+    **splits: Any,
 ) -> Settings:
+    """A toy contract without a timestamp (x, group, label; with ``id_column``, a string id column first)."""
     import yaml
 
-    raw = {
+    raw: dict[str, Any] = {
         "name": "toy",
         "task": task,
         "target": {"name": "label", "classes": ["a", "b", "c"]} if task == "multiclass" else {"name": "label"},
         "columns": [
+            *([{"name": id_column, "type": "string"}] if id_column else []),
             {"name": "x", "type": "float"},
             {"name": "group", "type": "string"},
             {"name": "label", "type": "string"} if task == "multiclass" else {"name": "label", "type": "float"},
         ],
     }
+    if id_column:
+        raw["id_column"] = id_column
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(raw))
     monkeypatch.setenv("MLOPS_CONFIG", "configs/settings.yaml")
@@ -244,30 +252,14 @@ def test_the_copy_published_last_wins_whatever_the_files_modification_times(
     """A CSV source read whole each run (a contract with an id and no timestamp) where one row changes between two
     collections: preprocessing keeps the second run's copy by the manifests' order, also after a restore that gave
     the first run's file the newest modification time."""
-    import yaml
-
     from core.data.collection import run_collection
     from core.data.snapshots import raw_part_files
 
-    contract = {
-        "name": "toy-orders",
-        "task": "multiclass",
-        "id_column": "order",
-        "target": {"name": "label", "classes": ["a", "b", "c"]},
-        "columns": [
-            {"name": "order", "type": "string"},
-            {"name": "x", "type": "float"},
-            {"name": "label", "type": "string"},
-        ],
-    }
-    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(contract))
     source = tmp_path / "orders.csv"
-    monkeypatch.setenv("MLOPS_CONFIG", "configs/settings.yaml")
-    monkeypatch.setenv("MLOPS_CONTRACT_PATH", str(tmp_path / "toy.yaml"))
     monkeypatch.setenv("MLOPS_SOURCE__KIND", "csv")
     monkeypatch.setenv("MLOPS_SOURCE__PATH", str(source))
-    settings = load_settings(splits={"reference_rows": 50})
-    frame = _ordered_by_class().drop(columns=["group"]).assign(order=[f"o-{i:03d}" for i in range(300)])
+    settings = _unordered_settings(tmp_path, monkeypatch, id_column="order")
+    frame = _ordered_by_class().assign(order=[f"o-{i:03d}" for i in range(300)])
     frame.to_csv(source, index=False)
     first = run_collection(settings)
     frame.loc[7, "label"] = "b"  # the source corrects a label
