@@ -30,6 +30,7 @@ from rich.table import Table
 
 from core.servers import NO_USAGE_REPORTING
 from core.settings import PROJECT_ROOT, Settings, SettingsError, get_settings
+from pipelines.entry import user_errors
 
 # Prefect reads its settings at import: set them before any flow module is imported. Offline, its
 # telemetry only logs errors.
@@ -88,34 +89,13 @@ def run(
     settings_or_exit()  # before Prefect is imported or a temporary server starts
     module = importlib.import_module(f"pipelines.{flow}")
     fn = getattr(module, flow)
-    known: tuple[type[Exception], ...] = (SettingsError, *_data_errors())
+    known = user_errors()
     with console.status(f"running flow [bold]{flow}[/] {kwargs or ''}"):
         try:
             result = fn(**kwargs)
         except known as exc:
             fail(str(exc), code=1)
     console.print_json(json.dumps(result, default=str))
-
-
-def _data_errors() -> tuple[type[Exception], ...]:
-    """Failures that say what is wrong with the data or the configuration, not with the code."""
-    from core.contract import ContractError
-    from core.data.collection import CollectionError
-    from core.data.datasets import DatasetsNotFoundError
-    from core.data.sources import SourceError
-    from core.data.splits import PreprocessError
-    from core.data.validation import SchemaMismatchError
-    from core.inference.scoring import ScoringError
-
-    return (
-        ContractError,
-        CollectionError,
-        DatasetsNotFoundError,
-        SourceError,
-        PreprocessError,
-        SchemaMismatchError,
-        ScoringError,
-    )
 
 
 @contract_app.command("init")

@@ -20,6 +20,7 @@ from core.data import collection
 from core.data.collection import CollectionError, CollectionPlan, PullResult
 from core.data.validation import SchemaMismatchError
 from core.settings import Settings, get_settings
+from pipelines.entry import run_main
 
 RETRY_DELAYS: list[float] = [1, 2, 5]
 
@@ -94,4 +95,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -28,6 +28,7 @@ from core.settings import Settings, get_settings
 from monitoring.online import log_comparison, save_comparison
 from monitoring.reports import report_dir
 from pipelines import events
+from pipelines.entry import run_main
 
 
 @dataclass
@@ -164,4 +165,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

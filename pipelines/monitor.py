@@ -50,6 +50,7 @@ from monitoring.sources import (
     window_slices,
 )
 from pipelines import events
+from pipelines.entry import run_main
 
 
 @dataclass
@@ -402,4 +403,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -16,6 +16,7 @@ from prefect.tasks import Task
 
 from core.data.splits import PreprocessError, build_splits
 from core.settings import Settings, get_settings
+from pipelines.entry import run_main
 
 RETRY_DELAYS: list[float] = [1, 2, 5]
 
@@ -47,4 +48,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -17,6 +17,7 @@ from core.registry.promotion import gate_version
 from core.registry.tracking import use_experiment
 from core.settings import get_settings
 from pipelines import events
+from pipelines.entry import run_main
 
 
 @flow(name="promote", log_prints=True)
@@ -40,4 +41,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

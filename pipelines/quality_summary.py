@@ -22,6 +22,7 @@ from typing import Any
 
 from core.modeling.catalogue import higher_is_better
 from core.settings import Settings, SettingsError, get_settings
+from pipelines.entry import run_main
 
 PREFIX = "holdout_"
 
@@ -142,4 +143,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

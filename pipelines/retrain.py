@@ -20,6 +20,7 @@ from prefect import flow
 from core.notify import notify
 from core.settings import get_settings
 from pipelines.collect import collect
+from pipelines.entry import run_main
 from pipelines.preprocess import preprocess
 from pipelines.train import train
 
@@ -84,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -16,6 +16,7 @@ from prefect import flow
 from core.registry import aliases as registry
 from core.settings import get_settings
 from pipelines import events
+from pipelines.entry import run_main
 
 
 @flow(name="rollback", log_prints=True)
@@ -42,4 +43,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from core.inference import scoring
 from core.settings import Settings, get_settings
+from pipelines.entry import run_main
 
 
 @task(cache_policy=NO_CACHE)
@@ -75,4 +76,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

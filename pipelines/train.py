@@ -26,6 +26,7 @@ from core.registry.promotion import gate_candidate
 from core.registry.tracking import LoggedCandidate, log_candidate, log_run_batch, provenance_tags, use_experiment
 from core.settings import Settings, get_settings
 from pipelines import events
+from pipelines.entry import run_main
 
 
 @dataclass
@@ -122,4 +123,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

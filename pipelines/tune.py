@@ -29,6 +29,7 @@ from core.modeling.tuning import StudySpec, StudySummary, create_study, run_work
 from core.registry.tracking import log_run_batch, provenance_tags
 from core.settings import Settings, get_settings
 from pipelines import events
+from pipelines.entry import run_main
 
 
 def storage_url(settings: Settings, study_name: str, n_workers: int, distributed: bool) -> str:
@@ -233,4 +234,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -289,3 +289,32 @@ def test_multiclass_string_labels_train_and_explain_with_any_catalogue_metric(tm
     assert compute_metrics("multiclass", encode_target(y, c, model_classes(model)), scores)["accuracy"] > 0.9
     paths = write_plots(model, X, y, scores, contract=c, threshold=0.5, out_dir=tmp_path, primary_metric=metric)
     assert {p.name for p in paths} == {"confusion_matrix.png", "permutation_importance.png"}
+
+
+@pytest.mark.parametrize(
+    ("module", "env", "code", "message"),
+    [
+        ("pipelines.preprocess", {"MLOPS_COLLECTION__READERS": "0"}, 2, "collection.readers = '0'"),
+        ("pipelines.score", {"MLOPS_SPLITS__STRATEGY": "grouped"}, 2, "splits.strategy = 'grouped'"),
+    ],
+)
+def test_a_flow_run_as_a_program_reports_a_users_mistake_as_one_message(
+    state_dir: Path, module: str, env: dict[str, str], code: int, message: str
+) -> None:
+    """`python -m pipelines.<flow>` (docs/data.md) prints a settings or data mistake as `mlops run` does: the
+    message, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", module],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == code, run.stderr[-3000:]
+    assert run.stderr.startswith("error: ") and message in run.stderr, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
