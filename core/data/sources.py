@@ -438,8 +438,11 @@ class SqlSource:
         if oldest is None:
             return []
         first, last = to_timestamps(pd.Series([oldest, newest])).dt.normalize()
-        if pd.isna(first) or pd.isna(last):  # times SQLite holds as text that is not a time: one range
-            return [TimeRange(None, None)]
+        if pd.isna(first) or pd.isna(last):  # SQLite holds what it is given: text that is not a time
+            raise CannotSplitError(
+                f"the window's oldest or newest {self.contract.timestamp_column} is not a time ({oldest!r}, "
+                f"{newest!r}): the window cannot be cut into days"
+            )
         days = [d.to_pydatetime() for d in pd.date_range(first + pd.Timedelta(days=1), last, freq="D")]
         edges: list[datetime | None] = [None, *days, None]
         return [TimeRange(a, b) for a, b in itertools.pairwise(edges)]

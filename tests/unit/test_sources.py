@@ -192,3 +192,37 @@ def test_a_sql_table_without_an_index_on_time_and_id_is_read_by_one_query(
         conn.execute(sa.text(f'CREATE INDEX ix_time_id ON rows ("{ts}", "{key}")'))
     engine.dispose()
     assert read_in_parts()
+
+
+def test_a_window_whose_times_are_text_that_is_not_a_time_is_read_by_one_query(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite keeps text in a timestamp column: a window whose oldest or newest value is not a time cannot be cut
+    into days (one range would make every part's OFFSET walk the read from its start), so it is read by one
+    query, with the same chunks, and says why."""
+    import logging
+
+    import sqlalchemy as sa
+
+    contract = get_settings().contract
+    ts, key = contract.timestamp_column, contract.id_column
+    assert ts is not None and key is not None
+    frame = synthetic_frame(contract, 200, seed=3)
+    frame[ts] = frame[ts].dt.strftime("%Y-%m-%d %H:%M:%S")
+    frame.loc[0, ts] = "2020-13-45 no such day"  # sorts first, inside the window
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    engine = sa.create_engine(url)
+    frame.to_sql("rows", engine, index=False)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE INDEX by_time ON rows ("{ts}", "{key}")'))
+    engine.dispose()
+    window = Window(since=Watermark(), until=pd.Timestamp(frame[ts].iloc[1:].max()).to_pydatetime())
+    expected = list(SqlSource(url, contract, table="rows").read_arrow(window, 30))
+    with pytest.raises(CannotSplitError, match="is not a time"):
+        SqlSource(url, contract, table="rows").parts(window, 30)
+    with caplog.at_level(logging.INFO, logger="core.data.sources"):
+        chunks = list(SqlSource(url, contract, table="rows", readers=2).read_arrow(window, 30))
+    assert "not in parts" in caplog.text and "2020-13-45" in caplog.text
+    # The row that is not a time is in no window (collection quarantines it as unplaceable).
+    assert sum(c.num_rows for c in chunks) == 199 and len(chunks) == len(expected)
+    assert all(a.equals(b) for a, b in zip(chunks, expected, strict=True))
