@@ -47,7 +47,7 @@ def _encodings(path: Path) -> dict[str, tuple[bool, bool]]:
     return out
 
 
-def test_part_files_dictionary_encode_repeating_columns_and_skip_a_text_keys_statistics(tmp_path: Path) -> None:
+def test_part_files_dictionary_encode_repeating_columns_and_keep_min_max_of_numbers_and_times(tmp_path: Path) -> None:
     """A generated, non-fraud contract without an id (collection derives a row key) and the fraud contract."""
     contract = contract_for("multiclass")
     frame, labels = frame_for(contract, 2_000, seed=3)
@@ -59,7 +59,7 @@ def test_part_files_dictionary_encode_repeating_columns_and_skip_a_text_keys_sta
     for part in parts:
         path = tmp_path / "generated" / part.path
         encodings = _encodings(path)
-        assert encodings["2nd plan"] == (True, True)  # a category
+        assert encodings["2nd plan"] == (True, False)  # a category: text, no min/max
         assert encodings[contract.target.name][0]  # text labels repeat
         assert encodings["spend/€"] == (False, True)  # a float: no dictionary, statistics kept
         assert encodings["Seen at"] == (False, True)
@@ -74,5 +74,6 @@ def test_part_files_dictionary_encode_repeating_columns_and_skip_a_text_keys_sta
     [part] = write_partitions(rows, tmp_path / "fraud", fraud)
     encodings = _encodings(tmp_path / "fraud" / part.path)
     assert encodings["transaction_id"] == (False, False)
-    assert encodings["channel"] == (True, True) and encodings["txn_count_1h"] == (True, True)
+    assert encodings["channel"] == (True, False) and encodings["txn_count_1h"] == (True, True)
+    assert encodings["event_time"] == (False, True)
     assert encodings["amount"] == (False, True)
