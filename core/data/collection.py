@@ -86,7 +86,6 @@ class CollectionPlan:
     window: Window | None  # None: a full snapshot (the contract has no timestamp)
     as_of: str
     extra_columns: list[str]
-    unusable_timestamps: int
 
 
 @dataclass
@@ -132,7 +131,9 @@ class PullResult(PullCounts):
     parts: list[PartFile] = field(default_factory=list)
     quarantine_file: str | None = None
     newest: Watermark = field(default_factory=Watermark)
-    # Rows outside every window (no usable timestamp), quarantined once each; not part of `pulled`.
+    # Rows outside every window (no usable timestamp): how many the source holds, and those quarantined now
+    # (once each); not part of `pulled`.
+    unusable_timestamps: int = 0
     unplaceable_ids: list[str] = field(default_factory=list)
     executor: str = "local"  # "dask <address>", or "local" with why not when dask.address is set
 
@@ -188,15 +189,8 @@ def plan_window(settings: Settings, as_of: str | None = None, run_id: str | None
         if extra:
             log.warning("source has columns the contract does not name (ignored): %s", extra)
         if contract.timestamp_column is None:
-            return CollectionPlan(run_id, started, source.description, None, started, extra, 0)
+            return CollectionPlan(run_id, started, source.description, None, started, extra)
         clock = pd.Timestamp(as_of).to_pydatetime() if as_of else source.clock()
-        unusable = source.unusable_timestamps()
-        if unusable:
-            log.warning(
-                "%d source rows have no usable %s and cannot be placed in any window (not collected)",
-                unusable,
-                contract.timestamp_column,
-            )
     finally:
         source.close()
     if clock is None:  # an empty source: a window that ends before anything
@@ -209,7 +203,6 @@ def plan_window(settings: Settings, as_of: str | None = None, run_id: str | None
         window=Window(since=since, until=until),
         as_of=clock.isoformat(),
         extra_columns=extra,
-        unusable_timestamps=unusable,
     )
 
 
@@ -254,7 +247,9 @@ def _pull_chunks(settings: Settings, plan: CollectionPlan, readers: int) -> Pull
     source = open_source(settings, readers)
     seen_keys: dict[int, int] = {}  # row-key occurrence counts across this run's chunks
     writer = _StagingWriter(paths["staging"], contract, quarantine)
+    side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collect-unusable")
     try:
+        unusable = side.submit(_count_unusable, settings, source)  # a scan of its own, beside the read
         chunks = source.read_arrow(plan.window, settings.collection.chunk_rows)
         for chunk in prefetch(chunks, depth=2, name="collect-reader"):
             checked = validate_table(chunk, contract)
@@ -267,8 +262,10 @@ def _pull_chunks(settings: Settings, plan: CollectionPlan, readers: int) -> Pull
                 result.newest = _newest(result.newest, chunk, checked.timestamps, contract)
             del chunk, checked, valid
         result.parts = writer.drain()
-        result.unplaceable_ids = _quarantine_unplaceable(settings, source, quarantine, plan.unusable_timestamps)
+        result.unusable_timestamps = unusable.result()
+        result.unplaceable_ids = _quarantine_unplaceable(settings, source, quarantine, result.unusable_timestamps)
     finally:
+        side.shutdown(wait=True, cancel_futures=True)
         writer.close()
         quarantine.close()
         source.close()
@@ -391,8 +388,12 @@ def _collect_parts(
     futures = [
         client.submit(_collect_part, settings, plan, p, key=f"collect-{plan.run_id}-{p.index}-{tag}") for p in parts
     ]
+    source = open_source(settings)
     try:
-        outcomes: list[_PartOutcome] = client.gather(futures)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="collect-unusable") as side:
+            unusable = side.submit(_count_unusable, settings, source)  # here, while the cluster reads
+            outcomes: list[_PartOutcome] = client.gather(futures)
+            unusable_timestamps = unusable.result()
     except SourceChangedError:
         from distributed import wait
 
@@ -401,6 +402,7 @@ def _collect_parts(
         raise
     finally:
         client.cancel(futures)
+        source.close()
     result = PullResult(executor=f"dask {address}")
     quarantine = QuarantineWriter(paths["quarantine"], contract.column_names, plan.run_id, plan.started_at)
     try:
@@ -410,9 +412,10 @@ def _collect_parts(
             result.newest = _later(result.newest, outcome.newest)
             if outcome.quarantine_piece is not None:
                 quarantine.write(pq.read_table(outcome.quarantine_piece).to_pandas())
+        result.unusable_timestamps = unusable_timestamps
         source = open_source(settings)
         try:
-            result.unplaceable_ids = _quarantine_unplaceable(settings, source, quarantine, plan.unusable_timestamps)
+            result.unplaceable_ids = _quarantine_unplaceable(settings, source, quarantine, unusable_timestamps)
         finally:
             source.close()
     finally:
@@ -464,11 +467,24 @@ def _unplaceable_path(settings: Settings) -> Path:
     return settings.data_dir / "state" / "unplaceable_ids.json"
 
 
+def _count_unusable(settings: Settings, source: Any) -> int:
+    """How many source rows have no usable timestamp (NULL, or text that is not a time): no window holds them."""
+    column = settings.contract.timestamp_column
+    if column is None:
+        return 0
+    unusable = int(source.unusable_timestamps())
+    if unusable:
+        log.warning(
+            "%d source rows have no usable %s and cannot be placed in any window (not collected)", unusable, column
+        )
+    return unusable
+
+
 def _quarantine_unplaceable(settings: Settings, source: Any, quarantine: QuarantineWriter, expected: int) -> list[str]:
     """Quarantine source rows whose timestamp is NULL or not a time, once each (ids kept in state).
 
     No window can hold them, so without this they would sit in the source unseen by every run.
-    ``expected`` is the plan's count of such rows: none (the usual case) spares a scan of the source.
+    ``expected`` is the pull's count of such rows: none (the usual case) spares a scan of the source.
     """
     contract = settings.contract
     if contract.timestamp_column is None or expected == 0:
@@ -611,7 +627,7 @@ def _write_manifest(
         "column_counts": dict(result.column_counts.most_common()),
         "unknown_categories": {c: dict(v) for c, v in result.unknown_categories.items()},
         "extra_columns": extra_columns,
-        "unusable_timestamps": plan.unusable_timestamps if plan else None,
+        "unusable_timestamps": result.unusable_timestamps if plan else None,
         "unplaceable_quarantined": len(result.unplaceable_ids),
         "files": files or [],
         "quarantine_file": result.quarantine_file,

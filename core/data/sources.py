@@ -117,23 +117,32 @@ class TimeRange:
     end: datetime | None
 
 
-def plan_parts(ranges: list[TimeRange], counts: list[int], chunk_rows: int) -> list[SourcePart]:
+def plan_parts(ranges: list[TimeRange], counts: Iterable[int], chunk_rows: int) -> Iterator[SourcePart]:
     """The read's chunks of ``chunk_rows`` rows, given the consecutive ranges' row counts: each chunk is the
     rows from an offset in the first range it touches, through the last one (one query, one type inference
-    over the chunk's rows, as the local read's)."""
-    total = sum(counts)
-    firsts = list(itertools.accumulate(counts, initial=0))  # the read's position of each range's first row
-    parts = []
-    for index, start in enumerate(range(0, total, chunk_rows)):
-        stop = min(start + chunk_rows, total)
+    over the chunk's rows, as the local read's).
+
+    ``counts`` may arrive one by one (a thread pool counting the days): a chunk is yielded as soon as the counts
+    of the ranges it spans are known, so that its read starts while later days are still being counted."""
+    firsts = [0]  # the read's position of each counted range's first row, and the rows counted so far
+    start, index = 0, 0
+
+    def part(stop: int) -> SourcePart:
         a = bisect.bisect_right(firsts, start) - 1  # the range holding row `start`
         b = bisect.bisect_left(firsts, stop) - 1  # the range holding row `stop - 1`
         span = TimeRange(ranges[a].start, ranges[b].end)
         edges = tuple((end, firsts[r + 1] - start) for r in range(a, b) if (end := ranges[r].end) is not None)
-        parts.append(
-            SourcePart(index=index, rows=stop - start, ranges=((span, start - firsts[a], stop - start),), edges=edges)
+        return SourcePart(
+            index=index, rows=stop - start, ranges=((span, start - firsts[a], stop - start),), edges=edges
         )
-    return parts
+
+    for count in counts:
+        firsts.append(firsts[-1] + count)
+        while start + chunk_rows <= firsts[-1]:  # every range up to this chunk's last row is counted
+            yield part(start + chunk_rows)
+            start, index = start + chunk_rows, index + 1
+    if start < firsts[-1]:
+        yield part(firsts[-1])
 
 
 @dataclass
@@ -321,11 +330,11 @@ class SqlSource:
         one query."""
         if self.readers > 1 and window is not None:
             try:
-                parts = self.parts(window, chunk_rows)
+                ranges = self._ranges_to_cut(window)
             except CannotSplitError as exc:
                 log.info("%s: read by one query, not in parts: %s", self.description, exc)
             else:
-                yield from self._read_in_parts(window, parts)
+                yield from self._read_in_parts(window, self._parts_as_counted(window, ranges, chunk_rows))
                 return
         sql, bounds = self._window_sql(window)
         if window is not None and self._ts is not None:
@@ -359,24 +368,30 @@ class SqlSource:
         placed by each query as it likes), a database without LIMIT and OFFSET or private to one connection (an
         in-memory SQLite), or a slow part query (:meth:`why_not_in_parts`).
         """
+        ranges = self._ranges_to_cut(window)
+        assert window is not None  # _ranges_to_cut refuses a read without a window
+        if counter is None:
+            return list(self._parts_as_counted(window, ranges, chunk_rows))
+        return list(plan_parts(ranges, counter(ranges), chunk_rows))
+
+    def _ranges_to_cut(self, window: Window | None) -> list[TimeRange]:
+        """The days the read is cut by, or CannotSplitError (:meth:`parts`)."""
         dialect = self.engine.dialect.name
         if self.contract.id_column is None:
             raise CannotSplitError("the contract has no id_column to order the read's rows within a timestamp")
         if dialect == "sqlite" and sqlite_path(str(self.engine.url)) is None:
             raise CannotSplitError("an in-memory SQLite database is private to one connection")
         ranges = self.time_ranges(window)
-        if not ranges:
-            return []
-        assert window is not None  # time_ranges refuses a read without a window
-        why_not = self.why_not_in_parts(window, ranges)
-        if why_not is not None:
-            raise CannotSplitError(why_not)
-        if counter is None:
-            with ThreadPoolExecutor(max_workers=self.readers, thread_name_prefix="sql-counter") as pool:
-                counts = list(pool.map(functools.partial(self.count, window), ranges))
-        else:
-            counts = counter(ranges)
-        return plan_parts(ranges, counts, chunk_rows)
+        if ranges and window is not None:
+            why_not = self.why_not_in_parts(window, ranges)
+            if why_not is not None:
+                raise CannotSplitError(why_not)
+        return ranges
+
+    def _parts_as_counted(self, window: Window, ranges: list[TimeRange], chunk_rows: int) -> Iterator[SourcePart]:
+        """The parts, each as soon as the days it spans are counted (``readers`` connections count at once)."""
+        with ThreadPoolExecutor(max_workers=self.readers, thread_name_prefix="sql-counter") as pool:
+            yield from plan_parts(ranges, pool.map(functools.partial(self.count, window), ranges), chunk_rows)
 
     def why_not_in_parts(self, window: Window, ranges: list[TimeRange]) -> str | None:
         """Why a part's query would be slow, or None: the database must read a day of the window in (timestamp,
@@ -396,7 +411,7 @@ class SqlSource:
             return f"no index on ({self._order}) serves the read's order (the plan: {', '.join(sorting)})"
         return None
 
-    def _read_in_parts(self, window: Window, parts: list[SourcePart]) -> Iterator[pa.Table]:
+    def _read_in_parts(self, window: Window, parts: Iterable[SourcePart]) -> Iterator[pa.Table]:
         """The parts' chunks, ``readers`` of them read at once, each by its own query and connection, yielded in
         the read's order: the same chunks as one query's. SQLite and PostgreSQL release the GIL while they read,
         so two readers read about twice as fast as one.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -226,3 +228,38 @@ def test_a_window_whose_times_are_text_that_is_not_a_time_is_read_by_one_query(
     # The row that is not a time is in no window (collection quarantines it as unplaceable).
     assert sum(c.num_rows for c in chunks) == 199 and len(chunks) == len(expected)
     assert all(a.equals(b) for a, b in zip(chunks, expected, strict=True))
+
+
+def test_parts_are_planned_as_the_days_are_counted() -> None:
+    """plan_parts yields a chunk as soon as the days it spans are counted; the chunks cover every row once, in
+    order, whatever zero-row days and day ends fall on a chunk's edge."""
+    from datetime import timedelta
+
+    from core.data.sources import TimeRange, plan_parts
+
+    days = [datetime(2026, 1, 1) + timedelta(days=i) for i in range(1, 9)]
+    ranges = [TimeRange(a, b) for a, b in zip([None, *days], [*days, None], strict=True)]
+    counts = [0, 5, 10, 0, 0, 7, 3, 10, 0]  # day ends at rows 0, 5, 15, 15, 15, 22, 25, 35
+    fed: list[int] = []
+
+    def counted() -> Iterator[int]:
+        for c in counts:
+            fed.append(c)
+            yield c
+
+    parts = plan_parts(ranges, counted(), chunk_rows=5)
+    first = next(parts)
+    assert len(fed) == 2, "the first chunk before the third day was counted"
+    parts_list = [first, *parts]
+    assert [p.rows for p in parts_list] == [5] * 7 and [p.index for p in parts_list] == list(range(7))
+    positions = []
+    firsts = [0, 0, 5, 15, 15, 15, 22, 25, 35]
+    for p in parts_list:
+        [(span, offset, rows)] = p.ranges
+        first_range = next(i for i, r in enumerate(ranges) if r.start == span.start)
+        positions.append(firsts[first_range] + offset)
+        inside = [(end, before) for end, before in p.edges]
+        assert all(0 <= before <= rows for _, before in inside)
+    assert positions == list(range(0, 35, 5))
+    assert list(plan_parts(ranges, counts, chunk_rows=8))[-1].rows == 35 - 32
+    assert list(plan_parts(ranges, [0] * len(ranges), chunk_rows=8)) == []
