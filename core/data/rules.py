@@ -278,7 +278,7 @@ class ContractChecker:
     # ---- per column --------------------------------------------------------------------------------
     def _check_column(self, rules: ColumnRules, raw: pa.Array, n: int, result: CheckResult) -> pa.Array:
         col = rules.column
-        present = ~_mask(raw.is_null())
+        present = _present(raw)
         kind = col.type
 
         def add(fault: FaultKind, mask: np.ndarray, api: str, texts: Any) -> None:
@@ -374,11 +374,8 @@ class ContractChecker:
             allowed = tuple(str(c) for c in rules.classes)
         if allowed is None or not len(text):
             return text
-        # A category column holds few distinct values: check each once, then map the result to rows.
-        encoded = pc.dictionary_encode(text)
-        known = np.append(_mask(pc.is_in(encoded.dictionary, value_set=pa.array(list(allowed), pa.string()))), True)
-        codes = encoded.indices.fill_null(len(encoded.dictionary)).to_numpy(zero_copy_only=False)
-        unknown = ok & ~known[codes]
+        # One hash lookup a row in the allowed values' table (NULL is not among them; `ok` excludes it).
+        unknown = ok & ~_mask(pc.is_in(text, value_set=pa.array(list(allowed), pa.string())))
         if rules.classes is not None:
             add(
                 "not a class",
@@ -402,6 +399,13 @@ class ContractChecker:
 # ---- typing helpers: Arrow/numpy, no per-row Python for good rows ------------------------------------
 def _mask(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(a.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _present(raw: pa.Array) -> np.ndarray:
+    """Where `raw` holds a value (not NULL); no bitmap to unpack when it holds no NULL (the usual column)."""
+    if not raw.null_count:
+        return np.ones(len(raw), dtype=bool)
+    return ~_mask(raw.is_null())
 
 
 def arrow_from_pandas(s: pd.Series) -> pa.Array:
@@ -429,7 +433,7 @@ def _text_of(v: Any) -> str:
 def _as_float(raw: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(float64 values, wrong-type mask, non-finite mask); NaN where null, wrong or not finite."""
     t = raw.type
-    present = ~_mask(raw.is_null())
+    present = _present(raw)
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
         v = np.asarray(raw.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
         nonfinite = present & ~np.isfinite(v)
@@ -451,7 +455,7 @@ def _as_float(raw: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _as_bool(raw: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     t = raw.type
-    present = ~_mask(raw.is_null())
+    present = _present(raw)
     if pa.types.is_boolean(t):
         return np.asarray(raw.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool), np.zeros(len(raw), bool)
     if pa.types.is_integer(t) or pa.types.is_floating(t):
@@ -482,6 +486,9 @@ def _as_timestamps(raw: pa.Array) -> np.ndarray:
         # An aware timestamp holds UTC instants: read as naive, it is naive UTC. Out of the nanosecond
         # range (before 1677, after 2262): not a usable time, rather than an overflow.
         unit = t.unit if pa.types.is_timestamp(t) else "s"
+        if unit == "ns":  # every instant fits; NULL becomes NaT (the smallest int64)
+            as_ns = raw.cast(pa.timestamp("ns")).view(pa.int64()).fill_null(np.iinfo(np.int64).min)
+            return np.asarray(as_ns.to_numpy()).astype("datetime64[ns]")
         as_int = raw.cast(pa.timestamp(unit)).view(pa.int64()) if pa.types.is_timestamp(t) else None
         if as_int is None:
             stamps = np.asarray(raw.cast(pa.timestamp("s")).to_numpy(zero_copy_only=False), dtype="datetime64[s]")
@@ -532,7 +539,7 @@ def _as_text(raw: pa.Array) -> tuple[pa.Array, np.ndarray]:
     if pa.types.is_floating(t):
         values = raw.to_pylist()
         return pa.array([None if v is None else _text_of(v) for v in values], pa.string()), none
-    return pa.nulls(len(raw), pa.string()), ~_mask(raw.is_null())
+    return pa.nulls(len(raw), pa.string()), _present(raw)
 
 
 def _empty_nulls(text: pa.Array) -> pa.Array:
