@@ -131,23 +131,34 @@ def test_parquet_parts_are_the_reads_chunks_across_files_and_row_groups(tmp_path
         FileSource(str(csv), "csv", contract).parts(None, 70)
 
 
+def _sqlite_table(tmp_path: Path, frame: pd.DataFrame, *, index: bool) -> str:
+    """`frame` as table `rows` of a SQLite file, with an index on (timestamp, id) or none; its URL."""
+    import sqlalchemy as sa
+
+    contract = get_settings().contract
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    engine = sa.create_engine(url)
+    frame.to_sql("rows", engine, index=False)
+    if index:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(f'CREATE INDEX by_time ON rows ("{contract.timestamp_column}", "{contract.id_column}")')
+            )
+    engine.dispose()
+    return url
+
+
 def test_sql_parts_are_the_reads_chunks_with_tied_times_and_a_watermark(tmp_path: Path) -> None:
     """Parts placed by each day's row count: many rows share a time (the parts' edges fall inside ties,
     ordered by id) and parts span days; the window starts at a watermark with an id, so the first chunks lose
     rows to the fine filter."""
-    import sqlalchemy as sa
 
     contract = get_settings().contract
     ts, key = contract.timestamp_column, contract.id_column
     assert ts is not None and key is not None
     frame = synthetic_frame(contract, 500, seed=11)
     frame[ts] = frame[ts].dt.floor("6h")
-    url = f"sqlite:///{tmp_path / 'w.db'}"
-    engine = sa.create_engine(url)
-    frame.to_sql("rows", engine, index=False)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'CREATE INDEX by_time ON rows ("{ts}", "{key}")'))
-    engine.dispose()
+    url = _sqlite_table(tmp_path, frame, index=True)
     source = SqlSource(url, contract, table="rows")
     ordered = frame.sort_values([ts, key])
     until = ordered[ts].iloc[-40].to_pydatetime()
@@ -204,20 +215,13 @@ def test_a_window_whose_times_are_text_that_is_not_a_time_is_read_by_one_query(
     query, with the same chunks, and says why."""
     import logging
 
-    import sqlalchemy as sa
-
     contract = get_settings().contract
     ts, key = contract.timestamp_column, contract.id_column
     assert ts is not None and key is not None
     frame = synthetic_frame(contract, 200, seed=3)
     frame[ts] = frame[ts].dt.strftime("%Y-%m-%d %H:%M:%S")
     frame.loc[0, ts] = "2020-13-45 no such day"  # sorts first, inside the window
-    url = f"sqlite:///{tmp_path / 'w.db'}"
-    engine = sa.create_engine(url)
-    frame.to_sql("rows", engine, index=False)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'CREATE INDEX by_time ON rows ("{ts}", "{key}")'))
-    engine.dispose()
+    url = _sqlite_table(tmp_path, frame, index=True)
     window = Window(since=Watermark(), until=pd.Timestamp(frame[ts].iloc[1:].max()).to_pydatetime())
     expected = list(SqlSource(url, contract, table="rows").read_arrow(window, 30))
     with pytest.raises(CannotSplitError, match="is not a time"):
