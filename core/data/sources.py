@@ -30,7 +30,7 @@ import itertools
 import logging
 import re
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -433,6 +433,8 @@ class SqlSource:
             finally:
                 for reading in ahead:
                     reading.cancel()
+                if isinstance(parts, Generator):  # the days still being counted: stopped, not left to the GC
+                    parts.close()
 
     def time_ranges(self, window: Window | None) -> list[TimeRange]:
         """The window cut into calendar days between its oldest and newest timestamps (one query on the
