@@ -6,7 +6,8 @@ load it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -32,3 +33,14 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT_S) -> Client:
         raise ClusterUnreachableError(
             f"cannot reach the Dask scheduler at dask.address={address} within {timeout:.0f} s: {exc}"
         ) from exc
+
+
+def map_tasks(client: Client, fn: Callable[..., Any], items: Iterable[Any], **kwargs: Any) -> list[Any]:
+    """``fn(item, **kwargs)`` for every item, one task each, the results in the items' order. ``pure=False``:
+    a task reads data where it points, which can change between calls. The tasks are cancelled once gathered,
+    or when one fails (none keeps running for a caller that gave up)."""
+    futures = client.map(fn, list(items), pure=False, **kwargs)
+    try:
+        return list(client.gather(futures))
+    finally:
+        client.cancel(futures)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from core.cluster import map_tasks
 from core.contract import DatasetContract
 from monitoring.drift import (
     PREDICTION_COLUMNS,
@@ -252,9 +253,7 @@ def _run(client: Client | None, fn: Callable[..., Any], parts: Sequence[Any], **
     """`fn(part, **kwargs)` for every part, in order: here, or one task per part on the cluster."""
     if client is None:
         return [fn(part, **kwargs) for part in parts]
-    # pure=False: a reader is a function of the data where it points, which can change between calls
-    futures = client.map(fn, list(parts), pure=False, **kwargs)
-    return list(client.gather(futures))
+    return map_tasks(client, fn, parts, **kwargs)
 
 
 def _histograms(

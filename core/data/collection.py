@@ -44,6 +44,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.cluster import map_tasks
 from core.contract import ROW_KEY
 from core.data.rules import row_keys, timestamps_of
 from core.data.snapshots import (
@@ -289,12 +290,7 @@ def _cluster_parts(settings: Settings, plan: CollectionPlan, client: Any) -> lis
         )
 
     def count_on_cluster(ranges: list[TimeRange]) -> list[int]:
-        counting = client.map(_count_range, ranges, settings=settings, window=plan.window, pure=False)
-        try:
-            counts: list[int] = client.gather(counting)
-        finally:
-            client.cancel(counting)
-        return counts
+        return map_tasks(client, _count_range, ranges, settings=settings, window=plan.window)
 
     source = open_source(settings)
     try:

@@ -26,6 +26,8 @@ window, stays frozen.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -33,6 +35,7 @@ import logging
 import os
 import shutil
 from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -415,32 +418,34 @@ def _time_splits(files: list[Path], version_dir: Path, settings: Settings) -> _S
     # Pass 2: each date's rows to the splits they fall in, one piece file per date and split.
     # Both run one task per date on the Dask cluster at dask.address, else two dates at a time here (Parquet,
     # Arrow's hashing and sha256 run outside the GIL).
-    if settings.dask.address:
-        counts = _unique_keys_on_dask(settings, by_date)
-    else:
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess-keys") as pool:
-            counts = list(pool.map(lambda day: _unique_keys(day, contract.key_column), by_date))
-    total = sum(counts)
-    bounds = _bounds(total, settings)
-    train_rows = bounds["train"][1]
-    rng = np.random.default_rng(settings.seed)
-    reference_pos = np.sort(rng.choice(train_rows, size=min(settings.splits.reference_rows, train_rows), replace=False))
-    offsets = list(itertools.accumulate(counts, initial=0))
-    routes = [
-        _DateRoute(
-            index=i,
-            files=group,
-            unique_keys=n,
-            offset=offset,
-            reference_picks=reference_pos[(reference_pos >= offset) & (reference_pos < offset + n)] - offset,
+    with _per_date(settings) as run:
+        counts = run(_unique_keys, by_date, "unique keys of {n} date(s) counted", key_column=contract.key_column)
+        total = sum(counts)
+        bounds = _bounds(total, settings)
+        train_rows = bounds["train"][1]
+        rng = np.random.default_rng(settings.seed)
+        reference_pos = np.sort(
+            rng.choice(train_rows, size=min(settings.splits.reference_rows, train_rows), replace=False)
         )
-        for i, (group, n, offset) in enumerate(zip(by_date, counts, offsets[:-1], strict=True))
-    ]
-    if settings.dask.address:
-        routed = _route_on_dask(settings, routes, bounds, version_dir)
-    else:
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess-route") as pool:
-            routed = list(pool.map(lambda r: _route_date(r, bounds, version_dir, contract), routes))
+        offsets = list(itertools.accumulate(counts, initial=0))
+        routes = [
+            _DateRoute(
+                index=i,
+                files=group,
+                unique_keys=n,
+                offset=offset,
+                reference_picks=reference_pos[(reference_pos >= offset) & (reference_pos < offset + n)] - offset,
+            )
+            for i, (group, n, offset) in enumerate(zip(by_date, counts, offsets[:-1], strict=True))
+        ]
+        routed = run(
+            _route_date,
+            routes,
+            "{n} date(s) routed to the splits",
+            bounds=bounds,
+            version_dir=version_dir,
+            contract=contract,
+        )
     stats = {name: _SplitStats() for name in (*SPLITS, REFERENCE)}
     reference_parts: list[pa.Table] = []
     for date_stats, picked in routed:  # in date order: the splits' pieces and the reference in time order
@@ -451,42 +456,31 @@ def _time_splits(files: list[Path], version_dir: Path, settings: Settings) -> _S
     return total, stats, pa.concat_tables(reference_parts).combine_chunks()
 
 
-def _route_on_dask(
-    settings: Settings, routes: list[_DateRoute], bounds: dict[str, tuple[int, int]], version_dir: Path
-) -> list[tuple[dict[str, _SplitStats], pa.Table | None]]:
-    """Pass 2 on the cluster at dask.address: one task per date, which reads the date's raw files and writes its
-    pieces into the version directory (data_dir shared with the workers, as for collection)."""
-    from core.cluster import connect
-
+@contextlib.contextmanager
+def _per_date(settings: Settings) -> Iterator[Callable[..., list[Any]]]:
+    """``run(fn, dates, what, **kwargs)``: ``fn(date, **kwargs)`` for every date, results in the dates' order
+    (``what``, with ``{n}`` for the number of dates, is logged when they ran on the cluster);
+    one task per date on the Dask cluster at dask.address (one connection for both passes; data_dir shared with
+    the workers, as for collection), else two dates at a time here."""
     address = settings.dask.address
-    assert address is not None
-    with connect(address, settings.dask.connect_timeout_s) as client:
-        futures = client.map(
-            _route_date, routes, bounds=bounds, version_dir=version_dir, contract=settings.contract, pure=False
-        )
-        try:
-            routed: list[tuple[dict[str, _SplitStats], pa.Table | None]] = client.gather(futures)
-        finally:
-            client.cancel(futures)
-    log.info("preprocess: %d date(s) routed to the splits on the Dask cluster at %s", len(routes), address)
-    return routed
+    if address:
+        from core.cluster import connect, map_tasks
 
+        with connect(address, settings.dask.connect_timeout_s) as client:
 
-def _unique_keys_on_dask(settings: Settings, dates: list[list[Path]]) -> list[int]:
-    """Each date's unique keys counted by a task on the cluster at dask.address, which reads the date's files
-    (data_dir shared with the workers, as for collection); the counts in the dates' order."""
-    from core.cluster import connect
+            def on_cluster(fn: Callable[..., Any], dates: list[Any], what: str, **kwargs: Any) -> list[Any]:
+                done = map_tasks(client, fn, dates, **kwargs)
+                log.info("preprocess: %s on the Dask cluster at %s", what.format(n=len(dates)), address)
+                return done
 
-    address = settings.dask.address
-    assert address is not None
-    with connect(address, settings.dask.connect_timeout_s) as client:
-        futures = client.map(_unique_keys, dates, key_column=settings.contract.key_column, pure=False)
-        try:
-            counts: list[int] = client.gather(futures)
-        finally:
-            client.cancel(futures)
-    log.info("preprocess: unique keys of %d date(s) counted on the Dask cluster at %s", len(dates), address)
-    return counts
+            yield on_cluster
+        return
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess") as pool:
+
+        def here(fn: Callable[..., Any], dates: list[Any], what: str, **kwargs: Any) -> list[Any]:
+            return list(pool.map(functools.partial(fn, **kwargs), dates))
+
+        yield here
 
 
 def _unordered_splits(
