@@ -87,6 +87,9 @@ class CollectionPlan:
     window: Window | None  # None: a full snapshot (the contract has no timestamp)
     as_of: str
     extra_columns: list[str]
+    # Rows without a usable timestamp, when planning counted them at no extra cost (a file source's clock scan);
+    # else None, and the pull counts them beside its read.
+    unusable_timestamps: int | None = None
 
 
 @dataclass
@@ -192,6 +195,7 @@ def plan_window(settings: Settings, as_of: str | None = None, run_id: str | None
         if contract.timestamp_column is None:
             return CollectionPlan(run_id, started, source.description, None, started, extra)
         clock = pd.Timestamp(as_of).to_pydatetime() if as_of else source.clock()
+        unusable = source.counted_unusable()
     finally:
         source.close()
     if clock is None:  # an empty source: a window that ends before anything
@@ -204,6 +208,7 @@ def plan_window(settings: Settings, as_of: str | None = None, run_id: str | None
         window=Window(since=since, until=until),
         as_of=clock.isoformat(),
         extra_columns=extra,
+        unusable_timestamps=unusable,
     )
 
 
@@ -250,7 +255,7 @@ def _pull_chunks(settings: Settings, plan: CollectionPlan, readers: int) -> Pull
     writer = _StagingWriter(paths["staging"], contract, quarantine)
     side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collect-unusable")
     try:
-        unusable = side.submit(_count_unusable, settings, source)  # a scan of its own, beside the read
+        unusable = side.submit(_count_unusable, settings, source, plan)  # beside the read
         chunks = source.read_arrow(plan.window, settings.collection.chunk_rows)
         for chunk in prefetch(chunks, depth=2, name="collect-reader"):
             checked = validate_table(chunk, contract)
@@ -387,7 +392,7 @@ def _collect_parts(
     source = open_source(settings)
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="collect-unusable") as side:
-            unusable = side.submit(_count_unusable, settings, source)  # here, while the cluster reads
+            unusable = side.submit(_count_unusable, settings, source, plan)  # here, while the cluster reads
             outcomes: list[_PartOutcome] = client.gather(futures)
             unusable_timestamps = unusable.result()
     except SourceChangedError:
@@ -463,12 +468,14 @@ def _unplaceable_path(settings: Settings) -> Path:
     return settings.data_dir / "state" / "unplaceable_ids.json"
 
 
-def _count_unusable(settings: Settings, source: Any) -> int:
-    """How many source rows have no usable timestamp (NULL, or text that is not a time): no window holds them."""
+def _count_unusable(settings: Settings, source: Any, plan: CollectionPlan) -> int:
+    """How many source rows have no usable timestamp (NULL, or text that is not a time): no window holds them.
+    Counted by a scan of the source unless planning already counted them."""
     column = settings.contract.timestamp_column
     if column is None:
         return 0
-    unusable = int(source.unusable_timestamps())
+    known = plan.unusable_timestamps
+    unusable = int(source.unusable_timestamps()) if known is None else known
     if unusable:
         log.warning(
             "%d source rows have no usable %s and cannot be placed in any window (not collected)", unusable, column

@@ -311,6 +311,10 @@ class SqlSource:
             )
         return pd.Timestamp(ts).to_pydatetime()
 
+    def counted_unusable(self) -> int | None:
+        """:meth:`unusable_timestamps` when known without another read: never here (it is a query of its own)."""
+        return None
+
     def unusable_timestamps(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.text(f"SELECT COUNT(*) FROM {self._from} WHERE {self._unusable}")).scalar() or 0)
@@ -709,13 +713,20 @@ class FileSource:
         newest = self._timestamp_scan[0]
         return None if newest is None else pd.Timestamp(newest).to_pydatetime()
 
+    def counted_unusable(self) -> int | None:
+        """:meth:`unusable_timestamps` when known without another read: once the clock's scan of the timestamp
+        column ran (it counts them too)."""
+        scan = self.__dict__.get("_timestamp_scan")  # where functools.cached_property keeps the scan's result
+        return None if scan is None else int(scan[1])
+
     def unusable_timestamps(self) -> int:
         return self._timestamp_scan[1]
 
     def unusable_rows(self) -> pd.DataFrame:
-        """Rows no window can hold: collection quarantines them instead of losing them."""
+        """Rows no window can hold: collection quarantines them instead of losing them (it asks only when it
+        counted some: one pass over every column)."""
         column = self.contract.timestamp_column
-        if column is None or self.unusable_timestamps() == 0:  # the usual case: no second pass
+        if column is None:
             return pd.DataFrame(columns=self.columns())
         parts = [c[to_timestamps(c[column]).isna().to_numpy()] for c in self._chunks(250_000)]
         parts = [p for p in parts if len(p)]
